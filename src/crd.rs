@@ -59,7 +59,10 @@ pub const VERSION: &str = "v1alpha1";
 pub struct ExtensionApiServerSpec {
     /// API group the server serves, for example `wardle.example.com`. A DNS-1123 subdomain.
     /// It cannot be changed after creation: delete and recreate the object instead.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.group is immutable"))]
     pub group: String,
 
@@ -110,7 +113,10 @@ pub struct ExtensionApiServerSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ApiVersion {
     /// Version name, shaped like `v1`, `v1beta2` or `v2alpha1`.
-    #[schemars(length(min = 2, max = 63), regex(pattern = r"^v[1-9][0-9]*((alpha|beta)[1-9][0-9]*)?$"))]
+    #[schemars(
+        length(min = 2, max = 63),
+        regex(pattern = r"^v[1-9][0-9]*((alpha|beta)[1-9][0-9]*)?$")
+    )]
     pub name: String,
 
     /// APIService `groupPriorityMinimum`: the priority of the group in discovery (higher first).

@@ -6,8 +6,8 @@
 
 use crate::crd::KeyAlgorithm;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, PublicKeyData, RsaKeySize, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, RsaKeySize, SanType, SerialNumber,
 };
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -43,7 +43,9 @@ pub struct CertKeyPair {
 impl std::fmt::Debug for CertKeyPair {
     // Never print key material, even in debug logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertKeyPair").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+        f.debug_struct("CertKeyPair")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,8 +117,7 @@ fn serial_for(key: &KeyPair, now_unix: i64, label: &str) -> SerialNumber {
 fn validity(params: &mut CertificateParams, now_unix: i64, lifetime: Duration) -> Result<(), PkiError> {
     let start = now_unix - CLOCK_SKEW.as_secs() as i64;
     let end = now_unix + lifetime.as_secs() as i64;
-    params.not_before =
-        time::OffsetDateTime::from_unix_timestamp(start).map_err(|e| PkiError::Parse(e.to_string()))?;
+    params.not_before = time::OffsetDateTime::from_unix_timestamp(start).map_err(|e| PkiError::Parse(e.to_string()))?;
     params.not_after = time::OffsetDateTime::from_unix_timestamp(end).map_err(|e| PkiError::Parse(e.to_string()))?;
     Ok(())
 }
@@ -313,7 +314,9 @@ pub fn check_ca(stored: Option<&CertKeyPair>, alg: KeyAlgorithm, now_unix: i64) 
         return Err(ReissueReason::Corrupt("certificate is not a CA".into()));
     }
     if !key_matches(&facts, &stored.key_pem) {
-        return Err(ReissueReason::Corrupt("private key does not match the certificate".into()));
+        return Err(ReissueReason::Corrupt(
+            "private key does not match the certificate".into(),
+        ));
     }
     if facts.key_algorithm != Some(alg) {
         return Err(ReissueReason::KeyAlgorithmChanged);
@@ -336,7 +339,9 @@ pub fn check_serving(
     let ders = pem_certs_to_der(&stored.cert_pem).map_err(|e| ReissueReason::Corrupt(e.to_string()))?;
     let facts = inspect_der(&ders[0]).map_err(|e| ReissueReason::Corrupt(e.to_string()))?;
     if !key_matches(&facts, &stored.key_pem) {
-        return Err(ReissueReason::Corrupt("private key does not match the certificate".into()));
+        return Err(ReissueReason::Corrupt(
+            "private key does not match the certificate".into(),
+        ));
     }
     if facts.key_algorithm != Some(alg) {
         return Err(ReissueReason::KeyAlgorithmChanged);
@@ -369,7 +374,9 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
 /// Parses a Go-style duration (`90h`, `2160h`, `1h30m`, `45s`), as Kubernetes writes them.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d: kube::core::Duration = s.parse().map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-    let std: Duration = d.try_into().map_err(|_| format!("duration {s:?} must not be negative"))?;
+    let std: Duration = d
+        .try_into()
+        .map_err(|_| format!("duration {s:?} must not be negative"))?;
     Ok(std)
 }
 
@@ -451,8 +458,18 @@ mod tests {
     #[test]
     fn serials_and_fingerprints_differ_between_issues() {
         let ca = ca();
-        let a = inspect(&issue_serving(&ca, &names(), KeyAlgorithm::EcdsaP256, DEFAULT_SERVING_VALIDITY, NOW).unwrap().cert_pem).unwrap();
-        let b = inspect(&issue_serving(&ca, &names(), KeyAlgorithm::EcdsaP256, DEFAULT_SERVING_VALIDITY, NOW).unwrap().cert_pem).unwrap();
+        let a = inspect(
+            &issue_serving(&ca, &names(), KeyAlgorithm::EcdsaP256, DEFAULT_SERVING_VALIDITY, NOW)
+                .unwrap()
+                .cert_pem,
+        )
+        .unwrap();
+        let b = inspect(
+            &issue_serving(&ca, &names(), KeyAlgorithm::EcdsaP256, DEFAULT_SERVING_VALIDITY, NOW)
+                .unwrap()
+                .cert_pem,
+        )
+        .unwrap();
         assert_ne!(a.serial_hex, b.serial_hex);
         assert_ne!(a.sha256_hex, b.sha256_hex);
         assert_eq!(a.sha256_hex.len(), 64);
@@ -472,7 +489,10 @@ mod tests {
         );
         assert!(check_ca(Some(&ca), alg, NOW).is_ok());
         let ca_facts = inspect(&ca.cert_pem).unwrap();
-        assert_eq!(check_ca(Some(&ca), alg, ca_facts.renew_at()), Err(ReissueReason::Expiring));
+        assert_eq!(
+            check_ca(Some(&ca), alg, ca_facts.renew_at()),
+            Err(ReissueReason::Expiring)
+        );
     }
 
     #[test]
@@ -480,7 +500,10 @@ mod tests {
         let ca = ca();
         let alg = KeyAlgorithm::EcdsaP256;
         let leaf = issue_serving(&ca, &names(), alg, DEFAULT_SERVING_VALIDITY, NOW).unwrap();
-        assert_eq!(check_serving(None, &ca.cert_pem, &names(), alg, NOW), Err(ReissueReason::Missing));
+        assert_eq!(
+            check_serving(None, &ca.cert_pem, &names(), alg, NOW),
+            Err(ReissueReason::Missing)
+        );
         let other_names = service_dns_names("other", "wardle-system");
         assert_eq!(
             check_serving(Some(&leaf), &ca.cert_pem, &other_names, alg, NOW),
@@ -510,8 +533,14 @@ mod tests {
             cert_pem: "not a pem".into(),
             key_pem: String::new(),
         };
-        assert!(matches!(check_ca(Some(&garbage), alg, NOW), Err(ReissueReason::Corrupt(_))));
-        assert!(matches!(check_ca(Some(&leaf), alg, NOW), Err(ReissueReason::Corrupt(_))));
+        assert!(matches!(
+            check_ca(Some(&garbage), alg, NOW),
+            Err(ReissueReason::Corrupt(_))
+        ));
+        assert!(matches!(
+            check_ca(Some(&leaf), alg, NOW),
+            Err(ReissueReason::Corrupt(_))
+        ));
     }
 
     #[test]

@@ -40,17 +40,34 @@ pub fn bundled_server_rules() -> Vec<PolicyRule> {
 pub fn operator_cluster_rules() -> Vec<PolicyRule> {
     let mut rules = vec![
         // The custom resource: watched, finalizer added and removed, status written.
-        rule(&["aggregation.dev"], &["extensionapiservers"], &["get", "list", "watch", "patch", "update"]),
-        rule(&["aggregation.dev"], &["extensionapiservers/status"], &["get", "patch", "update"]),
+        rule(
+            &["aggregation.dev"],
+            &["extensionapiservers"],
+            &["get", "list", "watch", "patch", "update"],
+        ),
+        rule(
+            &["aggregation.dev"],
+            &["extensionapiservers/status"],
+            &["get", "patch", "update"],
+        ),
         // Owner references with blockOwnerDeletion need update on finalizers of the owner.
         rule(&["aggregation.dev"], &["extensionapiservers/finalizers"], &["update"]),
         // Namespaced children: Secrets (CA, serving), ServiceAccount, Service, server ConfigMap.
         rule(&[""], &["secrets", "serviceaccounts", "services", "configmaps"], MANAGE),
         rule(&["apps"], &["deployments"], MANAGE),
         // Cluster-scoped children and the kube-system RoleBinding.
-        rule(&["rbac.authorization.k8s.io"], &["clusterroles", "clusterrolebindings", "rolebindings"], MANAGE),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["clusterroles", "clusterrolebindings", "rolebindings"],
+            MANAGE,
+        ),
         // Binding the two well-known roles every aggregated server needs, and nothing else.
-        named(&["rbac.authorization.k8s.io"], &["clusterroles"], &[AUTH_DELEGATOR], &["bind"]),
+        named(
+            &["rbac.authorization.k8s.io"],
+            &["clusterroles"],
+            &[AUTH_DELEGATOR],
+            &["bind"],
+        ),
         named(&["rbac.authorization.k8s.io"], &["roles"], &[AUTH_READER], &["bind"]),
         rule(&["apiregistration.k8s.io"], &["apiservices"], MANAGE),
         // Events about ExtensionApiServers.
@@ -64,7 +81,11 @@ pub fn operator_cluster_rules() -> Vec<PolicyRule> {
 
 /// Rules in the operator's own namespace: the leader-election Lease.
 pub fn operator_namespace_rules() -> Vec<PolicyRule> {
-    vec![rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update"])]
+    vec![rule(
+        &["coordination.k8s.io"],
+        &["leases"],
+        &["get", "create", "update"],
+    )]
 }
 
 /// Extra cluster rules, off by default, that let the operator grant servers the
@@ -73,7 +94,11 @@ pub fn operator_namespace_rules() -> Vec<PolicyRule> {
 /// ExtensionApiServer can then grant any permission to its server. The chart value
 /// `rbac.allowUserRules` switches it on.
 pub fn user_rules_escalation() -> Vec<PolicyRule> {
-    vec![rule(&["rbac.authorization.k8s.io"], &["clusterroles"], &["escalate", "bind"])]
+    vec![rule(
+        &["rbac.authorization.k8s.io"],
+        &["clusterroles"],
+        &["escalate", "bind"],
+    )]
 }
 
 #[cfg(test)]
@@ -100,7 +125,10 @@ mod tests {
         for r in default {
             assert!(!r.verbs.iter().any(|v| v == "escalate"), "{r:?}");
             if r.verbs.iter().any(|v| v == "bind") {
-                assert!(r.resource_names.as_ref().is_some_and(|n| !n.is_empty()), "bind must be by name: {r:?}");
+                assert!(
+                    r.resource_names.as_ref().is_some_and(|n| !n.is_empty()),
+                    "bind must be by name: {r:?}"
+                );
             }
         }
     }
