@@ -20,7 +20,31 @@ pub fn crd_yaml() -> String {
 
 /// Every generated file: (path relative to the repository root, contents).
 pub fn artifacts() -> Vec<(&'static str, String)> {
-    vec![(CRD_FILE, crd_yaml())]
+    /// The operator's RBAC as the Helm chart reads it (`.Files.Get` + `fromYaml`).
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ChartRbac {
+        /// ClusterRole rules: [`crate::rbac::operator_cluster_rules`].
+        cluster_rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+        /// Role rules in the release namespace: [`crate::rbac::operator_namespace_rules`].
+        namespace_rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+        /// Added to the ClusterRole when `rbac.allowUserRules`: [`crate::rbac::user_rules_escalation`].
+        user_rules_escalation: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+    }
+    let rbac = ChartRbac {
+        cluster_rules: crate::rbac::operator_cluster_rules(),
+        namespace_rules: crate::rbac::operator_namespace_rules(),
+        user_rules_escalation: crate::rbac::user_rules_escalation(),
+    };
+    vec![
+        (CRD_FILE, crd_yaml()),
+        // The chart renders the CRD from this copy (Helm cannot read files outside the chart).
+        ("charts/extension-apiserver-operator/files/crd.yaml", crd_yaml()),
+        (
+            "charts/extension-apiserver-operator/files/operator-rbac.yaml",
+            format!("{HEADER}{}", yaml(&rbac)),
+        ),
+    ]
 }
 
 #[cfg(test)]

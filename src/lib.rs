@@ -3,6 +3,10 @@
 
 pub mod crd;
 pub mod crdgen;
+pub mod error;
+pub mod metrics;
 pub mod pki;
 pub mod rbac;
+pub mod reconcile;
 pub mod serverconfig;
+pub mod validate;

@@ -1,0 +1,428 @@
+//! Pure builders: spec in, Kubernetes objects out. No client, no clock.
+
+use super::names::{api_service_name, Names, CERT_HASH_ANNOTATION, KUBE_SYSTEM};
+use crate::crd::{ExtensionApiServer, ImageServer, LogFormat};
+use crate::pki::CertKeyPair;
+use crate::rbac::{bundled_server_rules, AUTH_DELEGATOR, AUTH_READER};
+use crate::serverconfig::{ServerConfig, CERT_DIR, CONFIG_DIR, CONFIG_KEY, SERVER_BINARY, SERVER_PORT};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, KeyToPath, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{APIService, APIServiceSpec, ServiceReference};
+use k8s_openapi::ByteString;
+use kube::Resource;
+use std::collections::BTreeMap;
+
+/// Port the Service exposes; the aggregator always dials 443 unless told otherwise.
+pub const SERVICE_PORT: i32 = 443;
+const CONTAINER_NAME: &str = "apiserver";
+const PORT_NAME: &str = "https";
+
+/// The certificates a reconcile decided to use.
+#[derive(Clone, Debug)]
+pub struct Certs {
+    /// The CA; its key stays in the CA Secret only.
+    pub ca: CertKeyPair,
+    /// The serving certificate and key.
+    pub serving: CertKeyPair,
+    /// SHA-256 of the serving certificate, hex.
+    pub serving_sha256: String,
+}
+
+/// Everything an `ExtensionApiServer` is reconciled into.
+#[derive(Clone, Debug)]
+pub struct Children {
+    /// Secret with the CA certificate and key; never mounted.
+    pub ca_secret: Secret,
+    /// `kubernetes.io/tls` Secret mounted into the server.
+    pub serving_secret: Secret,
+    /// The server's identity.
+    pub service_account: ServiceAccount,
+    /// Configuration of the bundled server (bundled mode only).
+    pub config_map: Option<ConfigMap>,
+    /// The server pods.
+    pub deployment: Deployment,
+    /// Port 443 in front of the pods.
+    pub service: Service,
+    /// The server's own rules.
+    pub cluster_role: ClusterRole,
+    /// Binds the server's own rules.
+    pub cluster_role_binding: ClusterRoleBinding,
+    /// Binds `system:auth-delegator` (TokenReview, SubjectAccessReview).
+    pub auth_delegator_binding: ClusterRoleBinding,
+    /// Binds `extension-apiserver-authentication-reader` in kube-system.
+    pub auth_reader_binding: RoleBinding,
+    /// One per version.
+    pub api_services: Vec<APIService>,
+}
+
+/// Inputs of the builders that do not come from the object itself.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Image of the bundled server when the spec names none.
+    pub default_server_image: String,
+}
+
+fn owner_reference(eas: &ExtensionApiServer) -> Option<OwnerReference> {
+    eas.controller_owner_ref(&())
+}
+
+fn namespaced_meta(eas: &ExtensionApiServer, names: &Names, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(names.labels()),
+        owner_references: owner_reference(eas).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+fn cluster_meta(names: &Names, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        labels: Some(names.labels()),
+        ..Default::default()
+    }
+}
+
+fn tls_secret(meta: ObjectMeta, pair: &CertKeyPair, ca_pem: Option<&str>) -> Secret {
+    let mut data = BTreeMap::from([
+        ("tls.crt".to_string(), ByteString(pair.cert_pem.clone().into_bytes())),
+        ("tls.key".to_string(), ByteString(pair.key_pem.clone().into_bytes())),
+    ]);
+    if let Some(ca) = ca_pem {
+        data.insert("ca.crt".to_string(), ByteString(ca.as_bytes().to_vec()));
+    }
+    Secret {
+        metadata: meta,
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+fn service_account_subject(names: &Names) -> Vec<Subject> {
+    vec![Subject {
+        kind: "ServiceAccount".to_string(),
+        name: names.workload.clone(),
+        namespace: Some(names.namespace.clone()),
+        api_group: None,
+    }]
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".to_string(),
+        kind: kind.to_string(),
+        name: name.to_string(),
+    }
+}
+
+/// Builds every child from the object, its names and its certificates.
+pub fn build(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &BuildOptions) -> Children {
+    let spec = &eas.spec;
+    let bundled = spec.server.is_some();
+    let subjects = service_account_subject(names);
+
+    let mut rules = if bundled { bundled_server_rules() } else { Vec::new() };
+    rules.extend(spec.rules.iter().cloned());
+
+    let config_map = spec.server.as_ref().map(|_| ConfigMap {
+        metadata: namespaced_meta(eas, names, &names.config_map),
+        data: Some(BTreeMap::from([(
+            CONFIG_KEY.to_string(),
+            ServerConfig::from_spec(spec).to_yaml(),
+        )])),
+        ..Default::default()
+    });
+
+    Children {
+        ca_secret: tls_secret(namespaced_meta(eas, names, &names.ca_secret), &certs.ca, None),
+        serving_secret: tls_secret(
+            namespaced_meta(eas, names, &names.serving_secret),
+            &certs.serving,
+            Some(&certs.ca.cert_pem),
+        ),
+        service_account: ServiceAccount {
+            metadata: namespaced_meta(eas, names, &names.workload),
+            ..Default::default()
+        },
+        config_map,
+        deployment: deployment(eas, names, certs, opts),
+        service: service(eas, names),
+        cluster_role: ClusterRole {
+            metadata: cluster_meta(names, &names.cluster_role),
+            rules: Some(rules),
+            ..Default::default()
+        },
+        cluster_role_binding: ClusterRoleBinding {
+            metadata: cluster_meta(names, &names.cluster_role),
+            role_ref: role_ref("ClusterRole", &names.cluster_role),
+            subjects: Some(subjects.clone()),
+        },
+        auth_delegator_binding: ClusterRoleBinding {
+            metadata: cluster_meta(names, &names.auth_delegator_binding),
+            role_ref: role_ref("ClusterRole", AUTH_DELEGATOR),
+            subjects: Some(subjects.clone()),
+        },
+        auth_reader_binding: RoleBinding {
+            metadata: ObjectMeta {
+                namespace: Some(KUBE_SYSTEM.to_string()),
+                ..cluster_meta(names, &names.auth_reader_binding)
+            },
+            role_ref: role_ref("Role", AUTH_READER),
+            subjects: Some(subjects),
+        },
+        api_services: api_services(eas, names, &certs.ca.cert_pem),
+    }
+}
+
+/// One APIService per version, pointing at the Service and trusting the CA bundle.
+pub fn api_services(eas: &ExtensionApiServer, names: &Names, ca_bundle_pem: &str) -> Vec<APIService> {
+    eas.spec
+        .versions
+        .iter()
+        .map(|v| APIService {
+            metadata: cluster_meta(names, &api_service_name(&eas.spec.group, &v.name)),
+            spec: Some(APIServiceSpec {
+                group: Some(eas.spec.group.clone()),
+                version: Some(v.name.clone()),
+                group_priority_minimum: v.group_priority_minimum,
+                version_priority: v.version_priority,
+                ca_bundle: Some(ByteString(ca_bundle_pem.as_bytes().to_vec())),
+                // Never skip TLS verification: the caBundle above is how the aggregator trusts the server.
+                insecure_skip_tls_verify: None,
+                service: Some(ServiceReference {
+                    namespace: Some(names.namespace.clone()),
+                    name: Some(names.service.clone()),
+                    port: Some(SERVICE_PORT),
+                }),
+            }),
+            status: None,
+        })
+        .collect()
+}
+
+fn service(eas: &ExtensionApiServer, names: &Names) -> Service {
+    Service {
+        metadata: namespaced_meta(eas, names, &names.service),
+        spec: Some(ServiceSpec {
+            selector: Some(names.selector_labels()),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.to_string()),
+                port: SERVICE_PORT,
+                protocol: Some("TCP".to_string()),
+                target_port: Some(IntOrString::String(PORT_NAME.to_string())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The container's image, command, arguments and port for the chosen mode.
+struct ContainerPlan {
+    image: String,
+    pull_policy: Option<String>,
+    command: Option<Vec<String>>,
+    args: Vec<String>,
+    port: i32,
+    readiness_path: String,
+    liveness_path: Option<String>,
+    env: Option<Vec<k8s_openapi::api::core::v1::EnvVar>>,
+    /// Bundled server: reloads certificates itself. Own images: restarted on a new certificate.
+    hot_reloads_certs: bool,
+}
+
+fn bundled_plan(eas: &ExtensionApiServer, opts: &BuildOptions) -> ContainerPlan {
+    let server = eas.spec.server.clone().unwrap_or_default();
+    let log_format = match server.log_format.unwrap_or(LogFormat::Json) {
+        LogFormat::Json => "json",
+        LogFormat::Plain => "plain",
+    };
+    ContainerPlan {
+        image: server.image.unwrap_or_else(|| opts.default_server_image.clone()),
+        pull_policy: None,
+        command: Some(vec![SERVER_BINARY.to_string()]),
+        args: vec![
+            format!("--config={CONFIG_DIR}/{CONFIG_KEY}"),
+            format!("--secure-port={SERVER_PORT}"),
+            format!("--tls-cert-file={CERT_DIR}/tls.crt"),
+            format!("--tls-private-key-file={CERT_DIR}/tls.key"),
+            format!("--log-format={log_format}"),
+        ],
+        port: SERVER_PORT,
+        readiness_path: "/readyz".to_string(),
+        liveness_path: Some("/livez".to_string()),
+        env: None,
+        hot_reloads_certs: true,
+    }
+}
+
+fn image_plan(img: &ImageServer) -> ContainerPlan {
+    let mut args = Vec::new();
+    if img.pass_tls_flags {
+        args.push(format!("--secure-port={}", img.port));
+        args.push(format!("--tls-cert-file={CERT_DIR}/tls.crt"));
+        args.push(format!("--tls-private-key-file={CERT_DIR}/tls.key"));
+    }
+    args.extend(img.args.iter().cloned());
+    ContainerPlan {
+        image: img.image.clone(),
+        pull_policy: img.image_pull_policy.map(|p| p.as_str().to_string()),
+        command: (!img.command.is_empty()).then(|| img.command.clone()),
+        args,
+        port: img.port,
+        readiness_path: img.readiness_path.clone(),
+        liveness_path: None,
+        env: (!img.env.is_empty()).then(|| img.env.clone()),
+        hot_reloads_certs: false,
+    }
+}
+
+fn https_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(PORT_NAME.to_string()),
+            scheme: Some("HTTPS".to_string()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &BuildOptions) -> Deployment {
+    let bundled = eas.spec.server.is_some();
+    let plan = match &eas.spec.image {
+        Some(img) if !bundled => image_plan(img),
+        _ => bundled_plan(eas, opts),
+    };
+    let mut volumes = vec![Volume {
+        name: "serving-cert".to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names.serving_secret.clone()),
+            // Only the leaf and its key; the CA Secret is a different object and is never mounted.
+            items: Some(vec![
+                KeyToPath {
+                    key: "tls.crt".into(),
+                    path: "tls.crt".into(),
+                    mode: None,
+                },
+                KeyToPath {
+                    key: "tls.key".into(),
+                    path: "tls.key".into(),
+                    mode: None,
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "serving-cert".to_string(),
+        mount_path: CERT_DIR.to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    if bundled {
+        volumes.push(Volume {
+            name: "config".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config_map.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "config".to_string(),
+            mount_path: CONFIG_DIR.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    // Own images cannot reload certificates; a changed fingerprint in the pod template rolls them.
+    let template_annotations = (!plan.hot_reloads_certs)
+        .then(|| BTreeMap::from([(CERT_HASH_ANNOTATION.to_string(), certs.serving_sha256.clone())]));
+
+    let container = Container {
+        name: CONTAINER_NAME.to_string(),
+        image: Some(plan.image),
+        image_pull_policy: plan.pull_policy,
+        command: plan.command,
+        args: Some(plan.args),
+        env: plan.env,
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.to_string()),
+            container_port: plan.port,
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(https_probe(&plan.readiness_path, 5, 3)),
+        liveness_probe: plan.liveness_path.as_deref().map(|p| https_probe(p, 10, 6)),
+        resources: eas.spec.resources.clone(),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: None,
+            }),
+            // The bundled image runs as non-root from a read-only filesystem; own images may not.
+            read_only_root_filesystem: bundled.then_some(true),
+            run_as_non_root: bundled.then_some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_string(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    Deployment {
+        metadata: namespaced_meta(eas, names, &names.workload),
+        spec: Some(DeploymentSpec {
+            replicas: Some(eas.spec.replicas.unwrap_or(1)),
+            selector: LabelSelector {
+                match_labels: Some(names.selector_labels()),
+                match_expressions: None,
+            },
+            // Never take a serving replica away before its replacement is ready.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(names.labels()),
+                    annotations: template_annotations,
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(names.workload.clone()),
+                    // The server needs its token for TokenReview and SubjectAccessReview.
+                    automount_service_account_token: Some(true),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}

@@ -1,0 +1,546 @@
+//! Reconcile flows against the in-memory API server: the exact requests, drift repair,
+//! certificate stability, conflicts, aggregation checks and the finalizer path.
+
+#[path = "fake.rs"]
+mod fake;
+
+use super::*;
+use crate::crd::{ApiVersion, BundledServer, ExtensionApiServerSpec};
+use fake::FakeApi;
+use kube::runtime::events::Reporter;
+use serde_json::{json, Value};
+
+const NS: &str = "wardle-system";
+const NOW: i64 = 1_800_000_000;
+const EAS_PATH: &str = "/apis/aggregation.dev/v1alpha1/namespaces/wardle-system/extensionapiservers/wardle";
+const CA_SECRET: &str = "/api/v1/namespaces/wardle-system/secrets/wardle-ca";
+const SERVING_SECRET: &str = "/api/v1/namespaces/wardle-system/secrets/wardle-serving-cert";
+const APISERVICE: &str = "/apis/apiregistration.k8s.io/v1/apiservices/v1alpha1.wardle.example.com";
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/wardle-system/deployments/wardle";
+const AUTH_CM: &str = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication";
+
+fn spec() -> ExtensionApiServerSpec {
+    ExtensionApiServerSpec {
+        group: "wardle.example.com".into(),
+        versions: vec![ApiVersion {
+            name: "v1alpha1".into(),
+            group_priority_minimum: 1000,
+            version_priority: 15,
+        }],
+        server: Some(BundledServer::default()),
+        image: None,
+        service_name: None,
+        replicas: None,
+        resources: None,
+        certificates: None,
+        rules: vec![],
+    }
+}
+
+struct Harness {
+    api: FakeApi,
+    ctx: Arc<Context>,
+    clock: Arc<std::sync::atomic::AtomicI64>,
+}
+
+fn ca_pem(cn: &str) -> String {
+    crate::pki::generate_ca(
+        cn,
+        crate::crd::KeyAlgorithm::EcdsaP256,
+        crate::pki::DEFAULT_CA_VALIDITY,
+        NOW,
+    )
+    .unwrap()
+    .cert_pem
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_store(None)
+    }
+
+    fn with_store(store: Option<Store<ExtensionApiServer>>) -> Self {
+        let api = FakeApi::default();
+        api.put(
+            AUTH_CM,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
+                   "data": {"requestheader-client-ca-file": ca_pem("front-proxy-ca"), "client-ca-file": ca_pem("client-ca"),
+                            "requestheader-allowed-names": "[\"front-proxy-client\"]"}}),
+        );
+        let client = api.client();
+        let clock = Arc::new(std::sync::atomic::AtomicI64::new(NOW));
+        let c = clock.clone();
+        let ctx = Arc::new(Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "extension-apiserver-operator".into(),
+                    instance: None,
+                },
+            ),
+            client,
+            metrics: Arc::new(Metrics::default()),
+            options: BuildOptions {
+                default_server_image: "ghcr.io/example/eao:test".into(),
+            },
+            clock: Arc::new(move || c.load(std::sync::atomic::Ordering::SeqCst)),
+            store,
+        });
+        Harness { api, ctx, clock }
+    }
+
+    /// Stores an ExtensionApiServer (with our finalizer, as after the first reconcile).
+    fn put_eas(&self, spec: ExtensionApiServerSpec) {
+        let mut eas = ExtensionApiServer::new("wardle", spec);
+        eas.metadata.namespace = Some(NS.into());
+        eas.metadata.uid = Some("uid-wardle".into());
+        eas.metadata.generation = Some(1);
+        eas.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        self.api.put(EAS_PATH, serde_json::to_value(&eas).unwrap());
+    }
+
+    fn eas(&self) -> ExtensionApiServer {
+        serde_json::from_value(self.api.get(EAS_PATH).expect("EAS stored")).unwrap()
+    }
+
+    async fn reconcile(&self) -> Result<Action> {
+        reconcile(Arc::new(self.eas()), self.ctx.clone()).await
+    }
+
+    /// Requests other than Events, as `METHOD path`.
+    fn calls(&self) -> Vec<String> {
+        self.api
+            .take_requests()
+            .iter()
+            .filter(|r| !r.path.contains("/events"))
+            .map(|r| r.line())
+            .collect()
+    }
+
+    fn event_reasons(&self) -> Vec<String> {
+        let st = self.api.state.lock().unwrap();
+        st.objects
+            .iter()
+            .filter(|(k, _)| k.contains("/events/"))
+            .filter_map(|(_, v)| v["reason"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn condition(&self, type_: &str) -> (String, String, String) {
+        let eas = self.eas();
+        let c = eas
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"));
+        (c.status, c.reason, c.message)
+    }
+}
+
+fn secret_data(obj: &Value, key: &str) -> String {
+    use base64::Engine;
+    let b64 = obj["data"][key].as_str().unwrap_or_default();
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn first_reconcile_only_adds_the_finalizer() {
+    let h = Harness::new();
+    let mut eas = ExtensionApiServer::new("wardle", spec());
+    eas.metadata.namespace = Some(NS.into());
+    h.api.put(EAS_PATH, serde_json::to_value(&eas).unwrap());
+    h.reconcile().await.unwrap();
+    let reqs = h.api.take_requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].line(), format!("PATCH {EAS_PATH}"));
+    assert!(reqs[0].content_type.contains("json-patch"));
+    assert_eq!(h.eas().metadata.finalizers, Some(vec![FINALIZER.to_string()]));
+}
+
+#[tokio::test]
+async fn creates_every_child_with_exact_requests() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    let action = h.reconcile().await.unwrap();
+    let calls = h.calls();
+    let expected: Vec<String> = [
+        "GET /apis/apiregistration.k8s.io/v1",
+        &format!("GET {AUTH_CM}"),
+        &format!("GET {CA_SECRET}"),
+        &format!("GET {SERVING_SECRET}"),
+        &format!("PATCH {CA_SECRET}"),
+        &format!("PATCH {SERVING_SECRET}"),
+        "GET /api/v1/namespaces/wardle-system/serviceaccounts/wardle",
+        "PATCH /api/v1/namespaces/wardle-system/serviceaccounts/wardle",
+        "GET /api/v1/namespaces/wardle-system/configmaps/wardle-config",
+        "PATCH /api/v1/namespaces/wardle-system/configmaps/wardle-config",
+        "GET /api/v1/namespaces/wardle-system/services/wardle",
+        "PATCH /api/v1/namespaces/wardle-system/services/wardle",
+        &format!("GET {DEPLOYMENT}"),
+        &format!("PATCH {DEPLOYMENT}"),
+        "GET /apis/rbac.authorization.k8s.io/v1/clusterroles/aggregation.dev:wardle-system:wardle",
+        "PATCH /apis/rbac.authorization.k8s.io/v1/clusterroles/aggregation.dev:wardle-system:wardle",
+        "GET /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle",
+        "PATCH /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle",
+        "GET /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle:auth-delegator",
+        "PATCH /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle:auth-delegator",
+        "GET /apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings/aggregation.dev:wardle-system:wardle:auth-reader",
+        "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings/aggregation.dev:wardle-system:wardle:auth-reader",
+        &format!("GET {APISERVICE}"),
+        &format!("PATCH {APISERVICE}"),
+        "GET /apis/apiregistration.k8s.io/v1/apiservices",
+        &format!("PATCH {EAS_PATH}/status"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(calls, expected);
+
+    // Every apply is a forced server-side apply by our field manager.
+    let st = h.api.state.lock().unwrap();
+    for r in st
+        .requests
+        .iter()
+        .filter(|r| r.method == "PATCH" && !r.path.ends_with("/status"))
+    {
+        assert!(r.content_type.starts_with("application/apply-patch"), "{r:?}");
+        assert!(r.query.contains("fieldManager=extension-apiserver-operator"), "{r:?}");
+        assert!(r.query.contains("force=true"), "{r:?}");
+    }
+    drop(st);
+
+    // The APIService trusts exactly the CA in the CA Secret, and never skips verification.
+    let ca = h.api.get(CA_SECRET).unwrap();
+    let svc = h.api.get(APISERVICE).unwrap();
+    use base64::Engine;
+    let bundle = base64::engine::general_purpose::STANDARD
+        .decode(svc["spec"]["caBundle"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(String::from_utf8(bundle).unwrap(), secret_data(&ca, "tls.crt"));
+    assert!(svc["spec"].get("insecureSkipTLSVerify").is_none());
+    assert_eq!(
+        svc["spec"]["service"],
+        json!({"namespace": NS, "name": "wardle", "port": 443})
+    );
+    assert_eq!(svc["metadata"]["labels"]["aggregation.dev/owner-name"], "wardle");
+
+    // The serving Secret carries the leaf, its key and the CA certificate, never the CA key.
+    let serving = h.api.get(SERVING_SECRET).unwrap();
+    assert_eq!(serving["type"], "kubernetes.io/tls");
+    assert_eq!(secret_data(&serving, "ca.crt"), secret_data(&ca, "tls.crt"));
+    assert_ne!(secret_data(&serving, "tls.key"), secret_data(&ca, "tls.key"));
+    let facts = crate::pki::inspect(&secret_data(&serving, "tls.crt")).unwrap();
+    assert_eq!(
+        facts.dns_names,
+        vec!["wardle.wardle-system.svc", "wardle.wardle-system.svc.cluster.local"]
+    );
+
+    // Status reports certificates and the pending Deployment and APIService.
+    let eas = h.eas();
+    let status = eas.status.clone().unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.api_services, vec!["v1alpha1.wardle.example.com"]);
+    assert_eq!(
+        status.certificates.unwrap().serving.unwrap().sha256_fingerprint,
+        facts.sha256_hex
+    );
+    assert_eq!(h.condition("AggregationLayerReady").1, "Configured");
+    assert_eq!(h.condition("CertificatesReady").0, "True");
+    assert_eq!(h.condition("DeploymentAvailable").0, "Unknown");
+    assert_eq!(h.condition("Ready").0, "False");
+    assert_eq!(action, Action::requeue(NOT_READY_RESYNC));
+    let reasons = h.event_reasons();
+    assert!(reasons.contains(&"Created".to_string()), "{reasons:?}");
+    assert!(reasons.contains(&"CertificateIssued".to_string()), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn a_hundred_reconciles_issue_no_new_certificate() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    h.reconcile().await.unwrap();
+    let ca = h.api.get(CA_SECRET).unwrap();
+    let serving = h.api.get(SERVING_SECRET).unwrap();
+    for i in 0..100 {
+        // Time passes, but stays well before renewal.
+        h.clock.store(NOW + i * 60, std::sync::atomic::Ordering::SeqCst);
+        h.reconcile().await.unwrap();
+    }
+    assert_eq!(h.api.get(CA_SECRET).unwrap(), ca, "CA Secret must not change");
+    assert_eq!(
+        h.api.get(SERVING_SECRET).unwrap(),
+        serving,
+        "serving Secret must not change"
+    );
+    let applies = h
+        .api
+        .take_requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path == SERVING_SECRET)
+        .count();
+    assert_eq!(
+        applies, 101,
+        "the Secret is still applied each time, with the same content"
+    );
+}
+
+#[tokio::test]
+async fn serving_certificate_is_renewed_when_a_third_of_its_life_remains() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    h.reconcile().await.unwrap();
+    let before = crate::pki::inspect(&secret_data(&h.api.get(SERVING_SECRET).unwrap(), "tls.crt")).unwrap();
+    let ca_before = h.api.get(CA_SECRET).unwrap();
+    h.clock.store(before.renew_at(), std::sync::atomic::Ordering::SeqCst);
+    h.reconcile().await.unwrap();
+    let after = crate::pki::inspect(&secret_data(&h.api.get(SERVING_SECRET).unwrap(), "tls.crt")).unwrap();
+    assert_ne!(before.serial_hex, after.serial_hex);
+    assert_eq!(
+        secret_data(&h.api.get(CA_SECRET).unwrap(), "tls.crt"),
+        secret_data(&ca_before, "tls.crt"),
+        "the CA is kept"
+    );
+}
+
+#[tokio::test]
+async fn drift_is_repaired() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    h.reconcile().await.unwrap();
+    let good = h.api.get(APISERVICE).unwrap();
+    let ca_before = h.api.get(CA_SECRET).unwrap();
+
+    // Someone edits the caBundle and deletes the serving Secret and a binding.
+    let mut edited = good.clone();
+    edited["spec"]["caBundle"] = json!("Ym9ndXM=");
+    h.api.put(APISERVICE, edited);
+    h.api.remove(SERVING_SECRET);
+    let binding =
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle:auth-delegator";
+    let mut bad_binding = h.api.get(binding).unwrap();
+    bad_binding["subjects"] = json!([]);
+    h.api.put(binding, bad_binding);
+
+    h.reconcile().await.unwrap();
+    assert_eq!(h.api.get(APISERVICE).unwrap()["spec"], good["spec"]);
+    assert_eq!(
+        h.api.get(binding).unwrap()["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "wardle", "namespace": NS}])
+    );
+    let serving = h.api.get(SERVING_SECRET).expect("serving Secret recreated");
+    assert!(crate::pki::signed_by(
+        &crate::pki::pem_certs_to_der(&secret_data(&serving, "tls.crt")).unwrap()[0],
+        &crate::pki::pem_certs_to_der(&secret_data(&ca_before, "tls.crt")).unwrap()[0],
+    ));
+    assert_eq!(
+        h.api.get(CA_SECRET).unwrap(),
+        ca_before,
+        "a lost serving Secret does not replace the CA"
+    );
+    assert!(h.event_reasons().contains(&"Repaired".to_string()));
+}
+
+#[tokio::test]
+async fn foreign_api_service_is_not_taken_over() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    h.api.put(
+        APISERVICE,
+        json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+               "metadata": {"name": "v1alpha1.wardle.example.com", "labels": {"app": "sample-apiserver"}},
+               "spec": {"group": "wardle.example.com", "version": "v1alpha1", "groupPriorityMinimum": 1000, "versionPriority": 15}}),
+    );
+    let foreign = h.api.get(APISERVICE).unwrap();
+    h.reconcile().await.unwrap();
+    let calls = h.calls();
+    assert!(!calls.contains(&format!("PATCH {APISERVICE}")), "{calls:?}");
+    assert_eq!(h.api.get(APISERVICE).unwrap(), foreign);
+    let (status, reason, message) = h.condition("Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "APIServiceConflict"));
+    assert!(message.contains("not managed by this operator"), "{message}");
+    assert!(h.event_reasons().contains(&"APIServiceConflict".to_string()));
+
+    // Owned by another ExtensionApiServer: the message names it.
+    let mut other = foreign.clone();
+    other["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "extension-apiserver-operator",
+        "aggregation.dev/owner-namespace": "team-b", "aggregation.dev/owner-name": "wardle2"});
+    h.api.put(APISERVICE, other);
+    h.reconcile().await.unwrap();
+    assert!(h
+        .condition("APIServiceAvailable")
+        .2
+        .contains("ExtensionApiServer team-b/wardle2"));
+}
+
+#[tokio::test]
+async fn an_older_rival_claim_wins() {
+    let (store, mut writer) = kube::runtime::reflector::store::<ExtensionApiServer>();
+    let mut rival = ExtensionApiServer::new("first", spec());
+    rival.metadata.namespace = Some("team-a".into());
+    rival.metadata.uid = Some("uid-first".into());
+    rival.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(NOW - 100).unwrap()));
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(rival));
+    let h = Harness::with_store(Some(store));
+    let mut mine = ExtensionApiServer::new("wardle", spec());
+    mine.metadata.namespace = Some(NS.into());
+    mine.metadata.uid = Some("uid-wardle".into());
+    mine.metadata.generation = Some(1);
+    mine.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
+    mine.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    h.api.put(EAS_PATH, serde_json::to_value(&mine).unwrap());
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(APISERVICE).is_none());
+    let (_, reason, message) = h.condition("Ready");
+    assert_eq!(reason, "APIServiceConflict");
+    assert!(message.contains("team-a/first"), "{message}");
+}
+
+#[tokio::test]
+async fn missing_request_header_ca_is_reported() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    let mut cm = h.api.get(AUTH_CM).unwrap();
+    cm["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("requestheader-client-ca-file");
+    h.api.put(AUTH_CM, cm);
+    h.reconcile().await.unwrap();
+    let (status, reason, message) = h.condition("AggregationLayerReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "RequestHeaderCAMissing"));
+    assert!(message.contains("--requestheader-client-ca-file"));
+    assert_eq!(h.condition("Ready").1, "RequestHeaderCAMissing");
+}
+
+#[tokio::test]
+async fn unserved_apiregistration_is_reported() {
+    let h = Harness::new();
+    h.api.state.lock().unwrap().no_apiregistration = true;
+    h.put_eas(spec());
+    h.reconcile().await.unwrap();
+    assert_eq!(h.condition("AggregationLayerReady").1, "APIRegistrationUnavailable");
+}
+
+#[tokio::test]
+async fn invalid_spec_sets_a_condition_and_waits_for_a_change() {
+    let h = Harness::new();
+    let mut s = spec();
+    s.image = Some(serde_json::from_value(json!({"image": "example/server:1"})).unwrap());
+    h.put_eas(s);
+    let action = h.reconcile().await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let calls = h.calls();
+    assert_eq!(calls, vec![format!("PATCH {EAS_PATH}/status")], "nothing is applied");
+    let (status, reason, message) = h.condition("Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.contains("exactly one of spec.server"), "{message}");
+}
+
+#[tokio::test]
+async fn available_children_make_it_ready() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    h.reconcile().await.unwrap();
+    let mut d = h.api.get(DEPLOYMENT).unwrap();
+    d["status"] = json!({"conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"}]});
+    h.api.put(DEPLOYMENT, d);
+    let mut s = h.api.get(APISERVICE).unwrap();
+    s["status"] = json!({"conditions": [{"type": "Available", "status": "False", "reason": "FailedDiscoveryCheck",
+                                          "message": "failing or missing response from https://10.0.0.1:443"}]});
+    h.api.put(APISERVICE, s.clone());
+    h.reconcile().await.unwrap();
+    let (_, reason, message) = h.condition("APIServiceAvailable");
+    assert_eq!(reason, "FailedDiscoveryCheck");
+    assert!(message.starts_with("v1alpha1.wardle.example.com: failing or missing response"));
+    assert_eq!(h.condition("Ready").0, "False");
+
+    s["status"]["conditions"][0] =
+        json!({"type": "Available", "status": "True", "reason": "Passed", "message": "all checks passed"});
+    h.api.put(APISERVICE, s);
+    let action = h.reconcile().await.unwrap();
+    assert_eq!(h.condition("DeploymentAvailable").0, "True");
+    assert_eq!(h.condition("Ready").0, "True");
+    assert_eq!(action, Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn removed_version_loses_its_api_service() {
+    let h = Harness::new();
+    let mut s = spec();
+    s.versions.push(ApiVersion {
+        name: "v1beta1".into(),
+        group_priority_minimum: 1000,
+        version_priority: 20,
+    });
+    h.put_eas(s);
+    h.reconcile().await.unwrap();
+    let beta = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.wardle.example.com";
+    assert!(h.api.get(beta).is_some());
+    let mut eas = h.eas();
+    eas.spec.versions.truncate(1);
+    eas.metadata.generation = Some(2);
+    h.api.put(EAS_PATH, serde_json::to_value(&eas).unwrap());
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(beta).is_none());
+    assert!(h.api.get(APISERVICE).is_some());
+}
+
+#[tokio::test]
+async fn deletion_removes_cluster_scoped_children_and_tolerates_missing_ones() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    h.reconcile().await.unwrap();
+    h.api.take_requests();
+    let mut eas = h.eas();
+    eas.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
+    h.api.put(EAS_PATH, serde_json::to_value(&eas).unwrap());
+    // One child disappears between our list and our delete.
+    h.api
+        .state
+        .lock()
+        .unwrap()
+        .vanish_on_delete
+        .push("/apis/rbac.authorization.k8s.io/v1/clusterroles/aggregation.dev:wardle-system:wardle".into());
+    let action = h.reconcile().await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let calls = h.calls();
+    let selector_lists = calls.iter().filter(|c| c.starts_with("GET ")).count();
+    assert_eq!(selector_lists, 4, "{calls:?}");
+    for gone in [
+        APISERVICE,
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/aggregation.dev:wardle-system:wardle",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle:auth-delegator",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings/aggregation.dev:wardle-system:wardle:auth-reader",
+    ] {
+        assert!(calls.contains(&format!("DELETE {gone}")), "{gone} not deleted: {calls:?}");
+        assert!(h.api.get(gone).is_none(), "{gone} still there");
+    }
+    assert_eq!(
+        calls.last().unwrap(),
+        &format!("PATCH {EAS_PATH}"),
+        "finalizer removed last"
+    );
+    assert!(
+        h.api.get(EAS_PATH).is_none(),
+        "object gone once the finalizer is removed"
+    );
+    // Namespaced children are left to the garbage collector through their owner references.
+    let owner = &h.api.get(DEPLOYMENT).unwrap()["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["uid"], "uid-wardle");
+    assert_eq!(owner["controller"], true);
+}
+
+#[tokio::test]
+async fn cleanup_with_everything_already_gone_still_finishes() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    let mut eas = h.eas();
+    eas.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
+    h.api.put(EAS_PATH, serde_json::to_value(&eas).unwrap());
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(EAS_PATH).is_none());
+}

@@ -1,0 +1,248 @@
+//! Checks of a spec that go beyond what the CRD schema enforces at admission (and repeat the
+//! schema's own checks, so that an object admitted under an older CRD still gets a clear
+//! condition instead of a failed apply).
+
+use crate::crd::{ExtensionApiServerSpec, KeyAlgorithm};
+use crate::pki::{parse_duration, DEFAULT_CA_VALIDITY, DEFAULT_SERVING_VALIDITY};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Certificate settings with defaults applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CertSettings {
+    /// Key algorithm of new keys.
+    pub key_algorithm: KeyAlgorithm,
+    /// Lifetime of a new serving certificate.
+    pub serving_validity: Duration,
+    /// Lifetime of a new CA.
+    pub ca_validity: Duration,
+}
+
+/// A spec that passed validation, with defaults resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Validated {
+    /// Certificate settings.
+    pub certs: CertSettings,
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn is_version_name(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix('v') else { return false };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || rest.starts_with('0') {
+        return false;
+    }
+    let tail = &rest[digits..];
+    if tail.is_empty() {
+        return true;
+    }
+    let Some(n) = tail.strip_prefix("alpha").or_else(|| tail.strip_prefix("beta")) else {
+        return false;
+    };
+    !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Validates a spec; the error lists every problem, each naming the field to fix.
+pub fn validate(spec: &ExtensionApiServerSpec) -> Result<Validated, Vec<String>> {
+    let mut problems = Vec::new();
+    if !is_dns_subdomain(&spec.group) {
+        problems.push(format!(
+            "spec.group {:?} must be a DNS-1123 subdomain such as wardle.example.com",
+            spec.group
+        ));
+    }
+    match (&spec.server, &spec.image) {
+        (Some(_), Some(_)) | (None, None) => problems.push(
+            "exactly one of spec.server (the bundled server) or spec.image (your own server image) must be set".into(),
+        ),
+        _ => {}
+    }
+    if spec.versions.is_empty() {
+        problems.push("spec.versions must name at least one version".into());
+    }
+    let mut seen = BTreeSet::new();
+    for (i, v) in spec.versions.iter().enumerate() {
+        if !is_version_name(&v.name) {
+            problems.push(format!(
+                "spec.versions[{i}].name {:?} must look like v1, v1beta2 or v2alpha1",
+                v.name
+            ));
+        }
+        if !seen.insert(v.name.as_str()) {
+            problems.push(format!("spec.versions[{i}].name {:?} is listed twice", v.name));
+        }
+        if !(1..=20000).contains(&v.group_priority_minimum) {
+            problems.push(format!(
+                "spec.versions[{i}].groupPriorityMinimum must be between 1 and 20000"
+            ));
+        }
+        if !(1..=1000).contains(&v.version_priority) {
+            problems.push(format!("spec.versions[{i}].versionPriority must be between 1 and 1000"));
+        }
+    }
+    if let Some(server) = &spec.server {
+        let mut plurals = BTreeSet::new();
+        for (i, r) in server.resources.iter().enumerate() {
+            if !plurals.insert(r.plural.as_str()) {
+                problems.push(format!(
+                    "spec.server.resources[{i}].plural {:?} is declared twice",
+                    r.plural
+                ));
+            }
+            for (j, rv) in r.versions.iter().enumerate() {
+                if !seen.contains(rv.name.as_str()) {
+                    problems.push(format!(
+                        "spec.server.resources[{i}].versions[{j}].name {:?} is not one of spec.versions",
+                        rv.name
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(img) = &spec.image {
+        if img.image.trim().is_empty() {
+            problems.push("spec.image.image must name a container image".into());
+        }
+        if !(1..=65535).contains(&img.port) {
+            problems.push("spec.image.port must be between 1 and 65535".into());
+        }
+    }
+    if spec.replicas.is_some_and(|r| r < 0) {
+        problems.push("spec.replicas must not be negative".into());
+    }
+    let certs = cert_settings(spec, &mut problems);
+    if problems.is_empty() {
+        Ok(Validated { certs })
+    } else {
+        Err(problems)
+    }
+}
+
+fn cert_settings(spec: &ExtensionApiServerSpec, problems: &mut Vec<String>) -> CertSettings {
+    let c = spec.certificates.clone().unwrap_or_default();
+    let mut duration = |field: &str, value: &Option<String>, default: Duration| match value {
+        None => default,
+        Some(s) => parse_duration(s).unwrap_or_else(|e| {
+            problems.push(format!("spec.certificates.{field}: {e}"));
+            default
+        }),
+    };
+    let serving_validity = duration("servingValidity", &c.serving_validity, DEFAULT_SERVING_VALIDITY);
+    let ca_validity = duration("caValidity", &c.ca_validity, DEFAULT_CA_VALIDITY);
+    if serving_validity < Duration::from_secs(3600) {
+        problems.push("spec.certificates.servingValidity must be at least 1h".into());
+    }
+    if ca_validity <= serving_validity {
+        problems.push("spec.certificates.caValidity must be longer than servingValidity".into());
+    }
+    CertSettings {
+        key_algorithm: c.key_algorithm.unwrap_or_default(),
+        serving_validity,
+        ca_validity,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ApiVersion, BundledServer, CertificatesSpec, ImageServer};
+
+    pub fn spec() -> ExtensionApiServerSpec {
+        ExtensionApiServerSpec {
+            group: "wardle.example.com".into(),
+            versions: vec![ApiVersion {
+                name: "v1alpha1".into(),
+                group_priority_minimum: 1000,
+                version_priority: 15,
+            }],
+            server: Some(BundledServer::default()),
+            image: None,
+            service_name: None,
+            replicas: None,
+            resources: None,
+            certificates: None,
+            rules: vec![],
+        }
+    }
+
+    #[test]
+    fn valid_spec_gets_defaults() {
+        let v = validate(&spec()).unwrap();
+        assert_eq!(v.certs.key_algorithm, KeyAlgorithm::EcdsaP256);
+        assert_eq!(v.certs.serving_validity, DEFAULT_SERVING_VALIDITY);
+        assert_eq!(v.certs.ca_validity, DEFAULT_CA_VALIDITY);
+    }
+
+    #[test]
+    fn version_names() {
+        for ok in ["v1", "v12", "v1beta2", "v2alpha1"] {
+            assert!(is_version_name(ok), "{ok}");
+        }
+        for bad in [
+            "1", "v", "v0", "v01", "v1beta", "v1gamma1", "V1", "v1beta01", "v1-beta1",
+        ] {
+            assert!(!is_version_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let mut s = spec();
+        s.group = "Not_A_Group".into();
+        s.image = Some(ImageServer {
+            image: "x".into(),
+            image_pull_policy: None,
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            port: 70000,
+            pass_tls_flags: true,
+            readiness_path: "/readyz".into(),
+        });
+        s.versions.push(s.versions[0].clone());
+        s.versions[0].version_priority = 0;
+        s.certificates = Some(CertificatesSpec {
+            key_algorithm: None,
+            serving_validity: Some("10m".into()),
+            ca_validity: Some("soon".into()),
+        });
+        let problems = validate(&s).unwrap_err();
+        let all = problems.join("\n");
+        for needle in [
+            "spec.group",
+            "exactly one of spec.server",
+            "listed twice",
+            "versionPriority",
+            "spec.image.port",
+            "servingValidity must be at least 1h",
+            "spec.certificates.caValidity: invalid duration",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn resource_versions_must_be_declared() {
+        let mut s = spec();
+        let r: crate::crd::ServedResource = serde_json::from_value(serde_json::json!({
+            "kind": "Flunder", "plural": "flunders", "versions": [{"name": "v1"}]
+        }))
+        .unwrap();
+        s.server.as_mut().unwrap().resources = vec![r.clone(), r];
+        let all = validate(&s).unwrap_err().join("\n");
+        assert!(all.contains("\"v1\" is not one of spec.versions"), "{all}");
+        assert!(all.contains("declared twice"), "{all}");
+    }
+}
