@@ -6,6 +6,9 @@
 //! so that a bad spec is refused at admission; [`crate::validate`] repeats the checks
 //! the schema cannot express and reports them as a condition.
 
+// The derive's printcolumn(...) entries repeat attribute names by design.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

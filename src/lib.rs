@@ -1,12 +1,18 @@
 //! extension-apiserver-operator: an operator that reconciles `ExtensionApiServer` objects into
 //! everything the Kubernetes aggregation layer needs, and the building blocks of the bundled server.
 
+pub mod admin;
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod error;
+#[cfg(test)]
+mod fake_api;
+pub mod leader;
 pub mod metrics;
 pub mod pki;
 pub mod rbac;
 pub mod reconcile;
 pub mod serverconfig;
+pub mod telemetry;
 pub mod validate;

@@ -232,7 +232,7 @@ pub fn inspect_der(der: &[u8]) -> Result<CertFacts, PkiError> {
     Ok(CertFacts {
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
-        serial_hex: hex(&cert.raw_serial()),
+        serial_hex: hex(cert.raw_serial()),
         sha256_hex: hex(&Sha256::digest(der)),
         dns_names,
         is_ca,
@@ -374,10 +374,10 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
 /// Parses a Go-style duration (`90h`, `2160h`, `1h30m`, `45s`), as Kubernetes writes them.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d: kube::core::Duration = s.parse().map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-    let std: Duration = d
-        .try_into()
-        .map_err(|_| format!("duration {s:?} must not be negative"))?;
-    Ok(std)
+    if d.is_negative() {
+        return Err(format!("duration {s:?} must not be negative"));
+    }
+    Ok(d.into())
 }
 
 #[cfg(test)]
@@ -548,6 +548,7 @@ mod tests {
         assert_eq!(parse_duration("2160h").unwrap(), DEFAULT_SERVING_VALIDITY);
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("ninety days").is_err());
+        assert!(parse_duration("-1h").is_err());
     }
 
     #[test]

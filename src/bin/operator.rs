@@ -1,1 +1,154 @@
-fn main() {}
+//! The operator binary: flags, logging, admin server, leader election, controller.
+
+use clap::Parser;
+use eao::admin::{self, AdminState};
+use eao::leader::{LeaderElector, LeaseConfig};
+use eao::metrics::Metrics;
+use eao::reconcile::build::BuildOptions;
+use eao::telemetry::{self, LogFormat};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::Reporter;
+use kube::{Api, Client};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Reconciles ExtensionApiServer objects into everything the Kubernetes aggregation layer needs.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address of the admin server (/livez, /readyz, /metrics).
+    #[arg(long, env = "EAO_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "EAO_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// Log filter used when RUST_LOG is unset.
+    #[arg(long, env = "EAO_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Take part in Lease-based leader election (needed with more than one replica).
+    #[arg(long, env = "EAO_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "EAO_LEASE_NAME", default_value = "extension-apiserver-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the election.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Image of the bundled server, used when an ExtensionApiServer names none.
+    #[arg(long, env = "EAO_SERVER_IMAGE", default_value = concat!("extension-apiserver-operator:", env!("CARGO_PKG_VERSION")))]
+    server_image: String,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    telemetry::init(args.log_format, &args.log_level);
+    if let Err(e) = run(args).await {
+        tracing::error!(error = %e, "operator failed");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot configure a Kubernetes client (in-cluster or KUBECONFIG): {e}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        }
+    });
+
+    let admin = tokio::spawn(admin::serve(
+        args.admin_addr,
+        AdminState {
+            ready: ready.clone(),
+            metrics: metrics.clone(),
+        },
+        stopped(),
+    ));
+
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("extension-apiserver-operator-{}", std::process::id()));
+    let elector = args.leader_elect.then(|| {
+        Arc::new(LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            LeaseConfig {
+                name: args.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: Duration::from_secs(15),
+                renew_interval: Duration::from_secs(5),
+            },
+        ))
+    });
+    if let Some(e) = &elector {
+        tokio::select! {
+            _ = e.acquire() => {},
+            _ = stopped() => return Ok(()),
+        }
+        // Losing the Lease stops the controller: a successor may already be writing.
+        let e = e.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            e.hold().await;
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    let reporter = Reporter {
+        controller: "extension-apiserver-operator".into(),
+        instance: Some(identity),
+    };
+    let options = BuildOptions {
+        default_server_image: args.server_image,
+    };
+    eao::controller::run(client, options, metrics, reporter, ready, stopped()).await;
+    if let Some(e) = &elector {
+        e.release().await;
+    }
+    let _ = stop_tx.send(true);
+    if let Ok(Err(e)) = admin.await {
+        return Err(format!("admin server failed: {e}").into());
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,12 +1,9 @@
 //! Reconcile flows against the in-memory API server: the exact requests, drift repair,
 //! certificate stability, conflicts, aggregation checks and the finalizer path.
 
-#[path = "fake.rs"]
-mod fake;
-
 use super::*;
 use crate::crd::{ApiVersion, BundledServer, ExtensionApiServerSpec};
-use fake::FakeApi;
+use crate::fake_api::FakeApi;
 use kube::runtime::events::Reporter;
 use serde_json::{json, Value};
 
