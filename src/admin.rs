@@ -65,3 +65,35 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get(state: &AdminState, path: &str) -> (StatusCode, String) {
+        let req = axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let resp = router(state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn ready_only_after_sync_and_metrics_exposed() {
+        let state = AdminState {
+            ready: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::new(Metrics::default()),
+        };
+        assert_eq!(get(&state, "/livez").await.0, StatusCode::OK);
+        assert_eq!(get(&state, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        state.ready.store(true, Ordering::SeqCst);
+        assert_eq!(get(&state, "/readyz").await.0, StatusCode::OK);
+        let (code, body) = get(&state, "/metrics").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("eao_reconciles_total"), "{body}");
+        assert!(body.ends_with("# EOF\n"));
+    }
+}

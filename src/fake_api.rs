@@ -309,6 +309,22 @@ impl FakeApi {
                 }
                 (200, obj)
             }
+            Method::PUT => {
+                let Ok(mut obj) = serde_json::from_slice::<Value>(body) else {
+                    return (400, status(400, "BadRequest", "bad json"));
+                };
+                let Some(existing) = st.objects.get(&obj_path) else {
+                    return (404, status(404, "NotFound", &format!("{obj_path} not found")));
+                };
+                // Optimistic concurrency, as kube-apiserver does for update.
+                if obj.pointer("/metadata/resourceVersion") != existing.pointer("/metadata/resourceVersion") {
+                    return (409, status(409, "Conflict", "the object has been modified"));
+                }
+                st.rv += 1;
+                obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                st.objects.insert(obj_path, obj.clone());
+                (200, obj)
+            }
             _ => (405, status(405, "MethodNotAllowed", "method not allowed")),
         }
     }

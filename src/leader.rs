@@ -170,3 +170,63 @@ impl LeaderElector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_api::FakeApi;
+
+    fn elector(api: &FakeApi, id: &str) -> LeaderElector {
+        LeaderElector::new(
+            Api::namespaced(api.client(), "eao-system"),
+            LeaseConfig {
+                name: "eao".into(),
+                identity: id.into(),
+                lease_duration: Duration::from_secs(15),
+                renew_interval: Duration::from_secs(5),
+            },
+        )
+    }
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/eao-system/leases/eao";
+
+    fn holder(api: &FakeApi) -> Option<String> {
+        api.get(LEASE)?["spec"]["holderIdentity"].as_str().map(str::to_string)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_one_leads_until_the_lease_expires() {
+        let api = FakeApi::default();
+        let (a, b) = (elector(&api, "a"), elector(&api, "b"));
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        assert!(!b.try_acquire_or_renew().await.unwrap());
+        assert_eq!(holder(&api).as_deref(), Some("a"));
+        // a keeps renewing: b never sees the Lease unchanged for a whole duration.
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert!(a.try_acquire_or_renew().await.unwrap());
+            assert!(!b.try_acquire_or_renew().await.unwrap());
+        }
+        // a stops renewing; after a full lease duration b takes over.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!b.try_acquire_or_renew().await.unwrap(), "not expired yet");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(b.try_acquire_or_renew().await.unwrap());
+        assert_eq!(holder(&api).as_deref(), Some("b"));
+        assert_eq!(api.get(LEASE).unwrap()["spec"]["leaseTransitions"], 1);
+        assert!(
+            !a.try_acquire_or_renew().await.unwrap(),
+            "the old leader must not write"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_hands_over_at_once() {
+        let api = FakeApi::default();
+        let (a, b) = (elector(&api, "a"), elector(&api, "b"));
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        a.release().await;
+        assert_eq!(holder(&api), None);
+        assert!(b.try_acquire_or_renew().await.unwrap());
+    }
+}
