@@ -9,5 +9,5 @@ crdgen:
 
 test: tools
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --all-features -- -D warnings
 	cargo test --all-targets

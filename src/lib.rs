@@ -6,8 +6,9 @@ pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod error;
-#[cfg(test)]
-mod fake_api;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod fake_api;
 pub mod leader;
 pub mod metrics;
 pub mod pki;

@@ -1,0 +1,371 @@
+//! End-to-end tests against a real cluster. They run only with `EAO_E2E=1` and `KUBECONFIG`
+//! set; otherwise each test prints why it is skipped and passes.
+//!
+//! The CRD from `crds/` is applied, and the controller runs in this process (set
+//! `EAO_E2E_IN_PROCESS=0` to test an operator already installed in the cluster instead).
+//! Each test uses its own temporary namespace and API group. Pods are never expected to become
+//! Ready (the image may not exist in the cluster): the tests check objects, status and cleanup.
+
+use eao::crd::ExtensionApiServer;
+use futures::FutureExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::Reporter;
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn enabled(test: &str) -> bool {
+    let on = std::env::var("EAO_E2E").as_deref() == Ok("1") && std::env::var_os("KUBECONFIG").is_some();
+    if !on {
+        eprintln!("skipping e2e test {test}: set EAO_E2E=1 and KUBECONFIG to run it against a cluster");
+    }
+    on
+}
+
+static SETUP: OnceCell<Client> = OnceCell::const_new();
+
+/// Installs the CRD and starts the controller once per test binary.
+async fn client() -> Client {
+    SETUP
+        .get_or_init(|| async {
+            let client = Client::try_default().await.expect("kubeconfig works");
+            let text = std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/crds/extensionapiservers.aggregation.dev.yaml"
+            ))
+            .unwrap();
+            let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+            let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+            crds.patch(
+                "extensionapiservers.aggregation.dev",
+                &PatchParams::apply("eao-e2e").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .expect("CRD applies");
+            let established = kube::runtime::conditions::is_crd_established();
+            tokio::time::timeout(
+                TIMEOUT,
+                kube::runtime::wait::await_condition(crds, "extensionapiservers.aggregation.dev", established),
+            )
+            .await
+            .expect("CRD established in time")
+            .unwrap();
+            if std::env::var("EAO_E2E_IN_PROCESS").as_deref() != Ok("0") {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    eao::controller::run(
+                        c,
+                        eao::reconcile::build::BuildOptions {
+                            default_server_image: "extension-apiserver-operator:e2e".into(),
+                        },
+                        Arc::new(eao::metrics::Metrics::default()),
+                        Reporter {
+                            controller: "extension-apiserver-operator".into(),
+                            instance: Some("e2e".into()),
+                        },
+                        Arc::new(AtomicBool::new(false)),
+                        std::future::pending(),
+                    )
+                    .await
+                });
+            }
+            client
+        })
+        .await
+        .clone()
+}
+
+fn suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:x}{:x}", std::process::id() % 0xffff, nanos % 0xfffff)
+}
+
+/// A temporary namespace and a unique group; everything is removed afterwards, the
+/// ExtensionApiServer first so no APIService points at a deleted namespace.
+#[derive(Clone)]
+struct Scope {
+    client: Client,
+    ns: String,
+    group: String,
+}
+
+impl Scope {
+    async fn new(client: Client) -> Scope {
+        let id = suffix();
+        let ns = format!("eao-e2e-{id}");
+        let nss: Api<Namespace> = Api::all(client.clone());
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns, "labels": {"eao-e2e": "true"}}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        Scope {
+            client,
+            ns,
+            group: format!("e2e-{id}.example.com"),
+        }
+    }
+
+    fn eas_api(&self) -> Api<ExtensionApiServer> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn manifest(&self) -> ExtensionApiServer {
+        serde_json::from_value(json!({
+            "apiVersion": "aggregation.dev/v1alpha1", "kind": "ExtensionApiServer",
+            "metadata": {"name": "wardle", "namespace": self.ns},
+            "spec": {"group": self.group, "versions": [{"name": "v1alpha1"}],
+                     "server": {"resources": [{"kind": "Flunder", "plural": "flunders",
+                                               "versions": [{"name": "v1alpha1"}]}]}}
+        }))
+        .unwrap()
+    }
+
+    async fn cleanup(&self) {
+        let _ = self.eas_api().delete("wardle", &DeleteParams::default()).await;
+        let _ = wait_for(|| async { self.eas_api().get_opt("wardle").await.ok().flatten().is_none() }).await;
+        // Whatever the operator could not remove (a failed test) must not outlive the test.
+        let sel = format!("aggregation.dev/owner-namespace={}", self.ns);
+        let svcs: Api<APIService> = Api::all(self.client.clone());
+        if let Ok(list) = svcs.list(&ListParams::default().labels(&sel)).await {
+            for s in list {
+                let _ = svcs.delete(&s.name_any(), &DeleteParams::default()).await;
+            }
+        }
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        let _ = nss.delete(&self.ns, &DeleteParams::default()).await;
+    }
+
+    /// Runs `body`, then cleans up whether it passed or panicked.
+    async fn run<F: std::future::Future<Output = ()>>(self, body: impl FnOnce(Scope) -> F) {
+        let result = AssertUnwindSafe(body(self.clone())).catch_unwind().await;
+        self.cleanup().await;
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+async fn wait_for<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+fn cluster_names(ns: &str) -> [String; 3] {
+    let p = format!("aggregation.dev:{ns}:wardle");
+    [p.clone(), format!("{p}:auth-delegator"), format!("{p}:auth-reader")]
+}
+
+#[tokio::test]
+async fn apply_creates_every_child() {
+    if !enabled("apply_creates_every_child") {
+        return;
+    }
+    let scope = Scope::new(client().await).await;
+    scope
+        .run(|s| async move {
+            let c = s.client.clone();
+            s.eas_api()
+                .create(&PostParams::default(), &s.manifest())
+                .await
+                .expect("valid spec is admitted");
+            let svc_name = format!("v1alpha1.{}", s.group);
+            let apiservices: Api<APIService> = Api::all(c.clone());
+            assert!(
+                wait_for(|| async { apiservices.get_opt(&svc_name).await.ok().flatten().is_some() }).await,
+                "APIService {svc_name} appears"
+            );
+            let secrets: Api<Secret> = Api::namespaced(c.clone(), &s.ns);
+            let ca = secrets.get("wardle-ca").await.unwrap();
+            let serving = secrets.get("wardle-serving-cert").await.unwrap();
+            assert_eq!(serving.type_.as_deref(), Some("kubernetes.io/tls"));
+            let ca_pem = ca.data.as_ref().unwrap()["tls.crt"].0.clone();
+            assert_eq!(serving.data.as_ref().unwrap()["ca.crt"].0, ca_pem);
+            let apisvc = apiservices.get(&svc_name).await.unwrap();
+            let spec = apisvc.spec.unwrap();
+            assert_eq!(spec.ca_bundle.unwrap().0, ca_pem, "caBundle is the CA");
+            assert_ne!(spec.insecure_skip_tls_verify, Some(true));
+            assert_eq!(spec.service.unwrap().namespace.as_deref(), Some(s.ns.as_str()));
+            Api::<ServiceAccount>::namespaced(c.clone(), &s.ns)
+                .get("wardle")
+                .await
+                .unwrap();
+            Api::<Service>::namespaced(c.clone(), &s.ns)
+                .get("wardle")
+                .await
+                .unwrap();
+            Api::<ConfigMap>::namespaced(c.clone(), &s.ns)
+                .get("wardle-config")
+                .await
+                .unwrap();
+            let d = Api::<Deployment>::namespaced(c.clone(), &s.ns)
+                .get("wardle")
+                .await
+                .unwrap();
+            assert_eq!(d.owner_references()[0].kind, "ExtensionApiServer");
+            let [role, delegator, reader] = cluster_names(&s.ns);
+            let cr = Api::<ClusterRole>::all(c.clone()).get(&role).await.unwrap();
+            assert!(!cr.rules.unwrap().is_empty());
+            let crbs: Api<ClusterRoleBinding> = Api::all(c.clone());
+            assert_eq!(
+                crbs.get(&delegator).await.unwrap().role_ref.name,
+                "system:auth-delegator"
+            );
+            crbs.get(&role).await.unwrap();
+            let rb = Api::<RoleBinding>::namespaced(c.clone(), "kube-system")
+                .get(&reader)
+                .await
+                .unwrap();
+            assert_eq!(rb.role_ref.name, "extension-apiserver-authentication-reader");
+            // Status: certificates and the aggregation-layer check are reported.
+            assert!(
+                wait_for(|| async {
+                    let eas = s.eas_api().get("wardle").await.unwrap();
+                    let conds = eas.status.map(|st| st.conditions).unwrap_or_default();
+                    conds
+                        .iter()
+                        .any(|c| c.type_ == "CertificatesReady" && c.status == "True")
+                        && conds.iter().any(|c| c.type_ == "Ready")
+                })
+                .await,
+                "status conditions are written"
+            );
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn edited_ca_bundle_is_repaired() {
+    if !enabled("edited_ca_bundle_is_repaired") {
+        return;
+    }
+    let scope = Scope::new(client().await).await;
+    scope
+        .run(|s| async move {
+            s.eas_api().create(&PostParams::default(), &s.manifest()).await.unwrap();
+            let name = format!("v1alpha1.{}", s.group);
+            let apiservices: Api<APIService> = Api::all(s.client.clone());
+            assert!(wait_for(|| async { apiservices.get_opt(&name).await.ok().flatten().is_some() }).await);
+            let good = apiservices.get(&name).await.unwrap().spec.unwrap().ca_bundle;
+            apiservices
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"caBundle": "Ym9ndXM="}})),
+                )
+                .await
+                .unwrap();
+            assert!(
+                wait_for(|| async { apiservices.get(&name).await.unwrap().spec.unwrap().ca_bundle == good }).await,
+                "caBundle repaired"
+            );
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn delete_leaves_nothing_behind() {
+    if !enabled("delete_leaves_nothing_behind") {
+        return;
+    }
+    let scope = Scope::new(client().await).await;
+    scope
+        .run(|s| async move {
+            let c = s.client.clone();
+            s.eas_api().create(&PostParams::default(), &s.manifest()).await.unwrap();
+            let name = format!("v1alpha1.{}", s.group);
+            let apiservices: Api<APIService> = Api::all(c.clone());
+            let [role, delegator, reader] = cluster_names(&s.ns);
+            let rbs: Api<RoleBinding> = Api::namespaced(c.clone(), "kube-system");
+            assert!(wait_for(|| async { rbs.get_opt(&reader).await.ok().flatten().is_some() }).await);
+            assert!(wait_for(|| async { apiservices.get_opt(&name).await.ok().flatten().is_some() }).await);
+            s.eas_api().delete("wardle", &DeleteParams::default()).await.unwrap();
+            let crs: Api<ClusterRole> = Api::all(c.clone());
+            let crbs: Api<ClusterRoleBinding> = Api::all(c.clone());
+            let secrets: Api<Secret> = Api::namespaced(c.clone(), &s.ns);
+            let deployments: Api<Deployment> = Api::namespaced(c.clone(), &s.ns);
+            assert!(
+                wait_for(|| async {
+                    apiservices.get_opt(&name).await.unwrap().is_none()
+                        && crs.get_opt(&role).await.unwrap().is_none()
+                        && crbs.get_opt(&role).await.unwrap().is_none()
+                        && crbs.get_opt(&delegator).await.unwrap().is_none()
+                        && rbs.get_opt(&reader).await.unwrap().is_none()
+                        && s.eas_api().get_opt("wardle").await.unwrap().is_none()
+                })
+                .await,
+                "cluster-scoped children and the kube-system RoleBinding are deleted"
+            );
+            // Namespaced children go through the garbage collector.
+            assert!(
+                wait_for(|| async {
+                    secrets.get_opt("wardle-ca").await.unwrap().is_none()
+                        && deployments.get_opt("wardle").await.unwrap().is_none()
+                })
+                .await,
+                "namespaced children are garbage-collected"
+            );
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn invalid_spec_is_rejected_with_a_clear_message() {
+    if !enabled("invalid_spec_is_rejected_with_a_clear_message") {
+        return;
+    }
+    let scope = Scope::new(client().await).await;
+    scope
+        .run(|s| async move {
+            let mut bad = s.manifest();
+            bad.spec.image = Some(serde_json::from_value(json!({"image": "example/server:1"})).unwrap());
+            let err = s.eas_api().create(&PostParams::default(), &bad).await.unwrap_err();
+            let kube::Error::Api(status) = err else {
+                panic!("expected an API error, got {err}")
+            };
+            assert_eq!(status.code, 422);
+            assert!(
+                status.message.contains("exactly one of spec.server"),
+                "{}",
+                status.message
+            );
+
+            let mut bad = s.manifest();
+            bad.spec.versions[0].name = "version1".into();
+            bad.spec.group = "Not_A_Group".into();
+            let err = s.eas_api().create(&PostParams::default(), &bad).await.unwrap_err();
+            let kube::Error::Api(status) = err else {
+                panic!("expected an API error, got {err}")
+            };
+            assert_eq!(status.code, 422);
+            assert!(status.message.contains("spec.group"), "{}", status.message);
+            assert!(status.message.contains("spec.versions[0].name"), "{}", status.message);
+        })
+        .await;
+}
