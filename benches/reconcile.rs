@@ -52,6 +52,7 @@ async fn main() {
         },
         clock: system_clock(),
         store: None,
+        probe: eao::reconcile::probe::tls_probe(),
     });
     let rss_start = rss_kib();
     let mut first = Vec::new();

@@ -62,6 +62,7 @@ pub async fn run(
         options,
         clock: system_clock(),
         store: Some(store.clone()),
+        probe: crate::reconcile::probe::tls_probe(),
     });
     tokio::spawn(async move {
         if store.wait_until_ready().await.is_ok() {

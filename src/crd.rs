@@ -292,6 +292,11 @@ pub struct ImageServer {
     /// HTTPS path of the readiness probe. Defaults to `/readyz`.
     #[serde(default = "default_readiness_path")]
     pub readiness_path: String,
+    /// Roll the pods (one at a time, never below the desired count) when the serving
+    /// certificate changes. Defaults to true; turn it off for servers that reload their
+    /// certificate files themselves.
+    #[serde(default = "default_true")]
+    pub restart_on_certificate_change: bool,
 }
 
 /// Image pull policy.
@@ -333,19 +338,47 @@ fn default_readiness_path() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct CertificatesSpec {
     /// Key algorithm of the CA and serving keys: `ECDSAP256` (default), `RSA2048` or `RSA4096`.
-    /// Changing it issues new keys.
+    /// Changing it issues new keys (the CA through a rotation with overlap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_algorithm: Option<KeyAlgorithm>,
     /// Lifetime of the serving certificate, as a Go duration such as `2160h` (90 days, the default).
-    /// It is renewed when a third of its lifetime remains. At least `1h`.
+    /// At least `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("servingValidity must be at least 1h"))]
     pub serving_validity: Option<String>,
+    /// Renew the serving certificate this long before it expires. Defaults to a third of its lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10m')").message("servingRenewBefore must be at least 10m"))]
+    pub serving_renew_before: Option<String>,
     /// Lifetime of a generated CA, as a Go duration such as `43800h` (5 years, the default).
     /// It must be longer than `servingValidity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('2h')").message("caValidity must be at least 2h"))]
     pub ca_validity: Option<String>,
+    /// Start a CA rotation this long before the CA expires. Defaults to a third of its lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("caRenewBefore must be at least 1h"))]
+    pub ca_renew_before: Option<String>,
+    /// During a CA rotation, the minimum time the old CA stays in `caBundle` after the new CA
+    /// signs the serving certificate (it also stays until every replica is seen serving the new
+    /// certificate). Defaults to `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("caOverlap must not be negative"))]
+    pub ca_overlap: Option<String>,
+    /// Use your own CA instead of a generated one: a Secret in this namespace with `tls.crt`
+    /// (the CA certificate) and `tls.key`. Its key is read when signing and never copied or
+    /// mounted. Changing the Secret's certificate rotates with the same overlap as a generated CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretReference>,
+}
+
+/// A Secret in the object's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// Key algorithm of generated keys.
@@ -392,6 +425,31 @@ pub struct CertificatesStatus {
     /// The serving certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<CertificateInfo>,
+    /// Every CA in the published `caBundle` (two during a CA rotation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundle: Vec<CertificateInfo>,
+    /// When the serving certificate will next be renewed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_serving_renewal: Option<String>,
+    /// When the next CA rotation will start (RFC 3339); none with `caSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ca_rotation: Option<String>,
+    /// The CA rotation in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationStatus>,
+}
+
+/// A CA rotation in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// `PublishingNewCA` (both CAs published, the old one still signs) or `Overlap` (the new
+    /// CA signs; the old one stays until every replica serves the new certificate).
+    pub phase: String,
+    /// When the phase began (RFC 3339).
+    pub since: String,
+    /// Why the rotation began.
+    pub reason: String,
 }
 
 /// Identity and lifetime of a certificate.

@@ -244,6 +244,11 @@ impl FakeApi {
                         o
                     }
                     (None, _) => return (404, status(404, "NotFound", &format!("{obj_path} not found"))),
+                    (Some(e), c) if c.contains("apply-patch") && is_status => {
+                        let mut o = e.clone();
+                        o["status"] = patch.get("status").cloned().unwrap_or(Value::Null);
+                        o
+                    }
                     (Some(e), c) if c.contains("apply-patch") => {
                         // Server-side apply by the only manager: its fields replace ours; status and
                         // server-set metadata stay.

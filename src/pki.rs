@@ -80,8 +80,16 @@ impl CertFacts {
 
     /// When the certificate should be renewed: when a third of its lifetime remains.
     pub fn renew_at(&self) -> i64 {
-        let lifetime = self.not_after - self.not_before;
-        self.not_after - lifetime / 3
+        self.renew_at_with(None)
+    }
+
+    /// When the certificate should be renewed: `renew_before` its end, or when a third of its
+    /// lifetime remains if that is not set.
+    pub fn renew_at_with(&self, renew_before: Option<Duration>) -> i64 {
+        match renew_before {
+            Some(d) => self.not_after - d.as_secs() as i64,
+            None => self.not_after - (self.not_after - self.not_before) / 3,
+        }
     }
 }
 
@@ -291,6 +299,8 @@ pub enum ReissueReason {
     NamesChanged,
     /// The serving certificate is not signed by the current CA.
     IssuerChanged,
+    /// Asked for with the `aggregation.dev/rotate` annotation.
+    Requested,
 }
 
 impl std::fmt::Display for ReissueReason {
@@ -302,12 +312,18 @@ impl std::fmt::Display for ReissueReason {
             ReissueReason::KeyAlgorithmChanged => write!(f, "key algorithm changed"),
             ReissueReason::NamesChanged => write!(f, "DNS names changed"),
             ReissueReason::IssuerChanged => write!(f, "not signed by the current CA"),
+            ReissueReason::Requested => write!(f, "requested with aggregation.dev/rotate"),
         }
     }
 }
 
 /// Decides whether a stored CA can be kept.
-pub fn check_ca(stored: Option<&CertKeyPair>, alg: KeyAlgorithm, now_unix: i64) -> Result<CertFacts, ReissueReason> {
+pub fn check_ca(
+    stored: Option<&CertKeyPair>,
+    alg: KeyAlgorithm,
+    renew_before: Option<Duration>,
+    now_unix: i64,
+) -> Result<CertFacts, ReissueReason> {
     let stored = stored.ok_or(ReissueReason::Missing)?;
     let facts = inspect(&stored.cert_pem).map_err(|e| ReissueReason::Corrupt(e.to_string()))?;
     if !facts.is_ca {
@@ -321,7 +337,7 @@ pub fn check_ca(stored: Option<&CertKeyPair>, alg: KeyAlgorithm, now_unix: i64) 
     if facts.key_algorithm != Some(alg) {
         return Err(ReissueReason::KeyAlgorithmChanged);
     }
-    if now_unix >= facts.renew_at() {
+    if now_unix >= facts.renew_at_with(renew_before) {
         return Err(ReissueReason::Expiring);
     }
     Ok(facts)
@@ -333,6 +349,7 @@ pub fn check_serving(
     ca_pem: &str,
     dns_names: &[String],
     alg: KeyAlgorithm,
+    renew_before: Option<Duration>,
     now_unix: i64,
 ) -> Result<CertFacts, ReissueReason> {
     let stored = stored.ok_or(ReissueReason::Missing)?;
@@ -357,7 +374,7 @@ pub fn check_serving(
     if !ca_ders.iter().any(|ca| signed_by(&ders[0], ca)) {
         return Err(ReissueReason::IssuerChanged);
     }
-    if now_unix >= facts.renew_at() {
+    if now_unix >= facts.renew_at_with(renew_before) {
         return Err(ReissueReason::Expiring);
     }
     Ok(facts)
@@ -482,15 +499,15 @@ mod tests {
         let facts = inspect(&leaf.cert_pem).unwrap();
         let renew = facts.renew_at();
         let alg = KeyAlgorithm::EcdsaP256;
-        assert!(check_serving(Some(&leaf), &ca.cert_pem, &names(), alg, renew - 1).is_ok());
+        assert!(check_serving(Some(&leaf), &ca.cert_pem, &names(), alg, None, renew - 1).is_ok());
         assert_eq!(
-            check_serving(Some(&leaf), &ca.cert_pem, &names(), alg, renew),
+            check_serving(Some(&leaf), &ca.cert_pem, &names(), alg, None, renew),
             Err(ReissueReason::Expiring)
         );
-        assert!(check_ca(Some(&ca), alg, NOW).is_ok());
+        assert!(check_ca(Some(&ca), alg, None, NOW).is_ok());
         let ca_facts = inspect(&ca.cert_pem).unwrap();
         assert_eq!(
-            check_ca(Some(&ca), alg, ca_facts.renew_at()),
+            check_ca(Some(&ca), alg, None, ca_facts.renew_at()),
             Err(ReissueReason::Expiring)
         );
     }
@@ -501,32 +518,32 @@ mod tests {
         let alg = KeyAlgorithm::EcdsaP256;
         let leaf = issue_serving(&ca, &names(), alg, DEFAULT_SERVING_VALIDITY, NOW).unwrap();
         assert_eq!(
-            check_serving(None, &ca.cert_pem, &names(), alg, NOW),
+            check_serving(None, &ca.cert_pem, &names(), alg, None, NOW),
             Err(ReissueReason::Missing)
         );
         let other_names = service_dns_names("other", "wardle-system");
         assert_eq!(
-            check_serving(Some(&leaf), &ca.cert_pem, &other_names, alg, NOW),
+            check_serving(Some(&leaf), &ca.cert_pem, &other_names, alg, None, NOW),
             Err(ReissueReason::NamesChanged)
         );
         assert_eq!(
-            check_serving(Some(&leaf), &ca.cert_pem, &names(), KeyAlgorithm::Rsa2048, NOW),
+            check_serving(Some(&leaf), &ca.cert_pem, &names(), KeyAlgorithm::Rsa2048, None, NOW),
             Err(ReissueReason::KeyAlgorithmChanged)
         );
         let other_ca = generate_ca("other", alg, DEFAULT_CA_VALIDITY, NOW).unwrap();
         assert_eq!(
-            check_serving(Some(&leaf), &other_ca.cert_pem, &names(), alg, NOW),
+            check_serving(Some(&leaf), &other_ca.cert_pem, &names(), alg, None, NOW),
             Err(ReissueReason::IssuerChanged)
         );
         // A bundle holding both CAs still accepts the leaf.
         let bundle = format!("{}{}", other_ca.cert_pem, ca.cert_pem);
-        assert!(check_serving(Some(&leaf), &bundle, &names(), alg, NOW).is_ok());
+        assert!(check_serving(Some(&leaf), &bundle, &names(), alg, None, NOW).is_ok());
         let swapped = CertKeyPair {
             cert_pem: leaf.cert_pem.clone(),
             key_pem: other_ca.key_pem.clone(),
         };
         assert!(matches!(
-            check_serving(Some(&swapped), &ca.cert_pem, &names(), alg, NOW),
+            check_serving(Some(&swapped), &ca.cert_pem, &names(), alg, None, NOW),
             Err(ReissueReason::Corrupt(_))
         ));
         let garbage = CertKeyPair {
@@ -534,11 +551,11 @@ mod tests {
             key_pem: String::new(),
         };
         assert!(matches!(
-            check_ca(Some(&garbage), alg, NOW),
+            check_ca(Some(&garbage), alg, None, NOW),
             Err(ReissueReason::Corrupt(_))
         ));
         assert!(matches!(
-            check_ca(Some(&leaf), alg, NOW),
+            check_ca(Some(&leaf), alg, None, NOW),
             Err(ReissueReason::Corrupt(_))
         ));
     }

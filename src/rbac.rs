@@ -70,6 +70,8 @@ pub fn operator_cluster_rules() -> Vec<PolicyRule> {
         ),
         named(&["rbac.authorization.k8s.io"], &["roles"], &[AUTH_READER], &["bind"]),
         rule(&["apiregistration.k8s.io"], &["apiservices"], MANAGE),
+        // During a CA rotation: find the server replicas, to see which certificate each serves.
+        rule(&["discovery.k8s.io"], &["endpointslices"], &["list"]),
         // Events about ExtensionApiServers.
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
     ];

@@ -14,8 +14,14 @@ pub struct CertSettings {
     pub key_algorithm: KeyAlgorithm,
     /// Lifetime of a new serving certificate.
     pub serving_validity: Duration,
+    /// Renew the serving certificate this long before expiry (default: a third of its lifetime).
+    pub serving_renew_before: Option<Duration>,
     /// Lifetime of a new CA.
     pub ca_validity: Duration,
+    /// Rotate the CA this long before expiry (default: a third of its lifetime).
+    pub ca_renew_before: Option<Duration>,
+    /// Minimum time both CAs stay published once the new one signs.
+    pub ca_overlap: Duration,
 }
 
 /// A spec that passed validation, with defaults resolved.
@@ -141,6 +147,17 @@ fn cert_settings(spec: &ExtensionApiServerSpec, problems: &mut Vec<String>) -> C
     };
     let serving_validity = duration("servingValidity", &c.serving_validity, DEFAULT_SERVING_VALIDITY);
     let ca_validity = duration("caValidity", &c.ca_validity, DEFAULT_CA_VALIDITY);
+    let mut optional =
+        |field: &str, value: &Option<String>| value.as_ref().map(|_| duration(field, value, Duration::ZERO));
+    let serving_renew_before = optional("servingRenewBefore", &c.serving_renew_before);
+    let ca_renew_before = optional("caRenewBefore", &c.ca_renew_before);
+    let ca_overlap = optional("caOverlap", &c.ca_overlap).unwrap_or(crate::reconcile::rotation::DEFAULT_OVERLAP);
+    if serving_renew_before.is_some_and(|r| r >= serving_validity) {
+        problems.push("spec.certificates.servingRenewBefore must be shorter than servingValidity".into());
+    }
+    if ca_renew_before.is_some_and(|r| r >= ca_validity) {
+        problems.push("spec.certificates.caRenewBefore must be shorter than caValidity".into());
+    }
     if serving_validity < Duration::from_secs(3600) {
         problems.push("spec.certificates.servingValidity must be at least 1h".into());
     }
@@ -150,7 +167,10 @@ fn cert_settings(spec: &ExtensionApiServerSpec, problems: &mut Vec<String>) -> C
     CertSettings {
         key_algorithm: c.key_algorithm.unwrap_or_default(),
         serving_validity,
+        serving_renew_before,
         ca_validity,
+        ca_renew_before,
+        ca_overlap,
     }
 }
 
@@ -210,13 +230,14 @@ mod tests {
             port: 70000,
             pass_tls_flags: true,
             readiness_path: "/readyz".into(),
+            restart_on_certificate_change: true,
         });
         s.versions.push(s.versions[0].clone());
         s.versions[0].version_priority = 0;
         s.certificates = Some(CertificatesSpec {
-            key_algorithm: None,
             serving_validity: Some("10m".into()),
             ca_validity: Some("soon".into()),
+            ..Default::default()
         });
         let problems = validate(&s).unwrap_err();
         let all = problems.join("\n");

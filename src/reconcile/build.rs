@@ -1,6 +1,7 @@
 //! Pure builders: spec in, Kubernetes objects out. No client, no clock.
 
 use super::names::{api_service_name, Names, CERT_HASH_ANNOTATION, KUBE_SYSTEM};
+use super::rotation::CaState;
 use crate::crd::{ExtensionApiServer, ImageServer, LogFormat};
 use crate::pki::CertKeyPair;
 use crate::rbac::{bundled_server_rules, AUTH_DELEGATOR, AUTH_READER};
@@ -27,8 +28,10 @@ const PORT_NAME: &str = "https";
 /// The certificates a reconcile decided to use.
 #[derive(Clone, Debug)]
 pub struct Certs {
-    /// The CA; its key stays in the CA Secret only.
-    pub ca: CertKeyPair,
+    /// The CA state, written to the CA Secret (which is never mounted).
+    pub ca_state: CaState,
+    /// The CA certificates to trust, PEM, as published in `caBundle`.
+    pub bundle_pem: String,
     /// The serving certificate and key.
     pub serving: CertKeyPair,
     /// SHA-256 of the serving certificate, hex.
@@ -38,7 +41,7 @@ pub struct Certs {
 /// Everything an `ExtensionApiServer` is reconciled into.
 #[derive(Clone, Debug)]
 pub struct Children {
-    /// Secret with the CA certificate and key; never mounted.
+    /// Secret with the CA state (certificates, keys, rotation phase); never mounted.
     pub ca_secret: Secret,
     /// `kubernetes.io/tls` Secret mounted into the server.
     pub serving_secret: Secret,
@@ -91,14 +94,22 @@ fn cluster_meta(names: &Names, name: &str) -> ObjectMeta {
     }
 }
 
-fn tls_secret(meta: ObjectMeta, pair: &CertKeyPair, ca_pem: Option<&str>) -> Secret {
-    let mut data = BTreeMap::from([
+fn ca_secret(mut meta: ObjectMeta, state: &CaState) -> Secret {
+    meta.annotations = Some(state.to_annotations());
+    Secret {
+        metadata: meta,
+        type_: Some("Opaque".to_string()),
+        data: Some(state.to_data()),
+        ..Default::default()
+    }
+}
+
+fn tls_secret(meta: ObjectMeta, pair: &CertKeyPair, bundle_pem: &str) -> Secret {
+    let data = BTreeMap::from([
         ("tls.crt".to_string(), ByteString(pair.cert_pem.clone().into_bytes())),
         ("tls.key".to_string(), ByteString(pair.key_pem.clone().into_bytes())),
+        ("ca.crt".to_string(), ByteString(bundle_pem.as_bytes().to_vec())),
     ]);
-    if let Some(ca) = ca_pem {
-        data.insert("ca.crt".to_string(), ByteString(ca.as_bytes().to_vec()));
-    }
     Secret {
         metadata: meta,
         type_: Some("kubernetes.io/tls".to_string()),
@@ -143,11 +154,11 @@ pub fn build(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Buil
     });
 
     Children {
-        ca_secret: tls_secret(namespaced_meta(eas, names, &names.ca_secret), &certs.ca, None),
+        ca_secret: ca_secret(namespaced_meta(eas, names, &names.ca_secret), &certs.ca_state),
         serving_secret: tls_secret(
             namespaced_meta(eas, names, &names.serving_secret),
             &certs.serving,
-            Some(&certs.ca.cert_pem),
+            &certs.bundle_pem,
         ),
         service_account: ServiceAccount {
             metadata: namespaced_meta(eas, names, &names.workload),
@@ -179,7 +190,7 @@ pub fn build(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Buil
             role_ref: role_ref("Role", AUTH_READER),
             subjects: Some(subjects),
         },
-        api_services: api_services(eas, names, &certs.ca.cert_pem),
+        api_services: api_services(eas, names, &certs.bundle_pem),
     }
 }
 
@@ -237,7 +248,8 @@ struct ContainerPlan {
     readiness_path: String,
     liveness_path: Option<String>,
     env: Option<Vec<k8s_openapi::api::core::v1::EnvVar>>,
-    /// Bundled server: reloads certificates itself. Own images: restarted on a new certificate.
+    /// Bundled server: reloads certificates itself. Own images: restarted on a new
+    /// certificate, unless they say they reload it themselves.
     hot_reloads_certs: bool,
 }
 
@@ -283,7 +295,7 @@ fn image_plan(img: &ImageServer) -> ContainerPlan {
         readiness_path: img.readiness_path.clone(),
         liveness_path: None,
         env: (!img.env.is_empty()).then(|| img.env.clone()),
-        hot_reloads_certs: false,
+        hot_reloads_certs: !img.restart_on_certificate_change,
     }
 }
 
@@ -473,8 +485,16 @@ mod tests {
         let names = pki::service_dns_names("wardle-api", "wardle-system");
         let serving = pki::issue_serving(&ca, &names, alg, pki::DEFAULT_SERVING_VALIDITY, NOW).unwrap();
         let serving_sha256 = pki::inspect(&serving.cert_pem).unwrap().sha256_hex;
+        let ca_state = CaState {
+            active: Some(crate::reconcile::rotation::CaMaterial {
+                cert_pem: ca.cert_pem.clone(),
+                key_pem: Some(ca.key_pem),
+            }),
+            ..Default::default()
+        };
         Certs {
-            ca,
+            bundle_pem: ca_state.bundle_pem(),
+            ca_state,
             serving,
             serving_sha256,
         }
@@ -585,7 +605,7 @@ mod tests {
         assert_eq!(s.version.as_deref(), Some("v1beta1"));
         assert_eq!(s.version_priority, 20);
         assert_eq!(s.group_priority_minimum, 1000);
-        assert_eq!(s.ca_bundle.as_ref().unwrap().0, c.ca.cert_pem.as_bytes());
+        assert_eq!(s.ca_bundle.as_ref().unwrap().0, c.bundle_pem.as_bytes());
         assert_eq!(s.insecure_skip_tls_verify, None);
         let svc = s.service.as_ref().unwrap();
         assert_eq!(svc.name.as_deref(), Some("wardle-api"));
@@ -662,6 +682,17 @@ mod tests {
             d.template.metadata.unwrap().annotations.unwrap()[CERT_HASH_ANNOTATION],
             c.serving_sha256
         );
+        s.image.as_mut().unwrap().restart_on_certificate_change = false;
+        let ch = children(&eas(s.clone()), &c);
+        assert!(ch
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .is_none());
         s.image.as_mut().unwrap().pass_tls_flags = false;
         let ch = children(&eas(s), &c);
         let args = ch.deployment.spec.unwrap().template.spec.unwrap().containers[0]

@@ -1,30 +1,96 @@
 //! Deciding which certificates to use: keep what is stored unless expiry, names, key
-//! algorithm or issuer demand a new one. A reconcile as such never issues a certificate.
+//! algorithm, issuer or a manual request demand a new one. A reconcile as such never issues a
+//! certificate. CA changes go through the rotation state machine in [`super::rotation`].
 
 use super::build::Certs;
+use super::rotation::{self, CaState, Step};
 use crate::pki::{self, CertFacts, CertKeyPair, PkiError, ReissueReason};
 use crate::validate::CertSettings;
 use k8s_openapi::api::core::v1::Secret;
+use std::time::Duration;
+
+/// Annotation on an ExtensionApiServer that forces a rotation: `serving` or `ca`.
+pub const ROTATE_ANNOTATION: &str = "aggregation.dev/rotate";
+
+/// A manual rotation request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Force {
+    /// Issue a new serving certificate from the current CA.
+    Serving,
+    /// Rotate the CA (with overlap), then the serving certificate.
+    Ca,
+}
+
+impl Force {
+    /// Parses the annotation value.
+    pub fn parse(value: &str) -> Result<Force, String> {
+        match value.trim() {
+            "serving" => Ok(Force::Serving),
+            "ca" => Ok(Force::Ca),
+            other => Err(format!(
+                "{ROTATE_ANNOTATION}: {other:?} is not a known value; use \"serving\" or \"ca\""
+            )),
+        }
+    }
+}
+
+/// What a reconcile knows when planning certificates.
+#[derive(Clone, Debug)]
+pub struct PlanInputs<'a> {
+    /// The CA state Secret, as read.
+    pub ca_secret: Option<&'a Secret>,
+    /// The serving Secret, as read.
+    pub serving_secret: Option<&'a Secret>,
+    /// The CA from `caSecretRef`, when set.
+    pub external: Option<&'a CertKeyPair>,
+    /// Settings.
+    pub settings: &'a CertSettings,
+    /// DNS names of the serving certificate.
+    pub dns_names: &'a [String],
+    /// Common name of generated CAs.
+    pub ca_common_name: &'a str,
+    /// Now, Unix seconds.
+    pub now: i64,
+    /// A manual rotation request.
+    pub force: Option<Force>,
+    /// Every APIService carries the stored state's bundle.
+    pub published: bool,
+    /// Every ready replica serves a leaf of the stored active CA.
+    pub served_by_active: bool,
+}
 
 /// The outcome of certificate planning.
 #[derive(Clone, Debug)]
 pub struct CertPlan {
     /// The certificates to apply.
     pub certs: Certs,
-    /// Facts of the CA in use.
+    /// Facts of the active CA.
     pub ca: CertFacts,
+    /// Facts of every CA in the bundle.
+    pub bundle: Vec<CertFacts>,
     /// Facts of the serving certificate in use.
     pub serving: CertFacts,
-    /// Why a new CA was generated, if one was.
-    pub new_ca: Option<ReissueReason>,
     /// Why a new serving certificate was issued, if one was.
     pub new_serving: Option<ReissueReason>,
+    /// The rotation step taken.
+    pub rotation: Step,
+    /// A manual request was acted on, so the annotation can be cleared.
+    pub force_consumed: bool,
+    /// When the serving certificate is due for renewal (Unix seconds).
+    pub serving_renewal: i64,
+    /// When the CA is due for rotation (Unix seconds); none with `caSecretRef`.
+    pub ca_rotation: Option<i64>,
 }
 
 impl CertPlan {
-    /// Unix time at which the next renewal is due.
-    pub fn next_renewal(&self) -> i64 {
-        self.ca.renew_at().min(self.serving.renew_at())
+    /// How long until something certificate-related must happen, at the latest.
+    pub fn next_wakeup(&self, now: i64) -> Duration {
+        let due = self.ca_rotation.unwrap_or(i64::MAX).min(self.serving_renewal);
+        let until = Duration::from_secs(u64::try_from(due - now).unwrap_or(0).max(1));
+        match self.rotation.requeue {
+            Some(r) => r.min(until),
+            None => until,
+        }
     }
 }
 
@@ -38,62 +104,86 @@ pub fn pair_from_secret(secret: &Secret) -> Option<CertKeyPair> {
     })
 }
 
-/// Plans the CA and serving certificate from what the Secrets hold.
-pub fn plan(
-    ca_secret: Option<&Secret>,
-    serving_secret: Option<&Secret>,
-    settings: &CertSettings,
-    dns_names: &[String],
-    ca_common_name: &str,
-    now_unix: i64,
-) -> Result<CertPlan, PkiError> {
-    let alg = settings.key_algorithm;
-    let stored_ca = ca_secret.and_then(pair_from_secret);
-    let checked_ca = stored_ca.map(|p| {
-        let r = pki::check_ca(Some(&p), alg, now_unix);
-        (p, r)
-    });
-    let (ca, ca_facts, new_ca) = match checked_ca {
-        Some((pair, Ok(facts))) => (pair, facts, None),
-        other => {
-            let reason = match other {
-                Some((_, Err(r))) => r,
-                _ => ReissueReason::Missing,
-            };
-            let ca = pki::generate_ca(ca_common_name, alg, settings.ca_validity, now_unix)?;
-            let facts = pki::inspect(&ca.cert_pem)?;
-            (ca, facts, Some(reason))
-        }
+/// Plans the CA (one rotation step) and the serving certificate.
+pub fn plan(inp: &PlanInputs<'_>) -> Result<CertPlan, PkiError> {
+    let stored = CaState::from_secret(inp.ca_secret);
+    let step = rotation::step(
+        stored,
+        &rotation::Inputs {
+            now: inp.now,
+            settings: inp.settings,
+            common_name: inp.ca_common_name,
+            force: inp.force == Some(Force::Ca),
+            external: inp.external,
+            published: inp.published,
+            served_by_active: inp.served_by_active,
+        },
+    )?;
+    let state = step.state.clone();
+    let active_pem = state.active.as_ref().map(|a| a.cert_pem.clone()).unwrap_or_default();
+    let ca = pki::inspect(&active_pem)?;
+    let alg = inp.settings.key_algorithm;
+    let stored_serving = inp.serving_secret.and_then(pair_from_secret);
+    // Checked against the active CA alone: once a new CA is active the leaf moves to it.
+    let checked = match (&stored_serving, inp.force == Some(Force::Serving)) {
+        (Some(_), true) => Err(ReissueReason::Requested),
+        (Some(p), false) => pki::check_serving(
+            Some(p),
+            &active_pem,
+            inp.dns_names,
+            alg,
+            inp.settings.serving_renew_before,
+            inp.now,
+        ),
+        (None, _) => Err(ReissueReason::Missing),
     };
-    let stored_serving = serving_secret.and_then(pair_from_secret);
-    let checked_serving = stored_serving.map(|p| {
-        let r = pki::check_serving(Some(&p), &ca.cert_pem, dns_names, alg, now_unix);
-        (p, r)
-    });
-    let (serving, serving_facts, new_serving) = match checked_serving {
-        Some((pair, Ok(facts))) => (pair, facts, None),
-        other => {
-            let reason = match other {
-                Some((_, Err(r))) => r,
-                _ => ReissueReason::Missing,
-            };
+    let (serving, serving_facts, new_serving) = match (stored_serving, checked) {
+        (Some(pair), Ok(facts)) => (pair, facts, None),
+        (_, result) => {
+            let reason = result.err().unwrap_or(ReissueReason::Missing);
+            // With caSecretRef, mid-rotation, the old CA's key may be gone: wait for the new one.
+            let signer = rotation::signer(&state, inp.external).ok_or_else(|| {
+                PkiError::Parse(format!(
+                    "the serving certificate must be reissued ({reason}) but no CA key is available yet; \
+                     it will be issued once the new CA is published"
+                ))
+            })?;
             // A serving certificate never outlives its CA.
-            let remaining = u64::try_from(ca_facts.not_after - now_unix).unwrap_or(0);
-            let lifetime = settings.serving_validity.min(std::time::Duration::from_secs(remaining));
-            let leaf = pki::issue_serving(&ca, dns_names, alg, lifetime, now_unix)?;
+            let remaining = u64::try_from(ca.not_after - inp.now).unwrap_or(0);
+            let lifetime = inp.settings.serving_validity.min(Duration::from_secs(remaining));
+            let leaf = pki::issue_serving(&signer, inp.dns_names, alg, lifetime, inp.now)?;
             let facts = pki::inspect(&leaf.cert_pem)?;
             (leaf, facts, Some(reason))
         }
     };
+    let bundle = state
+        .bundle()
+        .iter()
+        .map(|pem| pki::inspect(pem))
+        .collect::<Result<Vec<_>, _>>()?;
+    let force_consumed = match inp.force {
+        Some(Force::Ca) => step.force_consumed,
+        Some(Force::Serving) => new_serving.is_some(),
+        None => false,
+    };
+    let ca_rotation = inp
+        .external
+        .is_none()
+        .then(|| ca.renew_at_with(inp.settings.ca_renew_before));
     Ok(CertPlan {
         certs: Certs {
+            bundle_pem: state.bundle_pem(),
+            ca_state: state,
             serving_sha256: serving_facts.sha256_hex.clone(),
-            ca,
             serving,
         },
-        ca: ca_facts,
+        serving_renewal: serving_facts.renew_at_with(inp.settings.serving_renew_before),
+        ca_rotation,
+        ca,
+        bundle,
         serving: serving_facts,
-        new_ca,
         new_serving,
+        rotation: step,
+        force_consumed,
     })
 }

@@ -5,6 +5,8 @@ pub mod aggregation;
 pub mod build;
 pub mod certs;
 pub mod names;
+pub mod probe;
+pub mod rotation;
 pub mod status;
 
 use crate::crd::{ExtensionApiServer, ExtensionApiServerStatus};
@@ -57,6 +59,8 @@ pub struct Context {
     pub clock: Clock,
     /// Cache of all ExtensionApiServers, to detect two claiming the same group/version.
     pub store: Option<Store<ExtensionApiServer>>,
+    /// Observes which certificate each server replica presents (during a CA rotation).
+    pub probe: probe::LeafProbe,
 }
 
 /// What applying one object did.
@@ -139,54 +143,126 @@ async fn apply(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
         publish(ctx, eas, EventType::Warning, reasons::FRONT_PROXY_CA_REUSED, w.clone()).await;
     }
 
-    // Certificates: keep what the Secrets hold unless expiry, names, algorithm or issuer demand otherwise.
+    // A manual rotation request; an unknown value is reported and cleared.
+    let (force, bad_force) = match eas.annotations().get(certs::ROTATE_ANNOTATION) {
+        None => (None, None),
+        Some(v) => match certs::Force::parse(v) {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(e)),
+        },
+    };
+    if let Some(e) = &bad_force {
+        publish(ctx, eas, EventType::Warning, "RotationRequestInvalid", e.clone()).await;
+        clear_rotate_annotation(ctx, &names).await?;
+    }
+
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let ca_before = secrets.get_opt(&names.ca_secret).await?;
     let serving_before = secrets.get_opt(&names.serving_secret).await?;
-    let dns_names = crate::pki::service_dns_names(&names.service, &names.namespace);
-    let ca_cn = format!("extension-apiserver-ca@{}/{}", names.namespace, names.owner);
-    let plan = match certs::plan(
-        ca_before.as_ref(),
-        serving_before.as_ref(),
-        &validated.certs,
-        &dns_names,
-        &ca_cn,
-        now,
-    ) {
-        Ok(p) => p,
-        Err(e) => {
-            let msg = format!("cannot issue certificates: {e}");
-            publish(ctx, eas, EventType::Warning, reasons::CERTIFICATES_FAILED, msg.clone()).await;
-            let conds = vec![
-                aggregation.condition.clone(),
-                Cond::fail(types::CERTIFICATES_READY, reasons::CERTIFICATES_FAILED, msg),
-            ];
-            let mut all = conds.clone();
-            all.push(status::ready(&conds));
-            write_status(
+    let external = match read_external_ca(&secrets, eas).await? {
+        Ok(pair) => pair,
+        Err(problem) => {
+            return report_certificate_problem(
                 ctx,
                 eas,
                 &names,
-                &all,
-                previous.certificates.clone(),
-                previous.api_services,
+                aggregation.condition,
+                reasons::CA_SECRET_INVALID,
+                problem,
+                now,
+            )
+            .await;
+        }
+    };
+
+    // What the cluster shows today: the published caBundles, and (mid-rotation) the served leaves.
+    let api_services: Api<APIService> = Api::all(ctx.client.clone());
+    let mut existing = Vec::new();
+    for v in &eas.spec.versions {
+        existing.push(
+            api_services
+                .get_opt(&names::api_service_name(&eas.spec.group, &v.name))
+                .await?,
+        );
+    }
+    let stored = rotation::CaState::from_secret(ca_before.as_ref());
+    let stored_bundle = stored.bundle_pem();
+    let published = !stored_bundle.is_empty()
+        && existing.iter().all(|s| {
+            s.as_ref()
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.ca_bundle.as_ref())
+                .is_some_and(|b| b.0 == stored_bundle.as_bytes())
+        });
+    let mut observation = None;
+    if stored.phase == rotation::Phase::Overlap {
+        let target = probe::ProbeTarget {
+            namespace: names.namespace.clone(),
+            service: names.service.clone(),
+            port_name: "https".into(),
+            server_name: format!("{}.{}.svc", names.service, names.namespace),
+        };
+        observation = Some((ctx.probe)(ctx.client.clone(), target).await);
+    }
+    let served_by_active = match (&observation, &stored.active) {
+        (Some(Ok(obs)), Some(active)) => probe::all_signed_by(obs, &active.cert_pem),
+        _ => false,
+    };
+
+    let dns_names = crate::pki::service_dns_names(&names.service, &names.namespace);
+    let ca_cn = format!("extension-apiserver-ca@{}/{}", names.namespace, names.owner);
+    let plan = match certs::plan(&certs::PlanInputs {
+        ca_secret: ca_before.as_ref(),
+        serving_secret: serving_before.as_ref(),
+        external: external.as_ref(),
+        settings: &validated.certs,
+        dns_names: &dns_names,
+        ca_common_name: &ca_cn,
+        now,
+        force,
+        published,
+        served_by_active,
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!("cannot issue certificates: {e}");
+            report_certificate_problem(
+                ctx,
+                eas,
+                &names,
+                aggregation.condition,
+                reasons::CERTIFICATES_FAILED,
+                msg,
                 now,
             )
             .await?;
             return Err(e.into());
         }
     };
-    for (what, reason) in [("CA", &plan.new_ca), ("serving certificate", &plan.new_serving)] {
-        if let Some(r) = reason {
-            publish(
-                ctx,
-                eas,
-                EventType::Normal,
-                "CertificateIssued",
-                format!("issued a new {what}: {r}"),
-            )
-            .await;
-        }
+    if let Some(problem) = &plan.rotation.problem {
+        return report_certificate_problem(
+            ctx,
+            eas,
+            &names,
+            aggregation.condition,
+            reasons::CA_SECRET_INVALID,
+            problem.clone(),
+            now,
+        )
+        .await;
+    }
+    for (reason, note) in &plan.rotation.events {
+        publish(ctx, eas, EventType::Normal, reason, note.clone()).await;
+    }
+    if let Some(r) = &plan.new_serving {
+        publish(
+            ctx,
+            eas,
+            EventType::Normal,
+            "CertificateIssued",
+            format!("issued a new serving certificate: {r}"),
+        )
+        .await;
     }
     ctx.metrics
         .set_cert_expiry(&names.namespace, &names.owner, "ca", plan.ca.not_after);
@@ -197,19 +273,35 @@ async fn apply(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
     let spec_changed = previous.observed_generation != generation;
     let applier = Applier { ctx, eas, spec_changed };
     let applied = applier
-        .apply_children(&names, children, ca_before, serving_before)
+        .apply_children(&names, children, ca_before, serving_before, existing)
         .await?;
+    // Only now that the new certificates are stored is the request done.
+    if plan.force_consumed {
+        clear_rotate_annotation(ctx, &names).await?;
+        publish(
+            ctx,
+            eas,
+            EventType::Normal,
+            "RotationRequestDone",
+            format!("acted on {}; the annotation was removed", certs::ROTATE_ANNOTATION),
+        )
+        .await;
+    }
 
-    let certs_cond = Cond::ok(
-        types::CERTIFICATES_READY,
-        reasons::CERTIFICATES_VALID,
-        format!(
-            "serving certificate for {} valid until {}; renewal due {}",
-            dns_names[0],
-            plan.serving.not_after_rfc3339(),
-            crate::pki::rfc3339(plan.serving.renew_at())
-        ),
+    let mut certs_message = format!(
+        "serving certificate for {} valid until {}; renewal due {}",
+        dns_names[0],
+        plan.serving.not_after_rfc3339(),
+        crate::pki::rfc3339(plan.serving_renewal)
     );
+    let rotation_state = &plan.certs.ca_state;
+    if rotation_state.phase != rotation::Phase::Stable {
+        certs_message.push_str(&format!("; CA rotation in phase {}", rotation_state.phase.as_str()));
+        if let Some(Err(e)) = &observation {
+            certs_message.push_str(&format!(" (cannot observe the replicas yet: {e})"));
+        }
+    }
+    let certs_cond = Cond::ok(types::CERTIFICATES_READY, reasons::CERTIFICATES_VALID, certs_message);
     let api_cond = if applied.conflicts.is_empty() {
         status::api_services_available(&applied.api_services)
     } else {
@@ -229,6 +321,14 @@ async fn apply(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
     let cert_status = crate::crd::CertificatesStatus {
         ca: Some(cert_info(&plan.ca)),
         serving: Some(cert_info(&plan.serving)),
+        bundle: plan.bundle.iter().map(cert_info).collect(),
+        next_serving_renewal: Some(crate::pki::rfc3339(plan.serving_renewal)),
+        next_ca_rotation: plan.ca_rotation.map(crate::pki::rfc3339),
+        rotation: (rotation_state.phase != rotation::Phase::Stable).then(|| crate::crd::RotationStatus {
+            phase: rotation_state.phase.as_str().to_string(),
+            since: crate::pki::rfc3339(rotation_state.since),
+            reason: rotation_state.reason.clone(),
+        }),
     };
     let api_service_names = applied
         .api_services
@@ -237,9 +337,59 @@ async fn apply(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
         .collect();
     write_status(ctx, eas, &names, &conds, Some(cert_status), api_service_names, now).await?;
 
-    let until_renewal = Duration::from_secs(u64::try_from(plan.next_renewal() - now).unwrap_or(0).max(1));
     let resync = if is_ready { RESYNC } else { NOT_READY_RESYNC };
-    Ok(Action::requeue(resync.min(until_renewal)))
+    Ok(Action::requeue(resync.min(plan.next_wakeup(now))))
+}
+
+/// Reads the CA named by `spec.certificates.caSecretRef`. The outer error is a failed API call;
+/// the inner one a problem the user must fix.
+async fn read_external_ca(
+    secrets: &Api<Secret>,
+    eas: &ExtensionApiServer,
+) -> Result<Result<Option<crate::pki::CertKeyPair>, String>> {
+    let Some(r) = eas.spec.certificates.as_ref().and_then(|c| c.ca_secret_ref.as_ref()) else {
+        return Ok(Ok(None));
+    };
+    let Some(secret) = secrets.get_opt(&r.name).await? else {
+        return Ok(Err(format!(
+            "spec.certificates.caSecretRef: Secret {} not found in namespace {}",
+            r.name,
+            eas.namespace().unwrap_or_default()
+        )));
+    };
+    Ok(certs::pair_from_secret(&secret).map(Some).ok_or_else(|| {
+        format!(
+            "spec.certificates.caSecretRef: Secret {} must hold tls.crt and tls.key",
+            r.name
+        )
+    }))
+}
+
+/// Sets `CertificatesReady=False` (and `Ready`) and retries later; nothing is applied.
+async fn report_certificate_problem(
+    ctx: &Context,
+    eas: &ExtensionApiServer,
+    names: &Names,
+    aggregation: Cond,
+    reason: &str,
+    message: String,
+    now: i64,
+) -> Result<Action> {
+    publish(ctx, eas, EventType::Warning, reason, message.clone()).await;
+    let previous = eas.status.clone().unwrap_or_default();
+    let conds = vec![aggregation, Cond::fail(types::CERTIFICATES_READY, reason, message)];
+    let mut all = conds.clone();
+    all.push(status::ready(&conds));
+    write_status(ctx, eas, names, &all, previous.certificates, previous.api_services, now).await?;
+    Ok(Action::requeue(NOT_READY_RESYNC))
+}
+
+async fn clear_rotate_annotation(ctx: &Context, names: &Names) -> Result<()> {
+    let api: Api<ExtensionApiServer> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {certs::ROTATE_ANNOTATION: null}}});
+    api.patch(&names.owner, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }
 
 fn cert_info(f: &crate::pki::CertFacts) -> crate::crd::CertificateInfo {
@@ -271,9 +421,19 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<ExtensionApiServer> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(&names.owner, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    // Server-side apply, so fields left out (a finished rotation) are removed, which a merge
+    // patch would keep.
+    let patch = serde_json::json!({
+        "apiVersion": "aggregation.dev/v1alpha1",
+        "kind": "ExtensionApiServer",
+        "status": status,
+    });
+    api.patch_status(
+        &names.owner,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -359,6 +519,7 @@ impl Applier<'_> {
         children: Children,
         ca_before: Option<Secret>,
         serving_before: Option<Secret>,
+        api_services_before: Vec<Option<APIService>>,
     ) -> Result<Applied> {
         let client = &self.ctx.client;
         let ns = names.namespace.as_str();
@@ -391,9 +552,8 @@ impl Applier<'_> {
         let me = format!("{}/{}", names.namespace, names.owner);
         let mut applied = Vec::new();
         let mut conflicts = Vec::new();
-        for svc in &children.api_services {
+        for (svc, before) in children.api_services.iter().zip(api_services_before) {
             let name = svc.metadata.name.clone().unwrap_or_default();
-            let before = api_services.get_opt(&name).await?;
             if let Some(existing) = &before {
                 let owner = labelled_owner(existing.labels());
                 if owner.as_deref() != Some(me.as_str()) {

@@ -36,6 +36,8 @@ pub mod reasons {
     pub const CONFIGURED: &str = "Configured";
     /// Certificates are valid.
     pub const CERTIFICATES_VALID: &str = "CertificatesValid";
+    /// `spec.certificates.caSecretRef` names a missing or unusable Secret.
+    pub const CA_SECRET_INVALID: &str = "CASecretInvalid";
     /// Certificates could not be issued.
     pub const CERTIFICATES_FAILED: &str = "IssueFailed";
     /// Applying children failed.

@@ -38,6 +38,8 @@ struct Harness {
     api: FakeApi,
     ctx: Arc<Context>,
     clock: Arc<std::sync::atomic::AtomicI64>,
+    /// What the probe reports each replica serves.
+    served: Arc<std::sync::Mutex<Vec<probe::Observed>>>,
 }
 
 fn ca_pem(cn: &str) -> String {
@@ -68,6 +70,7 @@ impl Harness {
         let client = api.client();
         let clock = Arc::new(std::sync::atomic::AtomicI64::new(NOW));
         let c = clock.clone();
+        let served: Arc<std::sync::Mutex<Vec<probe::Observed>>> = Arc::default();
         let ctx = Arc::new(Context {
             recorder: Recorder::new(
                 client.clone(),
@@ -83,8 +86,20 @@ impl Harness {
             },
             clock: Arc::new(move || c.load(std::sync::atomic::Ordering::SeqCst)),
             store,
+            probe: {
+                let served = served.clone();
+                Arc::new(move |_client, _target| {
+                    let served = served.lock().unwrap().clone();
+                    Box::pin(async move { Ok(served) })
+                })
+            },
         });
-        Harness { api, ctx, clock }
+        Harness {
+            api,
+            ctx,
+            clock,
+            served,
+        }
     }
 
     /// Stores an ExtensionApiServer (with our finalizer, as after the first reconcile).
@@ -168,6 +183,7 @@ async fn creates_every_child_with_exact_requests() {
         &format!("GET {AUTH_CM}"),
         &format!("GET {CA_SECRET}"),
         &format!("GET {SERVING_SECRET}"),
+        &format!("GET {APISERVICE}"),
         &format!("PATCH {CA_SECRET}"),
         &format!("PATCH {SERVING_SECRET}"),
         "GET /api/v1/namespaces/wardle-system/serviceaccounts/wardle",
@@ -186,7 +202,6 @@ async fn creates_every_child_with_exact_requests() {
         "PATCH /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle:auth-delegator",
         "GET /apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings/aggregation.dev:wardle-system:wardle:auth-reader",
         "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings/aggregation.dev:wardle-system:wardle:auth-reader",
-        &format!("GET {APISERVICE}"),
         &format!("PATCH {APISERVICE}"),
         "GET /apis/apiregistration.k8s.io/v1/apiservices",
         &format!("PATCH {EAS_PATH}/status"),
@@ -216,7 +231,7 @@ async fn creates_every_child_with_exact_requests() {
     let bundle = base64::engine::general_purpose::STANDARD
         .decode(svc["spec"]["caBundle"].as_str().unwrap())
         .unwrap();
-    assert_eq!(String::from_utf8(bundle).unwrap(), secret_data(&ca, "tls.crt"));
+    assert_eq!(String::from_utf8(bundle).unwrap(), secret_data(&ca, "ca.crt"));
     assert!(svc["spec"].get("insecureSkipTLSVerify").is_none());
     assert_eq!(
         svc["spec"]["service"],
@@ -227,8 +242,8 @@ async fn creates_every_child_with_exact_requests() {
     // The serving Secret carries the leaf, its key and the CA certificate, never the CA key.
     let serving = h.api.get(SERVING_SECRET).unwrap();
     assert_eq!(serving["type"], "kubernetes.io/tls");
-    assert_eq!(secret_data(&serving, "ca.crt"), secret_data(&ca, "tls.crt"));
-    assert_ne!(secret_data(&serving, "tls.key"), secret_data(&ca, "tls.key"));
+    assert_eq!(secret_data(&serving, "ca.crt"), secret_data(&ca, "ca.crt"));
+    assert_ne!(secret_data(&serving, "tls.key"), secret_data(&ca, "ca.key"));
     let facts = crate::pki::inspect(&secret_data(&serving, "tls.crt")).unwrap();
     assert_eq!(
         facts.dns_names,
@@ -296,8 +311,8 @@ async fn serving_certificate_is_renewed_when_a_third_of_its_life_remains() {
     let after = crate::pki::inspect(&secret_data(&h.api.get(SERVING_SECRET).unwrap(), "tls.crt")).unwrap();
     assert_ne!(before.serial_hex, after.serial_hex);
     assert_eq!(
-        secret_data(&h.api.get(CA_SECRET).unwrap(), "tls.crt"),
-        secret_data(&ca_before, "tls.crt"),
+        secret_data(&h.api.get(CA_SECRET).unwrap(), "ca.crt"),
+        secret_data(&ca_before, "ca.crt"),
         "the CA is kept"
     );
 }
@@ -330,7 +345,7 @@ async fn drift_is_repaired() {
     let serving = h.api.get(SERVING_SECRET).expect("serving Secret recreated");
     assert!(crate::pki::signed_by(
         &crate::pki::pem_certs_to_der(&secret_data(&serving, "tls.crt")).unwrap()[0],
-        &crate::pki::pem_certs_to_der(&secret_data(&ca_before, "tls.crt")).unwrap()[0],
+        &crate::pki::pem_certs_to_der(&secret_data(&ca_before, "ca.crt")).unwrap()[0],
     ));
     assert_eq!(
         h.api.get(CA_SECRET).unwrap(),
@@ -540,4 +555,173 @@ async fn cleanup_with_everything_already_gone_still_finishes() {
     h.api.put(EAS_PATH, serde_json::to_value(&eas).unwrap());
     h.reconcile().await.unwrap();
     assert!(h.api.get(EAS_PATH).is_none());
+}
+
+fn set_rotate(h: &Harness, value: &str) {
+    let mut eas = h.eas();
+    eas.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(certs::ROTATE_ANNOTATION.into(), value.into());
+    h.api.put(EAS_PATH, serde_json::to_value(&eas).unwrap());
+}
+
+fn bundle_of(h: &Harness) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let b64 = h.api.get(APISERVICE).unwrap()["spec"]["caBundle"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pem = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap();
+    crate::pki::pem_certs_to_der(&pem).unwrap()
+}
+
+fn serving_der(h: &Harness) -> Vec<u8> {
+    crate::pki::pem_certs_to_der(&secret_data(&h.api.get(SERVING_SECRET).unwrap(), "tls.crt"))
+        .unwrap()
+        .remove(0)
+}
+
+fn serve(h: &Harness, leaf: &[u8]) {
+    *h.served.lock().unwrap() = vec![probe::Observed {
+        endpoint: "10.0.0.7:8443".into(),
+        leaf: Ok(leaf.to_vec()),
+    }];
+}
+
+#[tokio::test]
+async fn serving_rotation_on_request_keeps_the_ca_and_clears_the_annotation() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    h.reconcile().await.unwrap();
+    let before = serving_der(&h);
+    let bundle = bundle_of(&h);
+    set_rotate(&h, "serving");
+    h.reconcile().await.unwrap();
+    let after = serving_der(&h);
+    assert_ne!(before, after, "a new serving certificate");
+    assert_eq!(bundle_of(&h), bundle, "the CA is unchanged");
+    assert!(
+        crate::pki::signed_by(&after, &bundle[0]),
+        "signed by the already published CA"
+    );
+    assert!(
+        !h.eas().annotations().contains_key(certs::ROTATE_ANNOTATION),
+        "annotation cleared"
+    );
+    let reasons = h.event_reasons();
+    assert!(reasons.contains(&"RotationRequestDone".to_string()), "{reasons:?}");
+    // An unknown value is reported and cleared, and nothing is rotated.
+    set_rotate(&h, "everything");
+    h.reconcile().await.unwrap();
+    assert_eq!(serving_der(&h), after);
+    assert!(!h.eas().annotations().contains_key(certs::ROTATE_ANNOTATION));
+    assert!(h.event_reasons().contains(&"RotationRequestInvalid".to_string()));
+}
+
+/// A CA rotation through the annotation, phase by phase, as the operator would drive it.
+#[tokio::test]
+async fn ca_rotation_publishes_then_signs_then_waits_for_replicas() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    h.reconcile().await.unwrap();
+    let old_ca = bundle_of(&h).remove(0);
+    let old_leaf = serving_der(&h);
+    serve(&h, &old_leaf);
+
+    // 1. Publishing: both CAs in every caBundle; the leaf is untouched.
+    set_rotate(&h, "ca");
+    h.reconcile().await.unwrap();
+    let bundle = bundle_of(&h);
+    assert_eq!(bundle.len(), 2);
+    assert_eq!(bundle[0], old_ca, "the current CA stays first");
+    let new_ca = bundle[1].clone();
+    assert_eq!(serving_der(&h), old_leaf);
+    assert!(!h.eas().annotations().contains_key(certs::ROTATE_ANNOTATION));
+    let rotation = h.eas().status.unwrap().certificates.unwrap().rotation.unwrap();
+    assert_eq!(rotation.phase, "PublishingNewCA");
+    assert_eq!(h.eas().status.unwrap().certificates.unwrap().bundle.len(), 2);
+    let ca_secret = h.api.get(CA_SECRET).unwrap();
+    assert_eq!(
+        ca_secret["metadata"]["annotations"][rotation::PHASE_ANNOTATION],
+        "PublishingNewCA"
+    );
+    assert!(
+        ca_secret["data"].get("next.key").is_some(),
+        "state survives a crash: it is in the Secret"
+    );
+
+    // Before the settle time nothing moves on.
+    h.reconcile().await.unwrap();
+    assert_eq!(serving_der(&h), old_leaf);
+
+    // 2. Overlap: the new CA signs a new leaf; the old CA is still published.
+    h.clock.store(NOW + 10, std::sync::atomic::Ordering::SeqCst);
+    h.reconcile().await.unwrap();
+    let new_leaf = serving_der(&h);
+    assert_ne!(new_leaf, old_leaf);
+    assert!(crate::pki::signed_by(&new_leaf, &new_ca));
+    let bundle = bundle_of(&h);
+    assert_eq!(bundle, vec![new_ca.clone(), old_ca.clone()]);
+    assert_eq!(
+        h.eas().status.unwrap().certificates.unwrap().rotation.unwrap().phase,
+        "Overlap"
+    );
+
+    // 3. A replica still serves the old leaf: the old CA stays, however long it takes.
+    h.clock.store(NOW + 10 + 7200, std::sync::atomic::Ordering::SeqCst);
+    h.reconcile().await.unwrap();
+    assert_eq!(bundle_of(&h).len(), 2);
+
+    // 4. Every replica serves the new leaf and the overlap has passed: the old CA goes.
+    serve(&h, &new_leaf);
+    h.reconcile().await.unwrap();
+    assert_eq!(bundle_of(&h), vec![new_ca.clone()]);
+    assert!(h.eas().status.unwrap().certificates.unwrap().rotation.is_none());
+    let ca_secret = h.api.get(CA_SECRET).unwrap();
+    assert!(ca_secret["data"].get("previous.crt").is_none());
+    let reasons = h.event_reasons();
+    for r in ["CARotationStarted", "CARotationNewCAActive", "CARotationCompleted"] {
+        assert!(reasons.contains(&r.to_string()), "missing event {r}: {reasons:?}");
+    }
+}
+
+#[tokio::test]
+async fn own_ca_from_a_secret() {
+    let h = Harness::new();
+    let mut s = spec();
+    s.certificates = Some(crate::crd::CertificatesSpec {
+        ca_secret_ref: Some(crate::crd::SecretReference { name: "my-ca".into() }),
+        ..Default::default()
+    });
+    h.put_eas(s);
+    h.reconcile().await.unwrap();
+    let (status, reason, message) = h.condition("CertificatesReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "CASecretInvalid"));
+    assert!(message.contains("Secret my-ca not found"), "{message}");
+    assert!(h.api.get(APISERVICE).is_none(), "nothing is applied without a CA");
+
+    use base64::Engine;
+    let user = crate::pki::generate_ca(
+        "user",
+        crate::crd::KeyAlgorithm::EcdsaP256,
+        crate::pki::DEFAULT_CA_VALIDITY,
+        NOW,
+    )
+    .unwrap();
+    let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    h.api.put(
+        "/api/v1/namespaces/wardle-system/secrets/my-ca",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "my-ca", "namespace": NS},
+               "type": "kubernetes.io/tls", "data": {"tls.crt": enc(&user.cert_pem), "tls.key": enc(&user.key_pem)}}),
+    );
+    h.reconcile().await.unwrap();
+    let user_der = crate::pki::pem_certs_to_der(&user.cert_pem).unwrap().remove(0);
+    assert_eq!(bundle_of(&h), vec![user_der.clone()]);
+    assert!(crate::pki::signed_by(&serving_der(&h), &user_der));
+    assert!(
+        h.api.get(CA_SECRET).unwrap()["data"].get("ca.key").is_none(),
+        "the user's CA key is never copied"
+    );
+    assert!(h.eas().status.unwrap().certificates.unwrap().next_ca_rotation.is_none());
 }
