@@ -874,9 +874,12 @@ fn metrics_server_example_brings_its_own_image() {
 #[test]
 fn external_ca_example_parses() {
     let eas = example_server("external-ca.yaml");
+    let certs = eas.spec.certificates.as_ref().expect("certificate settings");
+    assert_eq!(certs.ca_secret_ref.as_ref().map(|r| r.name.as_str()), Some("my-ca"));
     assert!(
-        eas.spec.certificates.is_some(),
-        "the example shows the certificate settings"
+        eao::validate::validate(&eas.spec).is_ok(),
+        "{:?}",
+        eao::validate::validate(&eas.spec)
     );
 }
 

@@ -369,3 +369,120 @@ async fn invalid_spec_is_rejected_with_a_clear_message() {
         })
         .await;
 }
+
+fn pems(bytes: &[u8]) -> Vec<Vec<u8>> {
+    eao::pki::pem_certs_to_der(&String::from_utf8_lossy(bytes)).unwrap_or_default()
+}
+
+async fn event_reasons(c: &Client, ns: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items.into_iter().filter_map(|e| e.reason).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn rotations_through_the_annotation() {
+    if !enabled("rotations_through_the_annotation") {
+        return;
+    }
+    let scope = Scope::new(client().await).await;
+    scope
+        .run(|s| async move {
+            let c = s.client.clone();
+            s.eas_api().create(&PostParams::default(), &s.manifest()).await.unwrap();
+            let name = format!("v1alpha1.{}", s.group);
+            let apiservices: Api<APIService> = Api::all(c.clone());
+            let secrets: Api<Secret> = Api::namespaced(c.clone(), &s.ns);
+            let bundle = || async {
+                apiservices
+                    .get_opt(&name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|a| a.spec?.ca_bundle)
+                    .map(|b| pems(&b.0))
+                    .unwrap_or_default()
+            };
+            let leaf = || async {
+                secrets
+                    .get_opt("wardle-serving-cert")
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.data?.get("tls.crt").map(|b| pems(&b.0)))
+                    .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
+            };
+            assert!(wait_for(|| async { bundle().await.len() == 1 }).await);
+            let old_ca = bundle().await.remove(0);
+            let old_leaf = leaf().await.unwrap();
+            let annotate = |value: &'static str| {
+                let api = s.eas_api();
+                async move {
+                    let patch = json!({"metadata": {"annotations": {"aggregation.dev/rotate": value}}});
+                    api.patch("wardle", &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                        .unwrap();
+                }
+            };
+            let annotation_gone = || async {
+                !s.eas_api()
+                    .get("wardle")
+                    .await
+                    .unwrap()
+                    .annotations()
+                    .contains_key("aggregation.dev/rotate")
+            };
+
+            // Serving rotation: a new leaf from the same CA; the bundle is unchanged.
+            annotate("serving").await;
+            assert!(wait_for(|| async { leaf().await.is_some_and(|l| l != old_leaf) }).await);
+            assert!(wait_for(annotation_gone).await, "annotation cleared");
+            let serving_leaf = leaf().await.unwrap();
+            assert!(eao::pki::signed_by(&serving_leaf, &old_ca));
+            assert_eq!(bundle().await, vec![old_ca.clone()]);
+            assert!(event_reasons(&c, &s.ns)
+                .await
+                .contains(&"RotationRequestDone".to_string()));
+
+            // CA rotation, phase 1: both CAs published, the leaf still from the old CA.
+            annotate("ca").await;
+            assert!(
+                wait_for(|| async { bundle().await.len() == 2 }).await,
+                "new CA published"
+            );
+            let published = bundle().await;
+            assert_eq!(published[0], old_ca);
+            let new_ca = published[1].clone();
+            let ca_secret = secrets.get("wardle-ca").await.unwrap();
+            assert!(ca_secret.data.as_ref().unwrap().contains_key("next.crt"));
+            // Phase 2 (after the settle time): the leaf moves to the new CA, both stay published.
+            assert!(
+                wait_for(|| async { leaf().await.is_some_and(|l| eao::pki::signed_by(&l, &new_ca)) }).await,
+                "serving certificate issued from the new CA"
+            );
+            assert_eq!(bundle().await, vec![new_ca.clone(), old_ca.clone()]);
+            let rotation = s
+                .eas_api()
+                .get("wardle")
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .certificates
+                .unwrap();
+            assert_eq!(rotation.bundle.len(), 2);
+            assert_eq!(rotation.rotation.map(|r| r.phase).as_deref(), Some("Overlap"));
+            // No replica is Ready in this test, so none is observed serving the new leaf:
+            // the old CA must stay published.
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            assert_eq!(bundle().await.len(), 2, "the old CA is not dropped on a timer");
+            let reasons = event_reasons(&c, &s.ns).await;
+            for r in ["CARotationStarted", "CARotationNewCAActive"] {
+                assert!(reasons.contains(&r.to_string()), "missing event {r}: {reasons:?}");
+            }
+        })
+        .await;
+}
