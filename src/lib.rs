@@ -15,5 +15,6 @@ pub mod pki;
 pub mod rbac;
 pub mod reconcile;
 pub mod serverconfig;
+pub mod storage;
 pub mod telemetry;
 pub mod validate;

@@ -1,0 +1,635 @@
+//! The embedded store: an in-memory index in front of redb, with one writer thread doing
+//! group commits.
+
+use super::watch::{Hub, WatchEvent, WatchStream};
+use super::{EventType, ListPage, Object, Preconditions, Result, StorageError};
+use base64::Engine as _;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, oneshot};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const RV_KEY: &str = "resourceVersion";
+
+/// Tuning of the store.
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    /// Events kept for watch resumption; older resourceVersions answer 410 Gone.
+    pub history: usize,
+    /// Most writes committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            history: 10_000,
+            max_batch: 1024,
+        }
+    }
+}
+
+enum OpKind {
+    Create(Value),
+    Update(Value, Preconditions),
+    Delete(Preconditions),
+}
+
+struct Op {
+    key: String,
+    kind: OpKind,
+    reply: oneshot::Sender<Result<Arc<Object>>>,
+}
+
+struct Inner {
+    objects: RwLock<BTreeMap<String, Arc<Object>>>,
+    rv: AtomicU64,
+    hub: Hub,
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<Op>,
+}
+
+fn backend<E: std::fmt::Display>(e: E) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: u64,
+    start: String,
+}
+
+fn encode_continue(rv: u64, start: &str) -> String {
+    let t = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: start.to_string(),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&t).unwrap_or_default())
+}
+
+fn decode_continue(token: &str) -> Result<ContinueToken> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|e| StorageError::BadContinue(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| StorageError::BadContinue(e.to_string()))
+}
+
+impl Storage {
+    /// Opens (or creates) the store in `dir`, loading every object into memory.
+    pub fn open(dir: &Path, opts: StorageOptions) -> Result<Storage> {
+        std::fs::create_dir_all(dir).map_err(backend)?;
+        // A small page cache: reads are served from memory above, so redb only needs pages for writes.
+        let db = redb::Builder::new()
+            .set_cache_size(8 << 20)
+            .create(dir.join("data.redb"))
+            .map_err(backend)?;
+        // Create the tables so reads of a fresh store work.
+        let txn = db.begin_write().map_err(backend)?;
+        {
+            txn.open_table(OBJECTS).map_err(backend)?;
+            txn.open_table(META).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        let mut objects = BTreeMap::new();
+        let mut rv = 0;
+        {
+            let read = db.begin_read().map_err(backend)?;
+            let table = read.open_table(OBJECTS).map_err(backend)?;
+            for entry in table.iter().map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                let value: Value = serde_json::from_slice(v.value()).map_err(backend)?;
+                let obj_rv = value
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                objects.insert(k.value().to_string(), Object::new(value, obj_rv));
+            }
+            let meta = read.open_table(META).map_err(backend)?;
+            if let Some(v) = meta.get(RV_KEY).map_err(backend)? {
+                rv = v.value();
+            }
+        }
+        let inner = Arc::new(Inner {
+            objects: RwLock::new(objects),
+            rv: AtomicU64::new(rv),
+            hub: Hub::new(opts.history, rv),
+        });
+        let (tx, rx) = mpsc::channel(opts.max_batch * 4);
+        let writer_inner = inner.clone();
+        let max_batch = opts.max_batch;
+        std::thread::Builder::new()
+            .name("storage-writer".into())
+            .spawn(move || writer(db, writer_inner, rx, max_batch))
+            .map_err(backend)?;
+        Ok(Storage { inner, tx })
+    }
+
+    /// The resourceVersion of the last committed write.
+    pub fn current_rv(&self) -> u64 {
+        self.inner.rv.load(Ordering::SeqCst)
+    }
+
+    /// The oldest resourceVersion a watch can start from.
+    pub fn oldest_rv(&self) -> u64 {
+        self.inner.hub.oldest()
+    }
+
+    /// Number of stored objects.
+    pub fn len(&self) -> usize {
+        self.inner.objects.read().map(|o| o.len()).unwrap_or(0)
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The object at `key`.
+    pub fn get(&self, key: &str) -> Option<Arc<Object>> {
+        self.inner.objects.read().ok()?.get(key).cloned()
+    }
+
+    /// Lists objects under `prefix` that pass `keep`, in key order, at most `limit` of them,
+    /// continuing after a previous page's token. A continuation reads the current data after
+    /// the last key of the previous page; a token older than the watch history is refused
+    /// with `Gone`, as kube-apiserver refuses a compacted one.
+    pub fn list(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+        keep: impl Fn(&Object) -> bool,
+    ) -> Result<ListPage> {
+        let start = match continue_token {
+            Some(t) => {
+                let token = decode_continue(t)?;
+                if !token.start.starts_with(prefix) {
+                    return Err(StorageError::BadContinue("token is for another list".into()));
+                }
+                if token.rv < self.inner.hub.oldest() {
+                    return Err(StorageError::Gone {
+                        requested: token.rv,
+                        oldest: self.inner.hub.oldest(),
+                    });
+                }
+                Some(token.start)
+            }
+            None => None,
+        };
+        let objects = self.inner.objects.read().map_err(|_| StorageError::Closed)?;
+        let rv = self.inner.rv.load(Ordering::SeqCst);
+        let lower = match &start {
+            Some(s) => Bound::Included(s.clone()),
+            None => Bound::Included(prefix.to_string()),
+        };
+        let mut items = Vec::new();
+        let mut next = None;
+        let mut remaining = 0u64;
+        for (k, obj) in objects.range::<String, _>((lower, Bound::Unbounded)) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !keep(obj) {
+                continue;
+            }
+            if let Some(l) = limit {
+                if items.len() == l {
+                    if next.is_none() {
+                        next = Some(k.clone());
+                    }
+                    remaining += 1;
+                    continue;
+                }
+            }
+            items.push(obj.clone());
+        }
+        Ok(ListPage {
+            items,
+            continue_token: next.map(|k| encode_continue(rv, &k)),
+            remaining: (remaining > 0).then_some(remaining),
+            rv,
+        })
+    }
+
+    /// Watches changes under `prefix` after `from_rv` (the current version when `None`).
+    pub fn watch(&self, prefix: &str, from_rv: Option<u64>) -> Result<WatchStream> {
+        let from = from_rv.unwrap_or_else(|| self.current_rv());
+        self.inner.hub.watch(prefix, from)
+    }
+
+    async fn submit(&self, key: &str, kind: OpKind) -> Result<Arc<Object>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op {
+                key: key.to_string(),
+                kind,
+                reply,
+            })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Creates `key`; fails with `AlreadyExists`. Returns after the write is durable.
+    pub async fn create(&self, key: &str, value: Value) -> Result<Arc<Object>> {
+        self.submit(key, OpKind::Create(value)).await
+    }
+
+    /// Replaces `key` if the preconditions hold.
+    pub async fn update(&self, key: &str, value: Value, pre: Preconditions) -> Result<Arc<Object>> {
+        self.submit(key, OpKind::Update(value, pre)).await
+    }
+
+    /// Deletes `key` if the preconditions hold; returns its last state.
+    pub async fn delete(&self, key: &str, pre: Preconditions) -> Result<Arc<Object>> {
+        self.submit(key, OpKind::Delete(pre)).await
+    }
+}
+
+fn check(current: Option<&Arc<Object>>, pre: &Preconditions) -> Result<()> {
+    let Some(cur) = current else {
+        return Err(StorageError::NotFound);
+    };
+    if let Some(rv) = pre.resource_version {
+        if cur.rv != rv {
+            return Err(StorageError::Conflict(format!(
+                "the object has been modified; please apply your changes to the latest version and try again \
+                 (resourceVersion {rv} is not the current {})",
+                cur.rv
+            )));
+        }
+    }
+    if let Some(uid) = &pre.uid {
+        if cur.uid() != Some(uid.as_str()) {
+            return Err(StorageError::Conflict(format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                cur.uid().unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The writer: takes every queued write, decides each against the current state plus the
+/// batch so far, commits them in one durable transaction, then makes them visible, notifies
+/// watchers and answers the callers, in that order.
+fn writer(db: Database, inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>, max_batch: usize) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut ops = vec![first];
+        while ops.len() < max_batch {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let base_rv = inner.rv.load(Ordering::SeqCst);
+        let mut rv = base_rv;
+        let mut overlay: HashMap<String, Option<Arc<Object>>> = HashMap::new();
+        let mut results: Vec<(oneshot::Sender<Result<Arc<Object>>>, Result<Arc<WatchEvent>>)> = Vec::new();
+        {
+            let objects = match inner.objects.read() {
+                Ok(o) => o,
+                Err(_) => return,
+            };
+            for op in ops {
+                let current = match overlay.get(&op.key) {
+                    Some(v) => v.clone(),
+                    None => objects.get(&op.key).cloned(),
+                };
+                let outcome = match op.kind {
+                    OpKind::Create(value) => {
+                        if current.is_some() {
+                            Err(StorageError::AlreadyExists)
+                        } else {
+                            rv += 1;
+                            Ok((EventType::Added, Object::new(value, rv)))
+                        }
+                    }
+                    OpKind::Update(value, pre) => check(current.as_ref(), &pre).map(|_| {
+                        rv += 1;
+                        (EventType::Modified, Object::new(value, rv))
+                    }),
+                    OpKind::Delete(pre) => check(current.as_ref(), &pre).map(|_| {
+                        rv += 1;
+                        let last = current.as_ref().map(|c| c.value()).unwrap_or(Value::Null);
+                        (EventType::Deleted, Object::new(last, rv))
+                    }),
+                };
+                let event = outcome.map(|(type_, object)| {
+                    overlay.insert(op.key.clone(), (type_ != EventType::Deleted).then(|| object.clone()));
+                    Arc::new(WatchEvent {
+                        type_,
+                        key: op.key.clone(),
+                        object,
+                    })
+                });
+                results.push((op.reply, event));
+            }
+        }
+        let committed = if rv == base_rv {
+            Ok(())
+        } else {
+            commit(&db, &overlay, rv)
+        };
+        if let Err(e) = committed {
+            tracing::error!(error = %e, "storage commit failed");
+            for (reply, _) in results {
+                let _ = reply.send(Err(StorageError::Backend(e.to_string())));
+            }
+            continue;
+        }
+        if let Ok(mut objects) = inner.objects.write() {
+            for (k, v) in overlay {
+                match v {
+                    Some(obj) => objects.insert(k, obj),
+                    None => objects.remove(&k),
+                };
+            }
+            inner.rv.store(rv, Ordering::SeqCst);
+        }
+        let events: Vec<_> = results.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect();
+        inner.hub.publish(events);
+        for (reply, result) in results {
+            let _ = reply.send(result.map(|e| e.object.clone()));
+        }
+    }
+}
+
+fn commit(db: &Database, overlay: &HashMap<String, Option<Arc<Object>>>, rv: u64) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(OBJECTS)?;
+        for (k, v) in overlay {
+            match v {
+                Some(obj) => {
+                    table.insert(k.as_str(), obj.json.as_ref())?;
+                }
+                None => {
+                    table.remove(k.as_str())?;
+                }
+            }
+        }
+        let mut meta = txn.open_table(META)?;
+        meta.insert(RV_KEY, rv)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(name: &str) -> Value {
+        json!({"apiVersion": "wardle.example.com/v1alpha1", "kind": "Flunder",
+               "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")}})
+    }
+
+    fn key(name: &str) -> String {
+        format!("/flunders/ns/{name}")
+    }
+
+    fn open(dir: &Path) -> Storage {
+        Storage::open(dir, StorageOptions::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn create_get_update_delete_with_monotonic_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let a = s.create(&key("a"), obj("a")).await.unwrap();
+        assert_eq!(a.rv, 1);
+        assert_eq!(a.value()["metadata"]["resourceVersion"], "1");
+        assert!(matches!(
+            s.create(&key("a"), obj("a")).await,
+            Err(StorageError::AlreadyExists)
+        ));
+        let b = s.update(&key("a"), obj("a"), Preconditions::default()).await.unwrap();
+        assert_eq!(b.rv, 2);
+        let stale = Preconditions {
+            resource_version: Some(1),
+            uid: None,
+        };
+        assert!(matches!(
+            s.update(&key("a"), obj("a"), stale).await,
+            Err(StorageError::Conflict(_))
+        ));
+        let wrong_uid = Preconditions {
+            resource_version: None,
+            uid: Some("other".into()),
+        };
+        assert!(matches!(
+            s.delete(&key("a"), wrong_uid).await,
+            Err(StorageError::Conflict(_))
+        ));
+        let gone = s.delete(&key("a"), Preconditions::default()).await.unwrap();
+        assert_eq!(gone.rv, 3);
+        assert!(s.get(&key("a")).is_none());
+        assert!(matches!(
+            s.delete(&key("a"), Preconditions::default()).await,
+            Err(StorageError::NotFound)
+        ));
+        assert_eq!(s.current_rv(), 3);
+    }
+
+    #[tokio::test]
+    async fn data_and_version_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            for i in 0..10 {
+                s.create(&key(&format!("o{i}")), obj(&format!("o{i}"))).await.unwrap();
+            }
+            s.delete(&key("o3"), Preconditions::default()).await.unwrap();
+        }
+        // The writer thread ends when the last handle is dropped; wait for the file lock.
+        let s = loop {
+            match Storage::open(dir.path(), StorageOptions::default()) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        assert_eq!(s.len(), 9);
+        assert_eq!(s.current_rv(), 11);
+        assert_eq!(s.get(&key("o5")).unwrap().rv, 6);
+        let next = s.create(&key("new"), obj("new")).await.unwrap();
+        assert_eq!(next.rv, 12, "versions keep increasing across restarts");
+    }
+
+    #[tokio::test]
+    async fn pagination_with_continue_tokens_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        for i in 0..7 {
+            s.create(&key(&format!("o{i}")), obj(&format!("o{i}"))).await.unwrap();
+        }
+        s.create("/flunders/other/x", obj("x")).await.unwrap();
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = s
+                .list("/flunders/ns/", Some(3), token.as_deref(), |o| o.name != "o4")
+                .unwrap();
+            pages += 1;
+            names.extend(page.items.iter().map(|o| o.name.clone()));
+            match page.continue_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(names, ["o0", "o1", "o2", "o3", "o5", "o6"]);
+        assert_eq!(pages, 2);
+        assert!(matches!(
+            s.list("/flunders/ns/", None, Some("garbage!"), |_| true),
+            Err(StorageError::BadContinue(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn watch_resumes_from_a_version_and_expires_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(
+            dir.path(),
+            StorageOptions {
+                history: 4,
+                max_batch: 16,
+            },
+        )
+        .unwrap();
+        for i in 0..3 {
+            s.create(&key(&format!("o{i}")), obj(&format!("o{i}"))).await.unwrap();
+        }
+        let mut w = s.watch("/flunders/ns/", Some(1)).unwrap();
+        let e = w.next().await.unwrap().unwrap();
+        assert_eq!((e.type_, e.rv()), (EventType::Added, 2));
+        assert_eq!(w.next().await.unwrap().unwrap().rv(), 3);
+        s.delete(&key("o0"), Preconditions::default()).await.unwrap();
+        let e = w.next().await.unwrap().unwrap();
+        assert_eq!((e.type_, e.rv()), (EventType::Deleted, 4));
+        assert_eq!(e.object.value()["metadata"]["resourceVersion"], "4");
+        for i in 3..8 {
+            s.create(&key(&format!("o{i}")), obj(&format!("o{i}"))).await.unwrap();
+        }
+        assert!(matches!(
+            s.watch("/flunders/ns/", Some(2)),
+            Err(StorageError::Gone { .. })
+        ));
+        assert!(s.watch("/flunders/ns/", Some(s.oldest_rv())).is_ok());
+        // Other prefixes are filtered out.
+        let mut other = s.watch("/fischers/", None).unwrap();
+        s.create(&key("o9"), obj("o9")).await.unwrap();
+        s.create("/fischers/f", obj("f")).await.unwrap();
+        assert_eq!(other.next().await.unwrap().unwrap().key, "/fischers/f");
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_race_on_one_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let base = s.create(&key("c"), obj("c")).await.unwrap().rv;
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let pre = Preconditions {
+                    resource_version: Some(base),
+                    uid: None,
+                };
+                s.update(&key("c"), obj("c"), pre).await
+            }));
+        }
+        let mut ok = 0;
+        let mut conflicts = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(StorageError::Conflict(_)) => conflicts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((ok, conflicts), (1, 19), "exactly one writer wins");
+    }
+
+    const CRASH_DIR_ENV: &str = "EAO_STORAGE_CRASH_CHILD_DIR";
+
+    /// Child side of `acknowledged_writes_survive_kill_9`: writes forever with 8 concurrent
+    /// writers, printing each key once its create is acknowledged.
+    #[tokio::test]
+    async fn crash_child_helper() {
+        let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+            return;
+        };
+        let s = open(Path::new(&dir));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for w in 0..8 {
+            let s = s.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let name = format!("w{w}-{i}");
+                    if s.create(&key(&name), obj(&name)).await.is_ok() {
+                        let _ = tx.send(name);
+                    }
+                }
+            });
+        }
+        use std::io::Write;
+        while let Some(name) = rx.recv().await {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "ACK {name}");
+            let _ = out.flush();
+        }
+    }
+
+    #[test]
+    fn acknowledged_writes_survive_kill_9() {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "storage::engine::tests::crash_child_helper",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut acked = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(name) = line.strip_prefix("ACK ") {
+                acked.push(name.to_string());
+                if acked.len() == 2000 {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL: no destructors, no flush
+        child.wait().unwrap();
+        assert_eq!(acked.len(), 2000, "the child acknowledged writes");
+        let s = open(dir.path());
+        let missing: Vec<_> = acked.iter().filter(|n| s.get(&key(n)).is_none()).collect();
+        assert!(missing.is_empty(), "acknowledged but lost after kill -9: {missing:?}");
+        assert!(s.current_rv() >= 2000);
+    }
+}
