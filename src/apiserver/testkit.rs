@@ -85,14 +85,14 @@ pub struct Connected {
     pub alpn: Option<Vec<u8>>,
 }
 
-/// Opens a TLS connection to `addr` trusting `ca_pem`, presenting `identity` when given,
-/// offering only h2 when `h2` is set and only http/1.1 otherwise.
-pub async fn connect(
+/// A TLS stream to `addr` trusting `ca_pem`, presenting `identity` when given, offering the
+/// ALPN protocols `alpn`.
+pub async fn tls_stream(
     addr: SocketAddr,
     ca_pem: &str,
     identity: Option<&CertKeyPair>,
-    h2: bool,
-) -> Result<Connected, Error> {
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
     let mut roots = rustls::RootCertStore::empty();
     for c in super::tls::parse_certs(ca_pem.as_bytes())? {
         roots.add(c)?;
@@ -108,12 +108,24 @@ pub async fn connect(
         }
         None => builder.with_no_client_auth(),
     };
-    cfg.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await?;
+        .await?)
+}
+
+/// Opens a TLS connection to `addr` trusting `ca_pem`, presenting `identity` when given,
+/// offering only h2 when `h2` is set and only http/1.1 otherwise.
+pub async fn connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    identity: Option<&CertKeyPair>,
+    h2: bool,
+) -> Result<Connected, Error> {
+    let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+    let tls = tls_stream(addr, ca_pem, identity, &[alpn]).await?;
     let server_cert = tls
         .get_ref()
         .1
@@ -214,7 +226,8 @@ impl Drop for KubeDouble {
 
 impl KubeDouble {
     /// Starts the double on 127.0.0.1 with `data` as the ConfigMap's data. SARs are allowed
-    /// for every user except `deny-*` users until [`KubeDouble::set_sar_policy`] says otherwise.
+    /// for every user except `system:anonymous` and `deny-*` users until
+    /// [`KubeDouble::set_sar_policy`] says otherwise.
     pub async fn start(data: BTreeMap<String, String>) -> Result<Self, Error> {
         let ca = ca("kube-double-ca")?;
         let leaf = serving_cert(&ca)?;
@@ -230,7 +243,7 @@ impl KubeDouble {
         let (events, _) = broadcast::channel(64);
         let default_policy: SarPolicy = Arc::new(|spec: &Value| {
             let user = spec["user"].as_str().unwrap_or_default();
-            (!user.starts_with("deny-"), String::new())
+            (user != "system:anonymous" && !user.starts_with("deny-"), String::new())
         });
         let state = Arc::new(DoubleState {
             configmap: Mutex::new((data, 1)),
@@ -461,4 +474,28 @@ pub fn leaf_der(pem_path: &Path) -> Result<CertificateDer<'static>, Error> {
         .into_iter()
         .next()
         .ok_or_else(|| "no certificate".into())
+}
+
+/// Writes `request` on a fresh HTTP/1.1 TLS connection and reads until the server closes it
+/// (or `wait` passes). Odd paths and upgrade headers are sent exactly as written.
+pub async fn raw_http1(
+    addr: SocketAddr,
+    ca_pem: &str,
+    identity: Option<&CertKeyPair>,
+    request: &[u8],
+    wait: Duration,
+) -> Result<(String, bool), Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls_stream(addr, ca_pem, identity, &[b"http/1.1"]).await?;
+    tls.write_all(request).await?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let closed = loop {
+        match tokio::time::timeout(wait, tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    Ok((String::from_utf8_lossy(&out).into_owned(), closed))
 }
