@@ -99,6 +99,8 @@ async fn harness_with(opts: Opts) -> H {
         "200ms".as_ref(),
         "--shutdown-grace-period".as_ref(),
         "5s".as_ref(),
+        "--header-read-timeout".as_ref(),
+        "1s".as_ref(),
     ]);
     let server = apiserver::start(args).await.expect("server starts");
     H {
@@ -1022,6 +1024,26 @@ async fn odd_paths_never_redirect() {
         assert!(!resp.to_ascii_lowercase().contains("\r\nlocation:"), "{path}");
         assert!(status < 500, "{path}: {status}");
     }
+}
+
+#[tokio::test]
+async fn slow_request_headers_time_out() {
+    let h = harness().await;
+    h.wait_ready().await;
+    // Headers never finished: the connection is closed after --header-read-timeout (1 s here).
+    let start = Instant::now();
+    let (resp, closed) = tk::raw_http1(
+        h.server.addr,
+        &h.serving_ca.cert_pem,
+        None,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("raw");
+    assert!(closed, "connection closed");
+    assert!(!resp.contains(" 200 "), "{resp}");
+    assert!(start.elapsed() < Duration::from_secs(4));
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //! through to anonymous: a certificate from an unknown CA or an invalid token must never end
 //! up as `system:anonymous` with whatever that user may do.
 
+use super::cache::TtlCache;
 use super::tls::{subject_names, ChainVerifier};
 use http::HeaderMap;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -12,8 +13,7 @@ use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The anonymous user.
 pub const ANONYMOUS: &str = "system:anonymous";
@@ -185,60 +185,46 @@ pub enum TokenAuthenticator {
     Review(TokenReviewer),
 }
 
-/// When a TokenReview answer was received, and the user it named (`None`: not authenticated).
-type CachedUser = (Instant, Option<UserInfo>);
-
 /// TokenReview client with a TTL cache keyed by the token's SHA-256 (tokens are not kept).
 pub struct TokenReviewer {
     client: kube::Client,
-    ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], CachedUser>>,
+    cache: TtlCache<[u8; 32], Option<UserInfo>>,
 }
 
 impl TokenReviewer {
-    /// A reviewer using `client`, caching answers for `ttl`.
+    /// A reviewer using `client`, caching answers (authenticated or not) for `ttl`.
     pub fn new(client: kube::Client, ttl: Duration) -> Self {
         TokenReviewer {
             client,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: TtlCache::new(ttl),
         }
     }
 
     async fn review(&self, token: &str) -> Result<Option<UserInfo>, AuthError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((at, user)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            if at.elapsed() < self.ttl {
-                return Ok(user.clone());
-            }
-        }
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_string()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let api: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
-        let answer = api.create(&kube::api::PostParams::default(), &review).await?;
-        let status = answer.status.unwrap_or_default();
-        let user = if status.authenticated == Some(true) {
-            status.user.map(|u| UserInfo {
-                name: u.username.unwrap_or_default(),
-                uid: u.uid.unwrap_or_default(),
-                groups: u.groups.unwrap_or_default(),
-                extra: u.extra.unwrap_or_default(),
+        self.cache
+            .get_or_fetch(key, || async {
+                let review = TokenReview {
+                    spec: TokenReviewSpec {
+                        token: Some(token.to_string()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                let api: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
+                let answer = api.create(&kube::api::PostParams::default(), &review).await?;
+                let status = answer.status.unwrap_or_default();
+                if status.authenticated != Some(true) {
+                    return Ok(None);
+                }
+                Ok(status.user.map(|u| UserInfo {
+                    name: u.username.unwrap_or_default(),
+                    uid: u.uid.unwrap_or_default(),
+                    groups: u.groups.unwrap_or_default(),
+                    extra: u.extra.unwrap_or_default(),
+                }))
             })
-        } else {
-            None
-        };
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() > 10_000 {
-            let ttl = self.ttl;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-        }
-        cache.insert(key, (Instant::now(), user.clone()));
-        Ok(user)
+            .await
     }
 }
 

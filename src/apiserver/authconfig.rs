@@ -165,3 +165,63 @@ pub async fn follow(client: kube::Client, state: Arc<AuthState>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem() -> String {
+        crate::apiserver::testkit::ca("t").expect("ca").cert_pem
+    }
+
+    #[test]
+    fn configmap_keys_are_parsed_like_kube_apiserver_writes_them() {
+        let mut d = BTreeMap::new();
+        d.insert("requestheader-client-ca-file".to_string(), ca_pem());
+        d.insert(
+            "requestheader-allowed-names".to_string(),
+            r#"["front-proxy-client"]"#.to_string(),
+        );
+        d.insert(
+            "requestheader-username-headers".to_string(),
+            r#"["X-Remote-User"]"#.to_string(),
+        );
+        d.insert(
+            "requestheader-group-headers".to_string(),
+            r#"["X-Remote-Group"]"#.to_string(),
+        );
+        d.insert(
+            "requestheader-extra-headers-prefix".to_string(),
+            r#"["X-Remote-Extra-"]"#.to_string(),
+        );
+        d.insert("requestheader-uid-headers".to_string(), "null".to_string());
+        let cfg = from_configmap_data(&d).expect("valid");
+        let rh = cfg.request_header.expect("front proxy configured");
+        assert_eq!(rh.allowed_names, ["front-proxy-client"]);
+        assert_eq!(rh.username_headers, ["X-Remote-User"]);
+        assert!(rh.uid_headers.is_empty());
+        assert!(cfg.client_ca.is_none());
+
+        d.insert("requestheader-allowed-names".to_string(), String::new());
+        d.insert("client-ca-file".to_string(), ca_pem());
+        let cfg = from_configmap_data(&d).expect("valid");
+        assert!(
+            cfg.request_header.expect("configured").allowed_names.is_empty(),
+            "empty allows any CN"
+        );
+        assert!(cfg.client_ca.is_some());
+
+        d.insert(
+            "requestheader-allowed-names".to_string(),
+            "front-proxy-client".to_string(),
+        );
+        assert!(from_configmap_data(&d).is_err(), "not a JSON list");
+        d.insert("requestheader-allowed-names".to_string(), "[]".to_string());
+        d.insert("client-ca-file".to_string(), "not a pem".to_string());
+        assert!(from_configmap_data(&d).is_err());
+        assert!(from_configmap_data(&BTreeMap::new())
+            .expect("empty")
+            .request_header
+            .is_none());
+    }
+}

@@ -5,15 +5,14 @@
 //! allowed and members of `system:masters` skip the review.
 
 use super::auth::UserInfo;
+use super::cache::TtlCache;
 use super::requestinfo::RequestInfo;
 use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Paths every user may read.
 pub const ALWAYS_ALLOW_PATHS: [&str; 3] = ["/healthz", "/livez", "/readyz"];
@@ -99,8 +98,11 @@ impl PolicyRule {
 
 /// Where decisions come from.
 pub enum Authorizer {
-    /// Everything allowed (standalone default).
+    /// Everything allowed, even anonymous requests (standalone with no authenticator at all).
     AllowAll,
+    /// Every authenticated user may do everything; anonymous requests are denied (standalone
+    /// default when a token file or client CA is configured).
+    AllowAuthenticated,
     /// A static policy (standalone).
     Policy(Vec<PolicyRule>),
     /// SubjectAccessReview with a cache.
@@ -110,8 +112,7 @@ pub enum Authorizer {
 /// SubjectAccessReview client with a TTL cache keyed by the full review spec.
 pub struct SarAuthorizer {
     client: kube::Client,
-    ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, Decision)>>,
+    cache: TtlCache<String, Decision>,
 }
 
 impl SarAuthorizer {
@@ -119,36 +120,27 @@ impl SarAuthorizer {
     pub fn new(client: kube::Client, ttl: Duration) -> Self {
         SarAuthorizer {
             client,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: TtlCache::new(ttl),
         }
     }
 
     async fn review(&self, spec: SubjectAccessReviewSpec) -> Result<Decision, AuthzError> {
         let key = serde_json::to_string(&spec).unwrap_or_default();
-        if let Some((at, d)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            if at.elapsed() < self.ttl {
-                return Ok(d.clone());
-            }
-        }
-        let api: kube::Api<SubjectAccessReview> = kube::Api::all(self.client.clone());
-        let sar = SubjectAccessReview {
-            spec,
-            ..Default::default()
-        };
-        let answer = api.create(&kube::api::PostParams::default(), &sar).await?;
-        let status = answer.status.unwrap_or_default();
-        let decision = Decision {
-            allowed: status.allowed && status.denied != Some(true),
-            reason: status.reason.unwrap_or_default(),
-        };
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() > 10_000 {
-            let ttl = self.ttl;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-        }
-        cache.insert(key, (Instant::now(), decision.clone()));
-        Ok(decision)
+        self.cache
+            .get_or_fetch(key, || async {
+                let api: kube::Api<SubjectAccessReview> = kube::Api::all(self.client.clone());
+                let sar = SubjectAccessReview {
+                    spec,
+                    ..Default::default()
+                };
+                let answer = api.create(&kube::api::PostParams::default(), &sar).await?;
+                let status = answer.status.unwrap_or_default();
+                Ok(Decision {
+                    allowed: status.allowed && status.denied != Some(true),
+                    reason: status.reason.unwrap_or_default(),
+                })
+            })
+            .await
     }
 }
 
@@ -205,11 +197,69 @@ impl Authorizer {
         }
         match self {
             Authorizer::AllowAll => Ok(allow),
+            Authorizer::AllowAuthenticated => Ok(Decision {
+                allowed: user.name != super::auth::ANONYMOUS,
+                reason: String::new(),
+            }),
             Authorizer::Policy(rules) => Ok(Decision {
                 allowed: rules.iter().any(|r| r.matches(user, info)),
                 reason: String::new(),
             }),
             Authorizer::Delegated(sar) => sar.review(sar_spec(user, info)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, groups: &[&str]) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn static_policy_and_always_allowed() {
+        let rules: Vec<PolicyRule> = serde_yaml::from_str(
+            "- group: devs\n  verbs: [get, list]\n  resources: [flunders]\n  namespaces: [team-a]\n- user: ops\n  verbs: [\"*\"]\n  resources: [\"flunders/status\"]\n  nonResourcePaths: [\"/openapi/*\"]\n",
+        )
+        .expect("policy");
+        let authz = Authorizer::Policy(rules);
+        let list_a = RequestInfo::parse("GET", "/apis/g/v1/namespaces/team-a/flunders", "").expect("path");
+        let list_b = RequestInfo::parse("GET", "/apis/g/v1/namespaces/team-b/flunders", "").expect("path");
+        let status = RequestInfo::parse("PUT", "/apis/g/v1/namespaces/x/flunders/f/status", "").expect("path");
+        let openapi = RequestInfo::parse("GET", "/openapi/v3", "").expect("path");
+        let health = RequestInfo::parse("GET", "/readyz", "").expect("path");
+        let allowed = |u: UserInfo, i: RequestInfo| {
+            let authz = &authz;
+            async move { authz.authorize(&u, &i).await.expect("decision").allowed }
+        };
+        assert!(allowed(user("a", &["devs"]), list_a.clone()).await);
+        assert!(!allowed(user("a", &["devs"]), list_b).await);
+        assert!(!allowed(user("a", &[]), list_a.clone()).await);
+        assert!(allowed(user("ops", &[]), status.clone()).await);
+        assert!(!allowed(user("a", &["devs"]), status).await);
+        assert!(allowed(user("ops", &[]), openapi.clone()).await);
+        assert!(!allowed(user("a", &["devs"]), openapi).await);
+        assert!(allowed(UserInfo::anonymous(), health).await, "health is always allowed");
+        assert!(allowed(user("root", &["system:masters"]), list_a.clone()).await);
+        let anon_ok = Authorizer::AllowAuthenticated
+            .authorize(&UserInfo::anonymous(), &list_a)
+            .await;
+        assert!(!anon_ok.expect("decision").allowed);
+    }
+
+    #[test]
+    fn sar_spec_omits_empty_attributes() {
+        let info = RequestInfo::parse("GET", "/apis/g/v1/fischers", "").expect("path");
+        let spec = serde_json::to_value(sar_spec(&user("u", &["g1"]), &info)).expect("json");
+        assert_eq!(
+            spec,
+            serde_json::json!({"user": "u", "groups": ["g1"], "resourceAttributes": {"verb": "list", "group": "g", "version": "v1", "resource": "fischers"}})
+        );
     }
 }

@@ -96,7 +96,8 @@ pub struct Args {
     )]
     pub requestheader_extra_headers_prefix: Vec<String>,
 
-    /// Standalone: YAML policy file (list of rules); allow-all when unset.
+    /// Standalone: YAML policy file (list of rules). When unset, every authenticated user may do
+    /// everything (and, with no authenticator configured at all, anonymous users too).
     #[arg(long, env = "EAS_AUTHORIZATION_POLICY_FILE")]
     pub authorization_policy_file: Option<PathBuf>,
 
@@ -111,6 +112,10 @@ pub struct Args {
     /// How often the serving certificate files are checked for changes.
     #[arg(long, env = "EAS_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub cert_reload_interval: Duration,
+
+    /// How long a client may take to send the request headers (slowloris guard, HTTP/1.1).
+    #[arg(long, env = "EAS_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
 
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "EAS_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]

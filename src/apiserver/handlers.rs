@@ -21,9 +21,9 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::{BodyExt, Limited};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::watch;
 
 /// Largest accepted request body, as kube-apiserver's default (3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -53,6 +53,8 @@ pub struct ResourceRequest {
     pub query: String,
     /// The body, at most [`MAX_BODY_BYTES`].
     pub body: Bytes,
+    /// Turns true when the server shuts down; watch streams must end then.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Serves resource requests. Storage (issue 4) implements this; until then [`NoStorage`]
@@ -96,8 +98,9 @@ pub struct App {
     pub metrics: Metrics,
     /// Resource requests go here.
     pub resources: Arc<dyn ResourceHandler>,
-    /// Set once SIGTERM arrived: readiness turns false while in-flight requests drain.
-    pub shutting_down: AtomicBool,
+    /// Turns true once shutdown began: readiness goes false while in-flight requests drain,
+    /// and long-running handlers (watches) end their streams.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 fn is_health(path: &str) -> bool {
@@ -188,10 +191,20 @@ fn close(mut r: Response<Body>, version: http::Version) -> Response<Body> {
 }
 
 impl App {
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     /// Answers one request on a connection described by `conn`.
     pub async fn handle(&self, req: Request<hyper::body::Incoming>, conn: &ConnInfo) -> Response<Body> {
         let start = Instant::now();
-        let (verb, resource, resp) = self.route(req, conn).await;
+        // kube-apiserver passes its Audit-Id along; echoing it lets both audit logs be joined.
+        let audit_id = req.headers().get("audit-id").cloned();
+        let (verb, resource, mut resp) = self.route(req, conn).await;
+        if let Some(id) = audit_id {
+            resp.headers_mut().insert("audit-id", id);
+        }
         self.metrics
             .observe(&verb, &resource, resp.status().as_u16(), start.elapsed());
         resp
@@ -224,7 +237,7 @@ impl App {
 
         let Some(auth_cfg) = self.auth.get() else {
             if is_health(&path) {
-                let (ok, msg) = health::check(&path, false, self.shutting_down.load(Ordering::Relaxed));
+                let (ok, msg) = health::check(&path, false, self.is_shutting_down());
                 let code = if ok {
                     StatusCode::OK
                 } else {
@@ -299,11 +312,7 @@ impl App {
         let d = &self.discovery;
         match segs.as_slice() {
             [p @ ("healthz" | "livez" | "readyz")] => {
-                let (ok, msg) = health::check(
-                    &format!("/{p}"),
-                    self.auth.is_loaded(),
-                    self.shutting_down.load(Ordering::Relaxed),
-                );
+                let (ok, msg) = health::check(&format!("/{p}"), self.auth.is_loaded(), self.is_shutting_down());
                 text(
                     if ok {
                         StatusCode::OK
@@ -408,6 +417,7 @@ impl App {
                 headers: parts.headers,
                 query,
                 body,
+                shutdown: self.shutdown.clone(),
             })
             .await
     }

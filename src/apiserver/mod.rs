@@ -7,6 +7,7 @@ pub mod auth;
 pub mod authconfig;
 pub mod authz;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod discovery;
 pub mod handlers;
@@ -26,7 +27,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -37,8 +37,6 @@ pub const STANDALONE_CONFIG: &str = include_str!("standalone.yaml");
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send request headers (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent HTTP/2 streams per connection: kube-apiserver multiplexes every user over a few.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1000;
 
@@ -161,9 +159,16 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
             Some(p) => auth::TokenAuthenticator::from_file(p)?,
             None => auth::TokenAuthenticator::None,
         };
+        let any_authenticator = args.token_auth_file.is_some()
+            || args.client_ca_file.is_some()
+            || args.requestheader_client_ca_file.is_some();
         let authorizer = match &args.authorization_policy_file {
             Some(p) => authz::Authorizer::from_policy_file(p)?,
-            None => authz::Authorizer::AllowAll,
+            None if any_authenticator => authz::Authorizer::AllowAuthenticated,
+            None => {
+                tracing::warn!("standalone without --token-auth-file, --client-ca-file or a policy: every request is allowed, anonymous ones too");
+                authz::Authorizer::AllowAll
+            }
         };
         (state, tokens, authorizer)
     } else {
@@ -176,6 +181,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         (state, tokens, authorizer)
     };
 
+    let (tx, rx) = watch::channel(false);
     let app = Arc::new(App {
         discovery: discovery::Discovery::new(&cfg),
         openapi: openapi::OpenApi::new(&cfg),
@@ -185,7 +191,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         tokens,
         authz: authorizer,
         resources: Arc::new(NoStorage),
-        shutting_down: Default::default(),
+        shutdown: rx.clone(),
     });
 
     let bind = SocketAddr::new(args.bind_address, args.secure_port);
@@ -194,13 +200,14 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     tracing::info!(%addr, group = %app.config.group, "serving");
 
     let reload = tokio::spawn(tls::watch_files(serving, cert, key, args.cert_reload_interval, digest));
-    let (tx, rx) = watch::channel(false);
+    let header_timeout = args.header_read_timeout;
     let task = tokio::spawn(async move {
         accept_loop(
             listener,
             tokio_rustls::TlsAcceptor::from(tls_config),
             app,
             rx,
+            http_builder(header_timeout),
             args.shutdown_grace_period,
         )
         .await;
@@ -214,11 +221,11 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     })
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
+fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_read_timeout);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -231,10 +238,10 @@ async fn accept_loop(
     acceptor: tokio_rustls::TlsAcceptor,
     app: Arc<App>,
     mut shutdown: watch::Receiver<bool>,
+    builder: auto::Builder<TokioExecutor>,
     grace: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = http_builder();
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -279,7 +286,6 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    app.shutting_down.store(true, Ordering::Relaxed);
     tracing::info!("shutting down: draining in-flight requests");
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
