@@ -1075,6 +1075,38 @@ async fn http2_is_negotiated_with_many_concurrent_streams() {
 }
 
 #[tokio::test]
+async fn http2_settings_allow_1000_streams_and_no_extended_connect() {
+    let h = harness().await;
+    h.wait_ready().await;
+    let tls = tk::tls_stream(h.server.addr, &h.serving_ca.cert_pem, Some(&h.front), &[b"h2"])
+        .await
+        .expect("tls");
+    let (client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let mut conn = std::pin::pin!(conn);
+    let request = async {
+        let mut client = client.clone().ready().await?;
+        let req = Request::get(format!("https://127.0.0.1/apis/{G}/{V}"))
+            .header("x-remote-user", "a")
+            .body(())
+            .expect("req");
+        let (resp, _) = client.send_request(req, true)?;
+        resp.await
+    };
+    let status = tokio::select! {
+        r = request => r.expect("response").status(),
+        r = conn.as_mut() => panic!("connection ended early: {r:?}"),
+    };
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        conn.max_concurrent_send_streams() >= 1000,
+        "{}",
+        conn.max_concurrent_send_streams()
+    );
+    // No RFC 8441 extended CONNECT: nothing can be upgraded over HTTP/2 either.
+    assert!(!client.is_extended_connect_protocol_enabled());
+}
+
+#[tokio::test]
 async fn serving_cert_hot_reload_keeps_open_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // kubelet-style layout: `current` is a symlink swapped atomically to a new directory.
@@ -1170,6 +1202,11 @@ async fn graceful_shutdown_drains_in_flight_requests() {
     );
     slow.write_all(head.as_bytes()).await.expect("write");
     tokio::time::sleep(Duration::from_millis(100)).await;
+    h.server.drain();
+    let (code, _, _) = h.call(None, "GET", "/readyz", &[], Bytes::new()).await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "not ready while draining");
+    let (code, _, _) = h.call(None, "GET", "/livez", &[], Bytes::new()).await;
+    assert_eq!(code, StatusCode::OK, "still serving while draining");
     h.server.shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(

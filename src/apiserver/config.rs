@@ -117,6 +117,11 @@ pub struct Args {
     #[arg(long, env = "EAS_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// After SIGTERM, keep serving this long with `/readyz` failing, so endpoints and the
+    /// aggregator stop routing here before the listener closes (as kube-apiserver's flag).
+    #[arg(long, env = "EAS_SHUTDOWN_DELAY_DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay_duration: Duration,
+
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "EAS_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace_period: Duration,

@@ -21,6 +21,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::{BodyExt, Limited};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
@@ -101,6 +102,9 @@ pub struct App {
     /// Turns true once shutdown began: readiness goes false while in-flight requests drain,
     /// and long-running handlers (watches) end their streams.
     pub shutdown: watch::Receiver<bool>,
+    /// Set when termination was requested but the server still serves during
+    /// `--shutdown-delay-duration`: readiness fails so endpoints drop this pod first.
+    pub draining: AtomicBool,
 }
 
 fn is_health(path: &str) -> bool {
@@ -193,7 +197,7 @@ fn close(mut r: Response<Body>, version: http::Version) -> Response<Body> {
 impl App {
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.draining.load(Ordering::Relaxed) || *self.shutdown.borrow()
     }
 
     /// Answers one request on a connection described by `conn`.

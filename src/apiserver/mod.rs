@@ -82,9 +82,16 @@ pub struct Server {
     pub generated_ca: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    app: Arc<App>,
 }
 
 impl Server {
+    /// Makes `/readyz` fail while still serving everything, so load balancers stop sending new
+    /// requests before the listener closes.
+    pub fn drain(&self) {
+        self.app.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Starts a graceful shutdown: stop accepting, let in-flight requests finish.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -192,6 +199,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         authz: authorizer,
         resources: Arc::new(NoStorage),
         shutdown: rx.clone(),
+        draining: Default::default(),
     });
 
     let bind = SocketAddr::new(args.bind_address, args.secure_port);
@@ -201,11 +209,12 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
 
     let reload = tokio::spawn(tls::watch_files(serving, cert, key, args.cert_reload_interval, digest));
     let header_timeout = args.header_read_timeout;
+    let served = app.clone();
     let task = tokio::spawn(async move {
         accept_loop(
             listener,
             tokio_rustls::TlsAcceptor::from(tls_config),
-            app,
+            served,
             rx,
             http_builder(header_timeout),
             args.shutdown_grace_period,
@@ -218,6 +227,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         generated_ca,
         shutdown: tx,
         task,
+        app,
     })
 }
 
@@ -294,11 +304,20 @@ async fn accept_loop(
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(args: Args) -> Result<(), ServeError> {
+    let delay = args.shutdown_delay_duration;
     let server = start(args).await?;
     if let Some(ca) = &server.generated_ca {
         tracing::info!(ca = %ca.display(), addr = %server.addr, "standalone: trust this CA to reach the server");
     }
     wait_for_signal().await;
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "termination requested: readiness off, still serving during the shutdown delay"
+        );
+        server.drain();
+        tokio::time::sleep(delay).await;
+    }
     server.shutdown();
     server.wait().await;
     Ok(())
