@@ -19,9 +19,10 @@ pub enum LogFormat {
 #[derive(Parser, Clone, Debug)]
 #[command(name = "extension-apiserver", version, about = "Kubernetes aggregated API server")]
 pub struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "EAS_BIND_ADDRESS", default_value = "0.0.0.0")]
-    pub bind_address: IpAddr,
+    /// Address to listen on. Defaults to 0.0.0.0, or 127.0.0.1 with --standalone (a local
+    /// quickstart should not be reachable from the network by accident).
+    #[arg(long, env = "EAS_BIND_ADDRESS")]
+    pub bind_address: Option<IpAddr>,
 
     /// HTTPS port; 0 picks a free port.
     #[arg(long, env = "EAS_SECURE_PORT", default_value_t = crate::serverconfig::SERVER_PORT as u16)]
@@ -131,6 +132,37 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
+impl Args {
+    /// The address to listen on, after mode-dependent defaults.
+    pub fn listen_ip(&self) -> IpAddr {
+        self.bind_address.unwrap_or(if self.standalone {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from([0, 0, 0, 0])
+        })
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::pki::parse_duration(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_depend_on_mode() {
+        let cluster = Args::parse_from(["extension-apiserver"]);
+        assert_eq!(cluster.listen_ip(), IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(cluster.secure_port, 8443);
+        assert_eq!(cluster.authorization_cache_ttl, Duration::from_secs(10));
+        assert_eq!(cluster.authentication_cache_ttl, Duration::from_secs(10));
+        let standalone = Args::parse_from(["extension-apiserver", "--standalone"]);
+        assert_eq!(standalone.listen_ip(), IpAddr::from([127, 0, 0, 1]));
+        assert!(
+            Args::try_parse_from(["extension-apiserver", "--tls-cert-file", "a"]).is_err(),
+            "key required too"
+        );
+    }
 }

@@ -202,7 +202,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         draining: Default::default(),
     });
 
-    let bind = SocketAddr::new(args.bind_address, args.secure_port);
+    let bind = SocketAddr::new(args.listen_ip(), args.secure_port);
     let listener = TcpListener::bind(bind).await.map_err(|e| ServeError::Bind(bind, e))?;
     let addr = listener.local_addr().map_err(|e| ServeError::Bind(bind, e))?;
     tracing::info!(%addr, group = %app.config.group, "serving");
