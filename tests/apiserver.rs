@@ -711,6 +711,61 @@ async fn discovery_documents_deserialize_and_match_reference_shapes() {
 }
 
 #[tokio::test]
+async fn kube_rs_discovery_consumes_both_forms() {
+    use base64::Engine;
+    use kube::discovery::{Discovery, Scope};
+    let h = harness().await;
+    h.wait_ready().await;
+    let id = tk::client_cert(&h.client_ca, "kube-rs-client", Some("devs")).expect("cert");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster:\n    server: https://{}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: c\n  context:\n    cluster: s\n    user: u\ncurrent-context: c\n",
+        h.server.addr,
+        b64(&h.serving_ca.cert_pem),
+        b64(&id.cert_pem),
+        b64(&id.key_pem)
+    );
+    let path = h.dir.path().join("kube-rs.kubeconfig");
+    std::fs::write(&path, kc).expect("write");
+    let kc = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    let rl = client
+        .list_api_group_resources(&format!("{G}/{V}"))
+        .await
+        .expect("APIResourceList");
+    assert_eq!(rl.group_version, format!("{G}/{V}"));
+    for discovery in [
+        Discovery::new(client.clone())
+            .filter(&[G])
+            .run()
+            .await
+            .expect("legacy discovery"),
+        Discovery::new(client.clone())
+            .filter(&[G])
+            .run_aggregated()
+            .await
+            .expect("aggregated discovery"),
+    ] {
+        let group = discovery.get(G).expect("group discovered");
+        let (ar, caps) = group.recommended_kind("Flunder").expect("Flunder");
+        assert_eq!(
+            (ar.plural.as_str(), ar.api_version.as_str()),
+            ("flunders", "wardle.example.com/v1alpha1")
+        );
+        assert_eq!(caps.scope, Scope::Namespaced);
+        assert!(caps.supports_operation("watch") && caps.supports_operation("deletecollection"));
+        assert_eq!(caps.subresources.len(), 1, "status subresource");
+        let (_, fcaps) = group.recommended_kind("Fischer").expect("Fischer");
+        assert_eq!(fcaps.scope, Scope::Cluster);
+    }
+    let spec = h.last_sar();
+    assert_eq!(spec["user"], "kube-rs-client");
+}
+
+#[tokio::test]
 async fn recorded_control_plane_requests_are_answered() {
     let Some(dir) = contract_dir() else { return };
     let h = harness().await;
