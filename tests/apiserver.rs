@@ -879,6 +879,19 @@ async fn openapi_documents_are_valid_and_cacheable() {
         .await;
     assert_eq!(code, StatusCode::NOT_MODIFIED);
 
+    // Protobuf only (kubectl's v2 download): 406, never JSON the client cannot parse.
+    let pb = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    let (code, _, _) = h
+        .call(
+            Some(&h.front),
+            "GET",
+            "/openapi/v2",
+            &[user[0], ("accept", pb)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_ACCEPTABLE);
+
     let (code, _, body) = h.call(Some(&h.front), "GET", "/openapi/v3", &user, Bytes::new()).await;
     assert_eq!(code, StatusCode::OK);
     let index: Value = serde_json::from_slice(&body).expect("index");

@@ -81,6 +81,12 @@ pub fn negotiate(accept: Option<&str>, aggregated_allowed: bool) -> Option<Disco
     None
 }
 
+/// Whether `accept` allows plain JSON (no header does). Clients that only take protobuf (kubectl's
+/// OpenAPI v2 download) get a 406 instead of JSON they would fail to parse.
+pub fn accepts_json(accept: Option<&str>) -> bool {
+    negotiate(accept, false).is_some()
+}
+
 /// `StorageVersionHash` of k8s: base64 of the first 8 bytes of SHA-256 of `group/version/kind`.
 pub fn storage_version_hash(group: &str, version: &str, kind: &str) -> String {
     let digest = Sha256::digest(format!("{group}/{version}/{kind}").as_bytes());

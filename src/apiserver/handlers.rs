@@ -153,11 +153,14 @@ fn json_doc(doc: &Doc, headers: &HeaderMap, content_type: &'static str, cache_co
     r
 }
 
-fn not_acceptable() -> Response<Body> {
+/// Media types of `/apis` (the other documents are plain JSON only).
+const APIS_TYPES: &str = "application/json, application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList, application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+
+fn not_acceptable(types: &str) -> Response<Body> {
     Status {
         code: StatusCode::NOT_ACCEPTABLE,
         reason: "NotAcceptable",
-        message: "only the following media types are accepted: application/json, application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList, application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList".into(),
+        message: format!("only the following media types are accepted: {types}"),
         details: None,
     }
     .into_response()
@@ -356,17 +359,18 @@ impl App {
                     "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList",
                     "public",
                 ),
-                None => not_acceptable(),
+                None => not_acceptable(APIS_TYPES),
             },
             ["apis", g] if *g == d.group => match discovery::negotiate(accept, false) {
                 Some(_) => json_doc(&d.api_group, headers, "application/json", "no-cache, private"),
-                None => not_acceptable(),
+                None => not_acceptable("application/json"),
             },
             ["apis", g, v] if *g == d.group => match (d.resource_lists.get(*v), discovery::negotiate(accept, false)) {
                 (Some(doc), Some(_)) => json_doc(doc, headers, "application/json", "no-cache, private"),
-                (Some(_), None) => not_acceptable(),
+                (Some(_), None) => not_acceptable("application/json"),
                 (None, _) => Status::not_found_path().into_response(),
             },
+            ["openapi", ..] if !discovery::accepts_json(accept) => not_acceptable("application/json"),
             ["openapi", "v2"] => json_doc(&self.openapi.v2, headers, "application/json", "no-cache, private"),
             ["openapi", "v3"] => json_doc(&self.openapi.v3_index, headers, "application/json", "no-cache, private"),
             ["openapi", "v3", rest @ ..] => match self.openapi.v3.get(&rest.join("/")) {
