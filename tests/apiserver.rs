@@ -317,6 +317,19 @@ async fn front_proxy_ca_rotation_is_followed() {
     h.wait_ready().await;
     let (code, _) = h.as_user("GET", &format!("/apis/{G}/{V}"), "alice", &[]).await;
     assert_eq!(code, StatusCode::OK);
+    // A long-lived connection with the old certificate: its remembered verification must not
+    // outlive the rotation.
+    let mut kept = tk::connect(h.server.addr, &h.serving_ca.cert_pem, Some(&h.front), true)
+        .await
+        .expect("h2");
+    let probe = || {
+        tk::get(
+            &format!("https://127.0.0.1/apis/{G}/{V}"),
+            &[("x-remote-user", "alice")],
+        )
+        .expect("req")
+    };
+    assert_eq!(kept.conn.call(probe()).await.expect("call").0, StatusCode::OK);
     let new_ca = tk::ca("front-proxy-ca-2").expect("ca");
     let new_front = tk::client_cert(&new_ca, "front-proxy-client", None).expect("cert");
     h.double.update_configmap(tk::auth_configmap_data(
@@ -346,6 +359,11 @@ async fn front_proxy_ca_rotation_is_followed() {
         code,
         StatusCode::UNAUTHORIZED,
         "the old front-proxy CA is no longer trusted"
+    );
+    assert_eq!(
+        kept.conn.call(probe()).await.expect("call").0,
+        StatusCode::UNAUTHORIZED,
+        "not on an existing connection either"
     );
 }
 

@@ -13,7 +13,8 @@ use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The anonymous user.
 pub const ANONYMOUS: &str = "system:anonymous";
@@ -308,39 +309,93 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Authenticates one request. `peer` is the client chain of the connection, if any.
+/// How long a connection's chain verification is reused before it is checked again (so a
+/// certificate that expires during a long HTTP/2 connection stops being accepted).
+const CHAIN_VERDICT_TTL: Duration = Duration::from_secs(10);
+
+/// The outcome of checking a chain against the configured CAs (`None`: that CA is not set).
+#[derive(Clone, Debug)]
+struct Verdict {
+    front_proxy: Option<Result<(), String>>,
+    client_ca: Option<Result<(), String>>,
+}
+
+/// The client certificate chain of one TLS connection, with its subject read once and its
+/// verification remembered: kube-apiserver sends every proxied user over a few long-lived
+/// HTTP/2 connections, so re-verifying signatures on each request would be wasted work.
+#[derive(Debug)]
+pub struct PeerCerts {
+    chain: Vec<CertificateDer<'static>>,
+    cn: String,
+    orgs: Vec<String>,
+    memo: std::sync::Mutex<Option<(Arc<AuthConfig>, Instant, Verdict)>>,
+}
+
+impl PeerCerts {
+    /// Wraps a non-empty chain (leaf first).
+    pub fn new(chain: Vec<CertificateDer<'static>>) -> Option<Self> {
+        let (cn, orgs) = subject_names(chain.first()?);
+        Some(PeerCerts {
+            chain,
+            cn,
+            orgs,
+            memo: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn verdict(&self, cfg: &Arc<AuthConfig>) -> Verdict {
+        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at_cfg, at, v)) = memo.as_ref() {
+            // Same configuration object (a CA rotation replaces it) and recent enough.
+            if Arc::ptr_eq(at_cfg, cfg) && at.elapsed() < CHAIN_VERDICT_TTL {
+                return v.clone();
+            }
+        }
+        let check = |v: &ChainVerifier| v.verify(&self.chain).map_err(|e| e.to_string());
+        let v = Verdict {
+            front_proxy: cfg.request_header.as_ref().map(|rh| check(&rh.verifier)),
+            client_ca: cfg.client_ca.as_ref().map(check),
+        };
+        *memo = Some((cfg.clone(), Instant::now(), v.clone()));
+        v
+    }
+}
+
+/// Authenticates one request. `peer` is the connection's client chain, if any.
 pub async fn authenticate(
-    cfg: &AuthConfig,
+    cfg: &Arc<AuthConfig>,
     tokens: &TokenAuthenticator,
-    peer: Option<&[CertificateDer<'static>]>,
+    peer: Option<&PeerCerts>,
     headers: &HeaderMap,
 ) -> Result<UserInfo, AuthError> {
     let mut errors: Vec<String> = Vec::new();
-    if let Some(chain) = peer.filter(|c| !c.is_empty()) {
-        let (cn, orgs) = subject_names(&chain[0]);
-        if let Some(rh) = &cfg.request_header {
-            match rh.verifier.verify(chain) {
-                Ok(()) if rh.cn_allowed(&cn) => {
+    if let Some(peer) = peer {
+        let verdict = peer.verdict(cfg);
+        if let (Some(rh), Some(outcome)) = (&cfg.request_header, &verdict.front_proxy) {
+            match outcome {
+                Ok(()) if rh.cn_allowed(&peer.cn) => {
                     if let Some(user) = rh.user_from_headers(headers) {
                         return Ok(user.authenticated());
                     }
                 }
-                Ok(()) => errors.push(format!("front-proxy client certificate CN {cn:?} is not allowed")),
+                Ok(()) => errors.push(format!(
+                    "front-proxy client certificate CN {:?} is not allowed",
+                    peer.cn
+                )),
                 Err(e) => errors.push(format!("front-proxy: verifying certificate failed: {e}")),
             }
         }
-        if let Some(ca) = &cfg.client_ca {
-            match ca.verify(chain) {
-                Ok(()) => {
-                    return Ok(UserInfo {
-                        name: cn,
-                        groups: orgs,
-                        ..Default::default()
-                    }
-                    .authenticated())
+        match &verdict.client_ca {
+            Some(Ok(())) => {
+                return Ok(UserInfo {
+                    name: peer.cn.clone(),
+                    groups: peer.orgs.clone(),
+                    ..Default::default()
                 }
-                Err(e) => errors.push(format!("client certificate: verifying certificate failed: {e}")),
+                .authenticated())
             }
+            Some(Err(e)) => errors.push(format!("client certificate: verifying certificate failed: {e}")),
+            None => {}
         }
     }
     if let Some(token) = bearer_token(headers) {

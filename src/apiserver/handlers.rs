@@ -19,7 +19,6 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,10 +29,10 @@ use tokio::sync::watch;
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// What the TLS layer learned about a connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ConnInfo {
     /// The client's certificate chain, leaf first (not yet verified against any CA).
-    pub peer_chain: Option<Arc<Vec<CertificateDer<'static>>>>,
+    pub peer: Option<auth::PeerCerts>,
     /// The client's address.
     pub remote: Option<SocketAddr>,
 }
@@ -255,8 +254,7 @@ impl App {
             let s = Status::unavailable("the server is starting: authentication configuration not loaded yet");
             return (method_verb, String::new(), s.into_response());
         };
-        let peer = conn.peer_chain.as_deref().map(Vec::as_slice);
-        let user = match auth::authenticate(&auth_cfg, &self.tokens, peer, &parts.headers).await {
+        let user = match auth::authenticate(&auth_cfg, &self.tokens, conn.peer.as_ref(), &parts.headers).await {
             Ok(u) => u,
             Err(e) => {
                 tracing::info!(error = %e, remote = ?conn.remote, "authentication failed");

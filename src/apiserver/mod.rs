@@ -279,9 +279,13 @@ async fn accept_loop(
                 }
                 Err(_) => return,
             };
-            let peer_chain = tls.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec()));
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| auth::PeerCerts::new(c.to_vec()));
             let conn = Arc::new(ConnInfo {
-                peer_chain,
+                peer,
                 remote: Some(remote),
             });
             let svc = service_fn(move |req| {
