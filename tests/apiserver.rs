@@ -257,6 +257,25 @@ async fn front_proxy_ca_with_unlisted_cn_is_unauthorized() {
 }
 
 #[tokio::test]
+async fn empty_allowed_names_accept_any_front_proxy_cn() {
+    let h = harness().await;
+    h.wait_ready().await;
+    let other = tk::client_cert(&h.front_ca, "some-other-proxy", None).expect("cert");
+    let path = format!("/apis/{G}/{V}");
+    let headers = [("x-remote-user", "dave")];
+    let (code, _, _) = h.call(Some(&other), "GET", &path, &headers, Bytes::new()).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    h.double
+        .update_configmap(tk::auth_configmap_data(&h.front_ca, &[], Some(&h.client_ca)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.call(Some(&other), "GET", &path, &headers, Bytes::new()).await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "empty allowed-names not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.last_sar()["user"], "dave");
+}
+
+#[tokio::test]
 async fn bearer_token_wins_over_spoofed_headers() {
     let h = harness().await;
     h.wait_ready().await;
