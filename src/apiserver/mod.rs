@@ -120,6 +120,12 @@ fn load_server_config(args: &Args) -> Result<ServerConfig, ServeError> {
     if cfg.group.is_empty() || cfg.versions.is_empty() {
         return Err(err("group and at least one version are required".into()));
     }
+    for r in &cfg.resources {
+        for v in r.versions.iter().filter(|v| !cfg.versions.contains(&v.name)) {
+            // The CRD's validation should have refused this; serve the rest rather than fail.
+            tracing::warn!(resource = %r.plural, version = %v.name, "version of a resource is not a served version; ignored");
+        }
+    }
     Ok(cfg)
 }
 
