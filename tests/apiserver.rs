@@ -1403,6 +1403,9 @@ async fn standalone_binary_with_token_file_and_policy() {
     let client_ca = tk::ca("standalone-client-ca").expect("ca");
     let ca_file = dir.path().join("client-ca.crt");
     std::fs::write(&ca_file, &client_ca.cert_pem).expect("write");
+    let front_ca = tk::ca("standalone-front-proxy-ca").expect("ca");
+    let front_ca_file = dir.path().join("front-proxy-ca.crt");
+    std::fs::write(&front_ca_file, &front_ca.cert_pem).expect("write");
     let port = free_port();
     let certs = dir.path().join("certs");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_extension-apiserver"))
@@ -1418,6 +1421,9 @@ async fn standalone_binary_with_token_file_and_policy() {
         .arg(&policy)
         .arg("--client-ca-file")
         .arg(&ca_file)
+        .arg("--requestheader-client-ca-file")
+        .arg(&front_ca_file)
+        .args(["--requestheader-allowed-names", "front-proxy-client"])
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
@@ -1470,6 +1476,16 @@ async fn standalone_binary_with_token_file_and_policy() {
     let dev = tk::client_cert(&client_ca, "carol", Some("devs")).expect("cert");
     let (code, _, _) = call(Some(dev), flunders("default"), vec![]).await;
     assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED, "client certificate in group devs");
+    let proxy = tk::client_cert(&front_ca, "front-proxy-client", None).expect("cert");
+    let as_erin = vec![("x-remote-user", "erin"), ("x-remote-group", "devs")];
+    let (code, _, _) = call(Some(proxy.clone()), flunders("default"), as_erin).await;
+    assert_eq!(
+        code,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "front-proxy user erin in group devs"
+    );
+    let (code, _, _) = call(Some(proxy), flunders("default"), vec![("x-remote-user", "erin")]).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "erin without the devs group");
 
     // SIGTERM: clean exit.
     let pid = child.id().expect("pid");
