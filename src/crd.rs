@@ -24,6 +24,8 @@ pub const VERSION: &str = "v1alpha1";
 /// An aggregated API server, and everything the Kubernetes aggregation layer needs to reach it:
 /// CA and serving certificate, Deployment, Service, ServiceAccount, RBAC and one APIService
 /// per version.
+// kube's `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "aggregation.dev",

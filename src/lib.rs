@@ -2,6 +2,7 @@
 //! everything the Kubernetes aggregation layer needs, and the building blocks of the bundled server.
 
 pub mod admin;
+pub mod apiserver;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;

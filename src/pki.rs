@@ -196,6 +196,67 @@ pub fn issue_serving(
     })
 }
 
+/// What a leaf certificate issued by [`issue_leaf`] says about its subject and use.
+#[derive(Clone, Debug, Default)]
+pub struct LeafSpec {
+    /// Subject CN (the user name of a client certificate).
+    pub common_name: String,
+    /// Subject O (the group of a client certificate). rcgen keeps one value per attribute
+    /// type, so one group only.
+    pub organization: Option<String>,
+    /// DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// IP subject alternative names.
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    /// Adds the serverAuth extended key usage.
+    pub server_auth: bool,
+    /// Adds the clientAuth extended key usage.
+    pub client_auth: bool,
+}
+
+/// Issues a leaf certificate (ECDSA P-256) for `spec`, signed by `ca`: client certificates for the
+/// front-proxy and client-CA paths, and serving certificates that name IP addresses (standalone
+/// mode on localhost, test servers on 127.0.0.1).
+pub fn issue_leaf(
+    ca: &CertKeyPair,
+    spec: &LeafSpec,
+    lifetime: Duration,
+    now_unix: i64,
+) -> Result<CertKeyPair, PkiError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = generate_key(KeyAlgorithm::EcdsaP256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, spec.common_name.as_str());
+    if let Some(o) = &spec.organization {
+        dn.push(DnType::OrganizationName, o.as_str());
+    }
+    params.distinguished_name = dn;
+    let mut sans = Vec::new();
+    for n in &spec.dns_names {
+        sans.push(SanType::DnsName(n.as_str().try_into()?));
+    }
+    sans.extend(spec.ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if spec.server_auth {
+        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    if spec.client_auth {
+        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(serial_for(&key, now_unix, &spec.common_name));
+    validity(&mut params, now_unix, lifetime)?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertKeyPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 /// Decodes every `CERTIFICATE` block of a PEM bundle into DER.
 pub fn pem_certs_to_der(pem: &str) -> Result<Vec<Vec<u8>>, PkiError> {
     let mut out = Vec::new();

@@ -41,10 +41,12 @@ enum OpKind {
     Delete(Preconditions),
 }
 
+type Reply = oneshot::Sender<Result<Arc<Object>>>;
+
 struct Op {
     key: String,
     kind: OpKind,
-    reply: oneshot::Sender<Result<Arc<Object>>>,
+    reply: Reply,
 }
 
 struct Inner {
@@ -299,7 +301,7 @@ fn writer(db: Database, inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>, max_batch
         let base_rv = inner.rv.load(Ordering::SeqCst);
         let mut rv = base_rv;
         let mut overlay: HashMap<String, Option<Arc<Object>>> = HashMap::new();
-        let mut results: Vec<(oneshot::Sender<Result<Arc<Object>>>, Result<Arc<WatchEvent>>)> = Vec::new();
+        let mut results: Vec<(Reply, Result<Arc<WatchEvent>>)> = Vec::new();
         {
             let objects = match inner.objects.read() {
                 Ok(o) => o,

@@ -1,0 +1,256 @@
+//! `metav1.Status` error bodies, shaped exactly like kube-apiserver's (see
+//! `shared/contract/reference-responses/*.body`): `kind`, `apiVersion`, empty `metadata`,
+//! `status: Failure`, `message`, `reason`, `details`, `code`.
+
+use super::requestinfo::RequestInfo;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use super::body::{full, Body};
+
+/// A failure answer as kube-apiserver writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// HTTP status code, also the body's `code`.
+    pub code: StatusCode,
+    /// `reason`, e.g. `Forbidden`; empty for reasons k8s leaves unset.
+    pub reason: &'static str,
+    /// Human-readable `message`.
+    pub message: String,
+    /// `details`, `None` when k8s leaves it out.
+    pub details: Option<Map<String, Value>>,
+}
+
+impl Status {
+    /// The JSON body.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+        });
+        let obj = v.as_object_mut().expect("literal object");
+        if !self.reason.is_empty() {
+            obj.insert("reason".into(), Value::String(self.reason.into()));
+        }
+        if let Some(d) = &self.details {
+            obj.insert("details".into(), Value::Object(d.clone()));
+        }
+        obj.insert("code".into(), json!(self.code.as_u16()));
+        v
+    }
+
+    /// The HTTP response, with the headers kube-apiserver sets on errors.
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::to_vec(&self.to_json()).unwrap_or_default();
+        let mut resp = Response::new(full(Bytes::from(body)));
+        *resp.status_mut() = self.code;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+        h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        resp
+    }
+
+    /// 401: the credentials were presented but are not valid.
+    pub fn unauthorized() -> Self {
+        Status {
+            code: StatusCode::UNAUTHORIZED,
+            reason: "Unauthorized",
+            message: "Unauthorized".into(),
+            details: None,
+        }
+    }
+
+    /// 403 for a denied request, with the message k8s' `responsewriters.Forbidden` builds.
+    pub fn forbidden(user: &str, info: &RequestInfo, reason: &str) -> Self {
+        let mut msg = forbidden_message(user, info);
+        if !reason.is_empty() {
+            msg = format!("{msg}: {reason}");
+        }
+        let (group, resource) = if info.is_resource_request {
+            (info.api_group.as_str(), info.resource.as_str())
+        } else {
+            ("", "")
+        };
+        let message = match (resource.is_empty(), info.name.is_empty()) {
+            (true, _) => format!("forbidden: {msg}"),
+            (false, true) => format!("{} is forbidden: {msg}", qualified(resource, group)),
+            (false, false) => format!("{} \"{}\" is forbidden: {msg}", qualified(resource, group), info.name),
+        };
+        Status {
+            code: StatusCode::FORBIDDEN,
+            reason: "Forbidden",
+            message,
+            details: Some(details(&info.name, group, resource)),
+        }
+    }
+
+    /// 404 for a path nothing is served at.
+    pub fn not_found_path() -> Self {
+        Status {
+            code: StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message: "the server could not find the requested resource".into(),
+            details: Some(Map::new()),
+        }
+    }
+
+    /// 404 for a named object that does not exist (`flunders.wardle.example.com "x" not found`).
+    pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
+        Status {
+            code: StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message: format!("{} \"{name}\" not found", qualified(resource, group)),
+            details: Some(details(name, group, resource)),
+        }
+    }
+
+    /// 405 as `apierrors.NewMethodNotSupported` builds it.
+    pub fn method_not_supported(group: &str, resource: &str, action: &str) -> Self {
+        Status {
+            code: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "MethodNotAllowed",
+            message: format!(
+                "{action} is not supported on resources of kind \"{}\"",
+                qualified(resource, group)
+            ),
+            details: Some(details("", group, resource)),
+        }
+    }
+
+    /// 413 for a body over the limit.
+    pub fn too_large(limit: usize) -> Self {
+        Status {
+            code: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "RequestEntityTooLarge",
+            message: format!("Request entity too large: limit is {limit}"),
+            details: None,
+        }
+    }
+
+    /// 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Status {
+            code: StatusCode::BAD_REQUEST,
+            reason: "BadRequest",
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 503 while the server cannot decide (e.g. authentication config not loaded yet).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Status {
+            code: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "ServiceUnavailable",
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 500 with a message.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Status {
+            code: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: "InternalError",
+            message: message.into(),
+            details: None,
+        }
+    }
+}
+
+/// `resource.group` (or just `resource` for the core group), as `GroupResource.String()`.
+fn qualified(resource: &str, group: &str) -> String {
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
+}
+
+/// `StatusDetails` with Go's omitempty behaviour.
+fn details(name: &str, group: &str, kind: &str) -> Map<String, Value> {
+    let mut d = Map::new();
+    for (k, v) in [("name", name), ("group", group), ("kind", kind)] {
+        if !v.is_empty() {
+            d.insert(k.into(), Value::String(v.into()));
+        }
+    }
+    d
+}
+
+/// `responsewriters.forbiddenMessage` of k8s.io/apiserver.
+fn forbidden_message(user: &str, info: &RequestInfo) -> String {
+    if !info.is_resource_request {
+        return format!("User {user:?} cannot {} path {:?}", info.verb, info.path);
+    }
+    let mut resource = info.resource.clone();
+    if !info.subresource.is_empty() {
+        resource = format!("{resource}/{}", info.subresource);
+    }
+    if !info.namespace.is_empty() {
+        format!(
+            "User {user:?} cannot {} resource {resource:?} in API group {:?} in the namespace {:?}",
+            info.verb, info.api_group, info.namespace
+        )
+    } else {
+        format!(
+            "User {user:?} cannot {} resource {resource:?} in API group {:?} at the cluster scope",
+            info.verb, info.api_group
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_matches_reference_shape() {
+        let info = RequestInfo::parse(
+            "GET",
+            "/apis/wardle.example.com/v1alpha1/namespaces/default/flunders",
+            "",
+        )
+        .expect("valid path");
+        let got = Status::forbidden("nobody", &info, "").to_json();
+        let want = json!({
+          "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+          "message": "flunders.wardle.example.com is forbidden: User \"nobody\" cannot list resource \"flunders\" in API group \"wardle.example.com\" in the namespace \"default\"",
+          "reason": "Forbidden", "details": {"group": "wardle.example.com", "kind": "flunders"}, "code": 403
+        });
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn forbidden_non_resource_and_named() {
+        let info = RequestInfo::parse("GET", "/metrics", "").expect("valid");
+        let got = Status::forbidden("system:anonymous", &info, "").to_json();
+        assert_eq!(
+            got["message"],
+            "forbidden: User \"system:anonymous\" cannot get path \"/metrics\""
+        );
+        assert_eq!(got["details"], json!({}));
+        let info = RequestInfo::parse("DELETE", "/apis/g.io/v1/fischers/a", "").expect("valid");
+        let got = Status::forbidden("u", &info, "no RBAC").to_json();
+        assert_eq!(
+            got["message"],
+            "fischers.g.io \"a\" is forbidden: User \"u\" cannot delete resource \"fischers\" in API group \"g.io\" at the cluster scope: no RBAC"
+        );
+    }
+
+    #[test]
+    fn not_found_matches_reference() {
+        let got = Status::not_found("wardle.example.com", "flunders", "nope").to_json();
+        let want = json!({
+          "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+          "message": "flunders.wardle.example.com \"nope\" not found", "reason": "NotFound",
+          "details": {"name": "nope", "group": "wardle.example.com", "kind": "flunders"}, "code": 404
+        });
+        assert_eq!(got, want);
+    }
+}
