@@ -489,6 +489,26 @@ impl ExtensionApiServer {
     }
 }
 
+/// The spec of the wardle example (one version, bundled server), shared by tests.
+#[cfg(test)]
+pub(crate) fn wardle_spec() -> ExtensionApiServerSpec {
+    ExtensionApiServerSpec {
+        group: "wardle.example.com".into(),
+        versions: vec![ApiVersion {
+            name: "v1alpha1".into(),
+            group_priority_minimum: 1000,
+            version_priority: 15,
+        }],
+        server: Some(BundledServer::default()),
+        image: None,
+        service_name: None,
+        replicas: None,
+        resources: None,
+        certificates: None,
+        rules: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,21 @@ pub struct CertSettings {
     pub ca_overlap: Duration,
 }
 
+impl Default for CertSettings {
+    /// The defaults: ECDSA P-256, a 90-day serving certificate and a 5-year CA, each renewed
+    /// when a third of its lifetime remains, and a 10-minute CA overlap.
+    fn default() -> Self {
+        CertSettings {
+            key_algorithm: KeyAlgorithm::default(),
+            serving_validity: DEFAULT_SERVING_VALIDITY,
+            serving_renew_before: None,
+            ca_validity: DEFAULT_CA_VALIDITY,
+            ca_renew_before: None,
+            ca_overlap: crate::reconcile::rotation::DEFAULT_OVERLAP,
+        }
+    }
+}
+
 /// A spec that passed validation, with defaults resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Validated {
@@ -177,29 +192,14 @@ fn cert_settings(spec: &ExtensionApiServerSpec, problems: &mut Vec<String>) -> C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ApiVersion, BundledServer, CertificatesSpec, ImageServer};
+    use crate::crd::{CertificatesSpec, ImageServer};
 
-    pub fn spec() -> ExtensionApiServerSpec {
-        ExtensionApiServerSpec {
-            group: "wardle.example.com".into(),
-            versions: vec![ApiVersion {
-                name: "v1alpha1".into(),
-                group_priority_minimum: 1000,
-                version_priority: 15,
-            }],
-            server: Some(BundledServer::default()),
-            image: None,
-            service_name: None,
-            replicas: None,
-            resources: None,
-            certificates: None,
-            rules: vec![],
-        }
-    }
+    use crate::crd::wardle_spec as spec;
 
     #[test]
     fn valid_spec_gets_defaults() {
         let v = validate(&spec()).unwrap();
+        assert_eq!(v.certs, CertSettings::default());
         assert_eq!(v.certs.key_algorithm, KeyAlgorithm::EcdsaP256);
         assert_eq!(v.certs.serving_validity, DEFAULT_SERVING_VALIDITY);
         assert_eq!(v.certs.ca_validity, DEFAULT_CA_VALIDITY);

@@ -12,7 +12,7 @@ use eao::crd::KeyAlgorithm;
 use eao::pki::{self, CertKeyPair};
 use eao::reconcile::certs::{self, Force, PlanInputs};
 use eao::reconcile::probe;
-use eao::reconcile::rotation::{self, CaState, Phase};
+use eao::reconcile::rotation::{CaState, Phase};
 use eao::validate::CertSettings;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -26,17 +26,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 const SERVICE_DNS: &str = "wardle.wardle-system.svc";
-
-fn settings() -> CertSettings {
-    CertSettings {
-        key_algorithm: KeyAlgorithm::EcdsaP256,
-        serving_validity: pki::DEFAULT_SERVING_VALIDITY,
-        serving_renew_before: None,
-        ca_validity: pki::DEFAULT_CA_VALIDITY,
-        ca_renew_before: None,
-        ca_overlap: rotation::DEFAULT_OVERLAP,
-    }
-}
 
 /// The operator's view: the CA Secret and serving Secret it would have written.
 struct Operator {
@@ -54,7 +43,7 @@ impl Operator {
         served_by_active: bool,
     ) -> (String, CertKeyPair, Phase) {
         let names = vec![SERVICE_DNS.to_string(), format!("{SERVICE_DNS}.cluster.local")];
-        let s = settings();
+        let s = CertSettings::default();
         let plan = certs::plan(&PlanInputs {
             ca_secret: self.ca_secret.as_ref(),
             serving_secret: self.serving_secret.as_ref(),
@@ -65,6 +54,7 @@ impl Operator {
             now: self.now,
             force,
             published,
+            published_bundle: None,
             served_by_active,
         })
         .expect("plan");

@@ -55,6 +55,8 @@ pub struct PlanInputs<'a> {
     pub force: Option<Force>,
     /// Every APIService carries the stored state's bundle.
     pub published: bool,
+    /// The `caBundle` our APIServices hold today, if any.
+    pub published_bundle: Option<&'a str>,
     /// Every ready replica serves a leaf of the stored active CA.
     pub served_by_active: bool,
 }
@@ -116,6 +118,7 @@ pub fn plan(inp: &PlanInputs<'_>) -> Result<CertPlan, PkiError> {
             force: inp.force == Some(Force::Ca),
             external: inp.external,
             published: inp.published,
+            published_bundle: inp.published_bundle,
             served_by_active: inp.served_by_active,
         },
     )?;
@@ -139,21 +142,29 @@ pub fn plan(inp: &PlanInputs<'_>) -> Result<CertPlan, PkiError> {
     };
     let (serving, serving_facts, new_serving) = match (stored_serving, checked) {
         (Some(pair), Ok(facts)) => (pair, facts, None),
-        (_, result) => {
+        (stored, result) => {
             let reason = result.err().unwrap_or(ReissueReason::Missing);
-            // With caSecretRef, mid-rotation, the old CA's key may be gone: wait for the new one.
-            let signer = rotation::signer(&state, inp.external).ok_or_else(|| {
-                PkiError::Parse(format!(
-                    "the serving certificate must be reissued ({reason}) but no CA key is available yet; \
-                     it will be issued once the new CA is published"
-                ))
-            })?;
-            // A serving certificate never outlives its CA.
-            let remaining = u64::try_from(ca.not_after - inp.now).unwrap_or(0);
-            let lifetime = inp.settings.serving_validity.min(Duration::from_secs(remaining));
-            let leaf = pki::issue_serving(&signer, inp.dns_names, alg, lifetime, inp.now)?;
-            let facts = pki::inspect(&leaf.cert_pem)?;
-            (leaf, facts, Some(reason))
+            match rotation::signer(&state, inp.external) {
+                Some(signer) => {
+                    let (leaf, facts) = issue(&signer, inp)?;
+                    (leaf, facts, Some(reason))
+                }
+                // The active CA has no key (mid-rotation): keep serving the current certificate
+                // while it is valid; the new CA signs once it is published.
+                None => match stored.and_then(|p| pki::inspect(&p.cert_pem).ok().map(|f| (p, f))) {
+                    Some((pair, facts)) if facts.not_after > inp.now => (pair, facts, None),
+                    _ => {
+                        // Nothing valid to keep: only the next CA can sign.
+                        let signer = rotation::next_signer(&state, inp.external).ok_or_else(|| {
+                            PkiError::Parse(format!(
+                                "the serving certificate must be issued ({reason}) but no CA key is available"
+                            ))
+                        })?;
+                        let (leaf, facts) = issue(&signer, inp)?;
+                        (leaf, facts, Some(reason))
+                    }
+                },
+            }
         }
     };
     let bundle = state
@@ -186,4 +197,14 @@ pub fn plan(inp: &PlanInputs<'_>) -> Result<CertPlan, PkiError> {
         rotation: step,
         force_consumed,
     })
+}
+
+fn issue(signer: &CertKeyPair, inp: &PlanInputs<'_>) -> Result<(CertKeyPair, CertFacts), PkiError> {
+    let ca = pki::inspect(&signer.cert_pem)?;
+    // A serving certificate never outlives its CA.
+    let remaining = u64::try_from(ca.not_after - inp.now).unwrap_or(0);
+    let lifetime = inp.settings.serving_validity.min(Duration::from_secs(remaining));
+    let leaf = pki::issue_serving(signer, inp.dns_names, inp.settings.key_algorithm, lifetime, inp.now)?;
+    let facts = pki::inspect(&leaf.cert_pem)?;
+    Ok((leaf, facts))
 }

@@ -187,13 +187,28 @@ async fn apply(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
     }
     let stored = rotation::CaState::from_secret(ca_before.as_ref());
     let stored_bundle = stored.bundle_pem();
-    let published = !stored_bundle.is_empty()
-        && existing.iter().all(|s| {
+    // Only our APIServices count: one held by someone else (a conflict) is never written, and
+    // must not hold a rotation in Publishing forever.
+    let me = format!("{}/{}", names.namespace, names.owner);
+    let bundle_of = |s: &APIService| {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.ca_bundle.as_ref())
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    let ours: Vec<Option<&APIService>> = existing
+        .iter()
+        .filter(|s| {
             s.as_ref()
-                .and_then(|s| s.spec.as_ref())
-                .and_then(|s| s.ca_bundle.as_ref())
-                .is_some_and(|b| b.0 == stored_bundle.as_bytes())
-        });
+                .is_none_or(|s| labelled_owner(s.labels()).as_deref() == Some(me.as_str()))
+        })
+        .map(Option::as_ref)
+        .collect();
+    let published = !stored_bundle.is_empty()
+        && ours
+            .iter()
+            .all(|s| s.and_then(bundle_of).is_some_and(|b| b == stored_bundle));
+    let published_bundle = ours.iter().flatten().find_map(|s| bundle_of(s));
     let mut observation = None;
     if stored.phase == rotation::Phase::Overlap {
         let target = probe::ProbeTarget {
@@ -221,6 +236,7 @@ async fn apply(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
         now,
         force,
         published,
+        published_bundle: published_bundle.as_deref(),
         served_by_active,
     }) {
         Ok(p) => p,

@@ -197,6 +197,8 @@ pub struct Inputs<'a> {
     pub external: Option<&'a CertKeyPair>,
     /// Every APIService currently carries the whole bundle of this state (read back from the API).
     pub published: bool,
+    /// The `caBundle` our APIServices hold today, if any.
+    pub published_bundle: Option<&'a str>,
     /// Every ready replica was observed serving a leaf signed by the active CA.
     pub served_by_active: bool,
 }
@@ -276,6 +278,79 @@ pub fn check_external(pair: &CertKeyPair) -> Result<(), String> {
     Ok(())
 }
 
+/// Stable, but the active CA cannot sign any more (none stored, its key lost, or
+/// `caSecretRef` removed). Whatever clients trust today stays trusted until replicas move on.
+fn start_without_usable_ca(mut state: CaState, inp: &Inputs<'_>, mut out: Step) -> Result<Step, PkiError> {
+    let old_cert = state
+        .active
+        .as_ref()
+        .filter(|a| pki::inspect(&a.cert_pem).is_ok_and(|f| f.is_ca))
+        .map(|a| a.cert_pem.clone());
+    let published = inp.published_bundle.filter(|b| pki::pem_certs_to_der(b).is_ok());
+    let new = new_ca(inp)?;
+    match (old_cert, published) {
+        (Some(old), _) => {
+            // The old CA keeps its place (and the leaf it signed keeps being served) until the
+            // new one is published: an ordinary rotation, only without a key for the old CA.
+            let reason = "the current CA can no longer sign (its key is missing or does not match)";
+            state = CaState {
+                active: Some(CaMaterial {
+                    cert_pem: old,
+                    key_pem: None,
+                }),
+                next: Some(new),
+                previous: None,
+                phase: Phase::Publishing,
+                since: inp.now,
+                reason: reason.to_string(),
+            };
+            out.events
+                .push(("CARotationStarted", format!("CA rotation started: {reason}")));
+            out.requeue = Some(PUBLISH_SETTLE);
+        }
+        (None, Some(bundle)) => {
+            // The CA Secret is gone but APIServices still trust a bundle: the new CA must sign
+            // at once (nothing else can), and the published CAs stay until replicas moved over.
+            let reason = "the CA Secret was lost; the previously published CAs stay trusted during the overlap";
+            state = CaState {
+                active: Some(new),
+                next: None,
+                previous: Some(bundle.to_string()),
+                phase: Phase::Overlap,
+                since: inp.now,
+                reason: reason.to_string(),
+            };
+            out.events.push(("CAIssued", format!("using a new CA: {reason}")));
+            out.requeue = Some(Duration::from_secs(15));
+        }
+        (None, None) => {
+            state = CaState {
+                active: Some(new),
+                ..CaState::default()
+            };
+            out.events
+                .push(("CAIssued", "using a new CA: no CA stored yet".to_string()));
+        }
+    }
+    out.force_consumed = inp.force;
+    out.state = state;
+    Ok(out)
+}
+
+/// The key pair of the next CA (Publishing), for the one case where the active CA has no key
+/// and no valid serving certificate is left to keep.
+pub fn next_signer(state: &CaState, external: Option<&CertKeyPair>) -> Option<CertKeyPair> {
+    let n = state.next.as_ref()?;
+    match (&n.key_pem, external) {
+        (Some(key), _) => Some(CertKeyPair {
+            cert_pem: n.cert_pem.clone(),
+            key_pem: key.clone(),
+        }),
+        (None, Some(e)) if e.cert_pem == n.cert_pem => Some(e.clone()),
+        _ => None,
+    }
+}
+
 /// Advances the rotation by at most one phase.
 pub fn step(mut state: CaState, inp: &Inputs<'_>) -> Result<Step, PkiError> {
     let mut out = Step {
@@ -298,20 +373,7 @@ pub fn step(mut state: CaState, inp: &Inputs<'_>) -> Result<Step, PkiError> {
     match state.phase {
         Phase::Stable => {
             let Some(facts) = active_facts else {
-                // Nothing usable to rotate from: nothing can be trusted yet, so start directly.
-                let why = if state.active.is_none() {
-                    "no CA stored yet"
-                } else {
-                    "the stored CA is unusable"
-                };
-                state = CaState {
-                    active: Some(new_ca(inp)?),
-                    ..CaState::default()
-                };
-                out.events.push(("CAIssued", format!("using a new CA: {why}")));
-                out.force_consumed = inp.force;
-                out.state = state;
-                return Ok(out);
+                return start_without_usable_ca(state, inp, out);
             };
             let reason = match inp.external {
                 Some(e) if e.cert_pem != state.active.as_ref().map(|a| a.cert_pem.clone()).unwrap_or_default() => {
@@ -346,6 +408,19 @@ pub fn step(mut state: CaState, inp: &Inputs<'_>) -> Result<Step, PkiError> {
                 ));
                 out.requeue = Some(PUBLISH_SETTLE);
             }
+        }
+        Phase::Publishing | Phase::Overlap if inp.force => {
+            // One rotation at a time; the request is answered, not queued.
+            out.force_consumed = true;
+            out.events.push((
+                "CARotationInProgress",
+                format!(
+                    "aggregation.dev/rotate: ca ignored: a CA rotation is already in phase {}",
+                    state.phase.as_str()
+                ),
+            ));
+            out.state = state;
+            return Ok(out);
         }
         Phase::Publishing => {
             if state.next.is_none() {
@@ -397,14 +472,7 @@ mod tests {
     const T0: i64 = 1_800_000_000;
 
     fn settings() -> CertSettings {
-        CertSettings {
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            serving_validity: pki::DEFAULT_SERVING_VALIDITY,
-            serving_renew_before: None,
-            ca_validity: pki::DEFAULT_CA_VALIDITY,
-            ca_renew_before: None,
-            ca_overlap: DEFAULT_OVERLAP,
-        }
+        CertSettings::default()
     }
 
     fn inputs(s: &CertSettings, now: i64) -> Inputs<'_> {
@@ -415,6 +483,7 @@ mod tests {
             force: false,
             external: None,
             published: false,
+            published_bundle: None,
             served_by_active: false,
         }
     }
@@ -618,5 +687,44 @@ mod tests {
         i.external = Some(&bad);
         let out = step(out.state, &i).unwrap();
         assert!(out.problem.unwrap().contains("not the private key"));
+    }
+
+    #[test]
+    fn a_ca_that_lost_its_key_is_rotated_with_overlap() {
+        let s = settings();
+        let mut state = step(CaState::default(), &inputs(&s, T0)).unwrap().state;
+        let old = state.active.as_ref().unwrap().cert_pem.clone();
+        state.active.as_mut().unwrap().key_pem = None;
+        let out = step(state, &inputs(&s, T0 + 60)).unwrap();
+        assert_eq!(out.state.phase, Phase::Publishing, "never an immediate swap");
+        assert_eq!(out.state.bundle()[0], old, "the old CA stays published");
+        assert_eq!(out.state.bundle().len(), 2);
+        assert!(signer(&out.state, None).is_none());
+        assert!(next_signer(&out.state, None).is_some());
+    }
+
+    #[test]
+    fn a_lost_ca_secret_keeps_the_published_bundle_trusted() {
+        let s = settings();
+        let published = step(CaState::default(), &inputs(&s, T0)).unwrap().state.bundle_pem();
+        let mut i = inputs(&s, T0 + 60);
+        i.published_bundle = Some(&published);
+        let out = step(CaState::default(), &i).unwrap();
+        assert_eq!(out.state.phase, Phase::Overlap);
+        assert_eq!(out.state.previous.as_deref(), Some(published.as_str()));
+        assert!(out.state.bundle_pem().ends_with(&published));
+    }
+
+    #[test]
+    fn a_request_during_a_rotation_is_answered_once() {
+        let s = settings();
+        let state = step(CaState::default(), &inputs(&s, T0)).unwrap().state;
+        let mut i = inputs(&s, T0);
+        i.force = true;
+        let publishing = step(state, &i).unwrap().state;
+        let again = step(publishing.clone(), &i).unwrap();
+        assert!(again.force_consumed);
+        assert_eq!(again.state, publishing, "no second rotation is started");
+        assert_eq!(again.events[0].0, "CARotationInProgress");
     }
 }

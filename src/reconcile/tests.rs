@@ -2,7 +2,7 @@
 //! certificate stability, conflicts, aggregation checks and the finalizer path.
 
 use super::*;
-use crate::crd::{ApiVersion, BundledServer, ExtensionApiServerSpec};
+use crate::crd::{ApiVersion, ExtensionApiServerSpec};
 use crate::fake_api::FakeApi;
 use kube::runtime::events::Reporter;
 use serde_json::{json, Value};
@@ -16,23 +16,7 @@ const APISERVICE: &str = "/apis/apiregistration.k8s.io/v1/apiservices/v1alpha1.w
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/wardle-system/deployments/wardle";
 const AUTH_CM: &str = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication";
 
-fn spec() -> ExtensionApiServerSpec {
-    ExtensionApiServerSpec {
-        group: "wardle.example.com".into(),
-        versions: vec![ApiVersion {
-            name: "v1alpha1".into(),
-            group_priority_minimum: 1000,
-            version_priority: 15,
-        }],
-        server: Some(BundledServer::default()),
-        image: None,
-        service_name: None,
-        replicas: None,
-        resources: None,
-        certificates: None,
-        rules: vec![],
-    }
-}
+use crate::crd::wardle_spec as spec;
 
 struct Harness {
     api: FakeApi,
@@ -724,4 +708,66 @@ async fn own_ca_from_a_secret() {
         "the user's CA key is never copied"
     );
     assert!(h.eas().status.unwrap().certificates.unwrap().next_ca_rotation.is_none());
+}
+
+#[tokio::test]
+async fn changing_the_own_ca_while_a_new_leaf_is_due_does_not_deadlock() {
+    use base64::Engine;
+    let h = Harness::new();
+    let mut s = spec();
+    s.certificates = Some(crate::crd::CertificatesSpec {
+        ca_secret_ref: Some(crate::crd::SecretReference { name: "my-ca".into() }),
+        ..Default::default()
+    });
+    h.put_eas(s);
+    let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let put_ca = |ca: &crate::pki::CertKeyPair| {
+        h.api.put(
+            "/api/v1/namespaces/wardle-system/secrets/my-ca",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "my-ca", "namespace": NS},
+                   "type": "kubernetes.io/tls", "data": {"tls.crt": enc(&ca.cert_pem), "tls.key": enc(&ca.key_pem)}}),
+        )
+    };
+    let alg = crate::crd::KeyAlgorithm::EcdsaP256;
+    let user1 = crate::pki::generate_ca("user-1", alg, crate::pki::DEFAULT_CA_VALIDITY, NOW).unwrap();
+    let user2 = crate::pki::generate_ca("user-2", alg, crate::pki::DEFAULT_CA_VALIDITY, NOW).unwrap();
+    put_ca(&user1);
+    h.reconcile().await.unwrap();
+    let leaf1 = serving_der(&h);
+    // The user replaces the CA (its old key is gone) and asks for a new serving certificate.
+    put_ca(&user2);
+    set_rotate(&h, "serving");
+    h.reconcile().await.expect("no deadlock");
+    assert_eq!(bundle_of(&h).len(), 2, "both CAs published");
+    assert_eq!(serving_der(&h), leaf1, "the current leaf is kept while only the new CA could sign it");
+    h.clock.store(NOW + 10, std::sync::atomic::Ordering::SeqCst);
+    h.reconcile().await.unwrap();
+    let user2_der = crate::pki::pem_certs_to_der(&user2.cert_pem).unwrap().remove(0);
+    assert!(crate::pki::signed_by(&serving_der(&h), &user2_der), "new leaf from the published new CA");
+}
+
+#[tokio::test]
+async fn a_conflicting_version_does_not_stall_a_rotation() {
+    let h = Harness::new();
+    let mut s = spec();
+    s.versions.push(ApiVersion {
+        name: "v1beta1".into(),
+        group_priority_minimum: 1000,
+        version_priority: 20,
+    });
+    h.put_eas(s);
+    let foreign = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.wardle.example.com";
+    h.api.put(
+        foreign,
+        json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+               "metadata": {"name": "v1beta1.wardle.example.com"},
+               "spec": {"group": "wardle.example.com", "version": "v1beta1", "groupPriorityMinimum": 1, "versionPriority": 1}}),
+    );
+    h.reconcile().await.unwrap();
+    set_rotate(&h, "ca");
+    h.reconcile().await.unwrap();
+    h.clock.store(NOW + 10, std::sync::atomic::Ordering::SeqCst);
+    h.reconcile().await.unwrap();
+    let rotation = h.eas().status.unwrap().certificates.unwrap().rotation.unwrap();
+    assert_eq!(rotation.phase, "Overlap", "the foreign APIService is not waited for");
 }
