@@ -328,6 +328,12 @@ async fn client_ca_certificate_gives_cn_and_o() {
     let spec = h.last_sar();
     assert_eq!(spec["user"], "bob");
     assert_eq!(spec["groups"], json!(["devs", "system:authenticated"]));
+    // No common name, no user: 401, and its O is never granted.
+    let nameless = tk::client_cert(&h.client_ca, "", Some("system:masters")).expect("cert");
+    let (code, _, _) = h
+        .call(Some(&nameless), "GET", &flunders("default"), &[], Bytes::new())
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

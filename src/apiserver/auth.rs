@@ -100,6 +100,14 @@ pub struct AuthConfig {
     pub client_ca: Option<ChainVerifier>,
 }
 
+/// A header value as text. kube-apiserver sends user, group and extra values as raw UTF-8,
+/// which `HeaderValue::to_str` (visible ASCII only) would drop; a dropped group or extra would
+/// describe a different identity to the authorizer, so nothing is dropped: invalid UTF-8 (which
+/// kube-apiserver never sends) becomes replacement characters, a name that matches no one.
+fn header_text(v: &http::HeaderValue) -> String {
+    String::from_utf8_lossy(v.as_bytes()).into_owned()
+}
+
 impl RequestHeaderConfig {
     fn cn_allowed(&self, cn: &str) -> bool {
         self.allowed_names.is_empty() || self.allowed_names.iter().any(|n| n == cn)
@@ -108,23 +116,21 @@ impl RequestHeaderConfig {
     /// The user from the identity headers, `None` when no username header is present.
     pub fn user_from_headers(&self, headers: &HeaderMap) -> Option<UserInfo> {
         let first = |names: &[String]| {
-            names.iter().find_map(|h| {
-                headers
-                    .get(h.as_str())
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_string)
-            })
+            names
+                .iter()
+                .find_map(|h| headers.get(h.as_str()).map(header_text).filter(|v| !v.is_empty()))
         };
         let name = first(&self.username_headers)?;
         let uid = first(&self.uid_headers).unwrap_or_default();
         let mut groups = Vec::new();
         for h in &self.group_headers {
+            // Empty values are skipped, as Kubernetes does.
             groups.extend(
                 headers
                     .get_all(h.as_str())
                     .iter()
-                    .filter_map(|v| v.to_str().ok().map(str::to_string)),
+                    .map(header_text)
+                    .filter(|g| !g.is_empty()),
             );
         }
         let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -134,12 +140,10 @@ impl RequestHeaderConfig {
             for prefix in &self.extra_prefixes {
                 let prefix = prefix.to_ascii_lowercase();
                 if let Some(encoded) = hname.strip_prefix(prefix.as_str()) {
-                    if let Ok(v) = value.to_str() {
-                        extra
-                            .entry(unescape_extra_key(encoded))
-                            .or_default()
-                            .push(v.to_string());
-                    }
+                    extra
+                        .entry(unescape_extra_key(encoded))
+                        .or_default()
+                        .push(header_text(value));
                 }
             }
         }
@@ -386,6 +390,10 @@ pub async fn authenticate(
             }
         }
         match &verdict.client_ca {
+            // As Kubernetes: a certificate without a common name names no user.
+            Some(Ok(())) if peer.cn.is_empty() => {
+                errors.push("client certificate: the common name (user name) is empty".to_string())
+            }
             Some(Ok(())) => {
                 return Ok(UserInfo {
                     name: peer.cn.clone(),
@@ -440,5 +448,35 @@ mod tests {
         assert_eq!(bearer_token(&h), Some("abc"));
         h.insert("authorization", "Basic abc".parse().expect("header"));
         assert_eq!(bearer_token(&h), None);
+    }
+
+    #[test]
+    fn identity_headers_keep_utf8_and_skip_empty_groups() {
+        let ca = crate::pki::generate_ca(
+            "rh",
+            crate::crd::KeyAlgorithm::EcdsaP256,
+            crate::pki::DEFAULT_CA_VALIDITY,
+            1_800_000_000,
+        )
+        .expect("ca");
+        let rh = RequestHeaderConfig {
+            verifier: crate::apiserver::tls::ChainVerifier::from_pem(ca.cert_pem.as_bytes()).expect("verifier"),
+            allowed_names: vec![],
+            username_headers: vec!["X-Remote-User".into()],
+            uid_headers: vec![],
+            group_headers: vec!["X-Remote-Group".into()],
+            extra_prefixes: vec!["X-Remote-Extra-".into()],
+        };
+        let mut h = HeaderMap::new();
+        let raw = |s: &str| http::HeaderValue::from_bytes(s.as_bytes()).expect("header");
+        h.insert("x-remote-user", raw("José"));
+        h.append("x-remote-group", raw("équipe"));
+        h.append("x-remote-group", raw(""));
+        h.append("x-remote-group", raw("ops"));
+        h.insert("x-remote-extra-scopes", raw("lecture-écriture"));
+        let u = rh.user_from_headers(&h).expect("a user");
+        assert_eq!(u.name, "José");
+        assert_eq!(u.groups, vec!["équipe", "ops"]);
+        assert_eq!(u.extra.get("scopes"), Some(&vec!["lecture-écriture".to_string()]));
     }
 }

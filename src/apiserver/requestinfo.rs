@@ -149,10 +149,13 @@ impl RequestInfo {
         }
 
         if info.name.is_empty() && info.verb == "get" {
-            let mut watch = false;
+            let mut watch = None;
             for (k, v) in query_pairs(query) {
                 match k.as_str() {
-                    "watch" => watch = v == "true" || v == "1",
+                    // The first value counts, parsed like Go's strconv.ParseBool, as Kubernetes does.
+                    "watch" if watch.is_none() => {
+                        watch = Some(matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+                    }
                     "fieldSelector" => {
                         if let Some(name) = exact_name(&v) {
                             info.name = name;
@@ -161,7 +164,7 @@ impl RequestInfo {
                     _ => {}
                 }
             }
-            info.verb = if watch { "watch" } else { "list" }.into();
+            info.verb = if watch == Some(true) { "watch" } else { "list" }.into();
         }
         if info.name.is_empty() && info.verb == "delete" {
             info.verb = "deletecollection".into();
@@ -197,6 +200,11 @@ mod tests {
             ("GET", ns, "", "list", ""),
             ("GET", ns, "watch=true", "watch", ""),
             ("GET", ns, "watch=1&fieldSelector=metadata.name%3Dx", "watch", "x"),
+            // Go's ParseBool, and the first value wins, as in Kubernetes.
+            ("GET", ns, "watch=True", "watch", ""),
+            ("GET", ns, "watch=t", "watch", ""),
+            ("GET", ns, "watch=false&watch=true", "list", ""),
+            ("GET", ns, "watch=yes", "list", ""),
             ("GET", "/apis/g.io/v1/watch/namespaces/ns1/flunders/x", "", "watch", "x"),
             ("POST", ns, "", "create", ""),
             ("DELETE", ns, "", "deletecollection", ""),

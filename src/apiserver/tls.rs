@@ -263,10 +263,11 @@ pub fn subject_names(der: &[u8]) -> (String, Vec<String>) {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return (String::new(), Vec::new());
     };
+    // The last CN, as Go's `Subject.CommonName` reads it (the same one kube-apiserver checks).
     let cn = cert
         .subject()
         .iter_common_name()
-        .next()
+        .last()
         .and_then(|a| a.as_str().ok())
         .unwrap_or_default()
         .to_string();

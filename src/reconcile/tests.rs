@@ -739,11 +739,18 @@ async fn changing_the_own_ca_while_a_new_leaf_is_due_does_not_deadlock() {
     set_rotate(&h, "serving");
     h.reconcile().await.expect("no deadlock");
     assert_eq!(bundle_of(&h).len(), 2, "both CAs published");
-    assert_eq!(serving_der(&h), leaf1, "the current leaf is kept while only the new CA could sign it");
+    assert_eq!(
+        serving_der(&h),
+        leaf1,
+        "the current leaf is kept while only the new CA could sign it"
+    );
     h.clock.store(NOW + 10, std::sync::atomic::Ordering::SeqCst);
     h.reconcile().await.unwrap();
     let user2_der = crate::pki::pem_certs_to_der(&user2.cert_pem).unwrap().remove(0);
-    assert!(crate::pki::signed_by(&serving_der(&h), &user2_der), "new leaf from the published new CA");
+    assert!(
+        crate::pki::signed_by(&serving_der(&h), &user2_der),
+        "new leaf from the published new CA"
+    );
 }
 
 #[tokio::test]
