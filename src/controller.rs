@@ -7,7 +7,7 @@ use crate::reconcile::names::{MANAGER, OWNER_NAMESPACE_LABEL, OWNER_NAME_LABEL};
 use crate::reconcile::{error_policy, reconcile, system_clock, Context};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::runtime::events::{Recorder, Reporter};
@@ -46,6 +46,7 @@ pub async fn run(
     .owns(Api::<ConfigMap>::all(client.clone()), ours.clone())
     .owns(Api::<Service>::all(client.clone()), ours.clone())
     .owns(Api::<Deployment>::all(client.clone()), ours.clone())
+    .owns(Api::<PersistentVolumeClaim>::all(client.clone()), ours.clone())
     .watches(Api::<APIService>::all(client.clone()), ours.clone(), owner_of)
     .watches(Api::<ClusterRole>::all(client.clone()), ours.clone(), owner_of)
     .watches(Api::<ClusterRoleBinding>::all(client.clone()), ours.clone(), owner_of)

@@ -60,6 +60,8 @@ pub const VERSION: &str = "v1alpha1";
 )]
 #[x_kube(validation = Rule::new("has(self.server) != has(self.image)")
     .message("exactly one of spec.server (the bundled server) or spec.image (your own server image) must be set"))]
+#[x_kube(validation = Rule::new("!has(self.server) || !has(self.replicas) || self.replicas <= 1")
+    .message("the bundled server with embedded storage runs exactly one replica: set spec.replicas to 1 (or leave it unset)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExtensionApiServerSpec {
     /// API group the server serves, for example `wardle.example.com`. A DNS-1123 subdomain.
@@ -164,6 +166,33 @@ pub struct BundledServer {
     /// Log format of the server: `plain` or `json`. Defaults to `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+
+    /// Where the server keeps its objects. Defaults to embedded storage in an `emptyDir`
+    /// (lost when the pod is deleted); set `embedded.size` for a PersistentVolumeClaim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<ServerStorage>,
+}
+
+/// Storage of the bundled server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStorage {
+    /// Embedded storage: one data directory in the pod, so exactly one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<EmbeddedStorage>,
+}
+
+/// Embedded storage settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddedStorage {
+    /// Size of a PersistentVolumeClaim for the data directory, for example `1Gi`. Without it
+    /// the data lives in an `emptyDir` and is lost when the pod is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    /// StorageClass of the claim; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
 }
 
 /// Log output format.

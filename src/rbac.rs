@@ -55,6 +55,8 @@ pub fn operator_cluster_rules() -> Vec<PolicyRule> {
         // Namespaced children: Secrets (CA, serving), ServiceAccount, Service, server ConfigMap.
         rule(&[""], &["secrets", "serviceaccounts", "services", "configmaps"], MANAGE),
         rule(&["apps"], &["deployments"], MANAGE),
+        // The bundled server's data directory, when embedded storage has a size.
+        rule(&[""], &["persistentvolumeclaims"], MANAGE),
         // Cluster-scoped children and the kube-system RoleBinding.
         rule(
             &["rbac.authorization.k8s.io"],

@@ -10,6 +10,8 @@ pub const CONFIG_KEY: &str = "config.yaml";
 pub const CONFIG_DIR: &str = "/etc/extension-apiserver";
 /// Where the serving Secret is mounted in the server pod.
 pub const CERT_DIR: &str = "/var/run/extension-apiserver/serving-cert";
+/// Where the server's data directory (embedded storage) is mounted.
+pub const DATA_DIR: &str = "/var/lib/extension-apiserver";
 /// Absolute path of the bundled server binary in the image.
 pub const SERVER_BINARY: &str = "/usr/local/bin/extension-apiserver";
 /// The port the bundled server listens on.

@@ -143,6 +143,12 @@ pub fn validate(spec: &ExtensionApiServerSpec) -> Result<Validated, Vec<String>>
     if spec.replicas.is_some_and(|r| r < 0) {
         problems.push("spec.replicas must not be negative".into());
     }
+    // Embedded storage is one data directory in one pod: a second replica would serve other data.
+    if spec.server.is_some() && spec.replicas.is_some_and(|r| r > 1) {
+        problems.push(
+            "spec.replicas: the bundled server with embedded storage runs exactly one replica; set it to 1".into(),
+        );
+    }
     let certs = cert_settings(spec, &mut problems);
     if problems.is_empty() {
         Ok(Validated { certs })
@@ -252,6 +258,16 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn embedded_storage_means_one_replica() {
+        let mut s = spec();
+        s.replicas = Some(2);
+        let all = validate(&s).unwrap_err().join("\n");
+        assert!(all.contains("exactly one replica"), "{all}");
+        s.replicas = Some(1);
+        assert!(validate(&s).is_ok());
     }
 
     #[test]

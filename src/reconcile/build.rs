@@ -5,14 +5,16 @@ use super::rotation::CaState;
 use crate::crd::{ExtensionApiServer, ImageServer, LogFormat};
 use crate::pki::CertKeyPair;
 use crate::rbac::{bundled_server_rules, AUTH_DELEGATOR, AUTH_READER};
-use crate::serverconfig::{ServerConfig, CERT_DIR, CONFIG_DIR, CONFIG_KEY, SERVER_BINARY, SERVER_PORT};
+use crate::serverconfig::{ServerConfig, CERT_DIR, CONFIG_DIR, CONFIG_KEY, DATA_DIR, SERVER_BINARY, SERVER_PORT};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, KeyToPath, PodSpec,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
+    KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec,
     PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{APIService, APIServiceSpec, ServiceReference};
@@ -49,6 +51,8 @@ pub struct Children {
     pub service_account: ServiceAccount,
     /// Configuration of the bundled server (bundled mode only).
     pub config_map: Option<ConfigMap>,
+    /// Data directory claim (bundled mode with `storage.embedded.size`).
+    pub data_claim: Option<PersistentVolumeClaim>,
     /// The server pods.
     pub deployment: Deployment,
     /// Port 443 in front of the pods.
@@ -165,6 +169,7 @@ pub fn build(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Buil
             ..Default::default()
         },
         config_map,
+        data_claim: data_claim(eas, names),
         deployment: deployment(eas, names, certs, opts),
         service: service(eas, names),
         cluster_role: ClusterRole {
@@ -268,6 +273,7 @@ fn bundled_plan(eas: &ExtensionApiServer, opts: &BuildOptions) -> ContainerPlan 
             format!("--secure-port={SERVER_PORT}"),
             format!("--tls-cert-file={CERT_DIR}/tls.crt"),
             format!("--tls-private-key-file={CERT_DIR}/tls.key"),
+            format!("--data-dir={DATA_DIR}"),
             format!("--log-format={log_format}"),
         ],
         port: SERVER_PORT,
@@ -296,6 +302,61 @@ fn image_plan(img: &ImageServer) -> ContainerPlan {
         liveness_path: None,
         env: (!img.env.is_empty()).then(|| img.env.clone()),
         hot_reloads_certs: !img.restart_on_certificate_change,
+    }
+}
+
+fn data_claim_size(eas: &ExtensionApiServer) -> Option<Quantity> {
+    eas.spec
+        .server
+        .as_ref()?
+        .storage
+        .as_ref()?
+        .embedded
+        .as_ref()?
+        .size
+        .clone()
+}
+
+/// The claim for the bundled server's data directory, when embedded storage has a size.
+pub fn data_claim(eas: &ExtensionApiServer, names: &Names) -> Option<PersistentVolumeClaim> {
+    let size = data_claim_size(eas)?;
+    let class = eas
+        .spec
+        .server
+        .as_ref()
+        .and_then(|s| s.storage.as_ref())
+        .and_then(|s| s.embedded.as_ref())
+        .and_then(|e| e.storage_class_name.clone());
+    Some(PersistentVolumeClaim {
+        metadata: namespaced_meta(eas, names, &names.data_claim),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), size)])),
+                limits: None,
+            }),
+            storage_class_name: class,
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// Never take a serving replica away before its replacement is ready, except where a
+/// ReadWriteOnce data volume cannot be attached to two pods: then the old pod must go first.
+fn strategy(eas: &ExtensionApiServer) -> DeploymentStrategy {
+    if data_claim_size(eas).is_some() {
+        return DeploymentStrategy {
+            type_: Some("Recreate".to_string()),
+            rolling_update: None,
+        };
+    }
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_string()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_unavailable: Some(IntOrString::Int(0)),
+            max_surge: Some(IntOrString::Int(1)),
+        }),
     }
 }
 
@@ -362,6 +423,20 @@ fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Bui
             read_only: Some(true),
             ..Default::default()
         });
+        volumes.push(Volume {
+            name: "data".to_string(),
+            persistent_volume_claim: data_claim_size(eas).map(|_| PersistentVolumeClaimVolumeSource {
+                claim_name: names.data_claim.clone(),
+                read_only: None,
+            }),
+            empty_dir: data_claim_size(eas).is_none().then(EmptyDirVolumeSource::default),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "data".to_string(),
+            mount_path: DATA_DIR.to_string(),
+            ..Default::default()
+        });
     }
     // Own images cannot reload certificates; a changed fingerprint in the pod template rolls them.
     let template_annotations = (!plan.hot_reloads_certs)
@@ -410,14 +485,7 @@ fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Bui
                 match_labels: Some(names.selector_labels()),
                 match_expressions: None,
             },
-            // Never take a serving replica away before its replacement is ready.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_string()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
-                }),
-            }),
+            strategy: Some(strategy(eas)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(names.labels()),
@@ -699,6 +767,56 @@ mod tests {
             .args
             .clone();
         assert_eq!(args, Some(vec!["--kubelet-insecure-tls".to_string()]));
+    }
+
+    #[test]
+    fn embedded_storage_gets_a_claim_only_with_a_size() {
+        let c = certs();
+        let mut s = spec();
+        s.replicas = None;
+        let ch = children(&eas(s.clone()), &c);
+        assert!(ch.data_claim.is_none());
+        let pod = ch.deployment.spec.as_ref().unwrap().template.spec.clone().unwrap();
+        let data = pod.volumes.unwrap().into_iter().find(|v| v.name == "data").unwrap();
+        assert!(data.empty_dir.is_some(), "without a size the data lives in an emptyDir");
+        assert!(pod.containers[0]
+            .args
+            .as_ref()
+            .unwrap()
+            .contains(&format!("--data-dir={DATA_DIR}")));
+
+        s.server.as_mut().unwrap().storage = Some(
+            serde_json::from_value(serde_json::json!({
+                "embedded": {"size": "1Gi", "storageClassName": "fast"}
+            }))
+            .unwrap(),
+        );
+        let ch = children(&eas(s), &c);
+        let claim = ch.data_claim.unwrap();
+        assert_eq!(claim.metadata.name.as_deref(), Some("wardle-data"));
+        assert_eq!(claim.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+        let spec = claim.spec.unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("1Gi".into())
+        );
+        let d = ch.deployment.spec.unwrap();
+        assert_eq!(
+            d.strategy.unwrap().type_.as_deref(),
+            Some("Recreate"),
+            "a RWO volume cannot surge"
+        );
+        let data = d
+            .template
+            .spec
+            .unwrap()
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "data")
+            .unwrap();
+        assert_eq!(data.persistent_volume_claim.unwrap().claim_name, "wardle-data");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use build::{BuildOptions, Children};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
@@ -549,6 +549,10 @@ impl Applier<'_> {
         .await?;
         if let Some(cm) = &children.config_map {
             self.get_and_apply(&Api::<ConfigMap>::namespaced(client.clone(), ns), cm)
+                .await?;
+        }
+        if let Some(claim) = &children.data_claim {
+            self.get_and_apply(&Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns), claim)
                 .await?;
         }
         self.get_and_apply(&Api::<Service>::namespaced(client.clone(), ns), &children.service)

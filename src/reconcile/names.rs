@@ -40,6 +40,8 @@ pub struct Names {
     pub serving_secret: String,
     /// ConfigMap of the bundled server.
     pub config_map: String,
+    /// PersistentVolumeClaim of the bundled server's data directory.
+    pub data_claim: String,
     /// ClusterRole with the server's own rules, and its ClusterRoleBinding.
     pub cluster_role: String,
     /// ClusterRoleBinding to `system:auth-delegator`.
@@ -60,6 +62,7 @@ impl Names {
             ca_secret: format!("{owner}-ca"),
             serving_secret: format!("{owner}-serving-cert"),
             config_map: format!("{owner}-config"),
+            data_claim: format!("{owner}-data"),
             cluster_role: cluster_prefix.clone(),
             auth_delegator_binding: format!("{cluster_prefix}:auth-delegator"),
             auth_reader_binding: format!("{cluster_prefix}:auth-reader"),
