@@ -198,6 +198,8 @@ impl Rig {
             .arg(dir.path().join("missing-so-embedded.yaml"))
             .arg("--cert-dir")
             .arg(dir.path().join("unused"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
             .arg("--tls-cert-file")
             .arg(mounted.join("tls.crt"))
             .arg("--tls-private-key-file")

@@ -45,6 +45,11 @@ pub struct Args {
     #[arg(long, env = "EAS_CERT_DIR", default_value = "./extension-apiserver-certs")]
     pub cert_dir: PathBuf,
 
+    /// Directory of the embedded store. Defaults to ./extension-apiserver-data with
+    /// --standalone and /var/lib/extension-apiserver otherwise.
+    #[arg(long, env = "EAS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
     /// Run without a kube-apiserver: authentication from --client-ca-file / --token-auth-file
     /// (and --requestheader-* flags), authorization allow-all or --authorization-policy-file.
     #[arg(long, env = "EAS_STANDALONE")]
@@ -133,6 +138,17 @@ pub struct Args {
 }
 
 impl Args {
+    /// The storage directory, after mode-dependent defaults.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(if self.standalone {
+                "./extension-apiserver-data"
+            } else {
+                "/var/lib/extension-apiserver"
+            })
+        })
+    }
+
     /// The address to listen on, after mode-dependent defaults.
     pub fn listen_ip(&self) -> IpAddr {
         self.bind_address.unwrap_or(if self.standalone {

@@ -442,7 +442,12 @@ impl App {
         };
         let scope_ok = match r.scope {
             // Namespaced: a name needs a namespace; a collection may be listed across namespaces.
-            ResourceScope::Namespaced => !info.namespace.is_empty() || info.name.is_empty(),
+            // (A list's name comes from a `metadata.name` field selector, which is no path.)
+            ResourceScope::Namespaced => {
+                !info.namespace.is_empty()
+                    || info.name.is_empty()
+                    || (info.parts.len() == 1 && matches!(info.verb.as_str(), "list" | "watch" | "deletecollection"))
+            }
             ResourceScope::Cluster => info.namespace.is_empty(),
         };
         (shape_ok && scope_ok).then(|| r.clone())

@@ -15,13 +15,14 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod requestinfo;
+pub mod resources;
 pub mod status;
 pub mod testkit;
 pub mod tls;
 
 use crate::serverconfig::ServerConfig;
 use config::Args;
-use handlers::{App, ConnInfo, NoStorage};
+use handlers::{App, ConnInfo};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -69,6 +70,9 @@ pub enum ServeError {
     /// kube client setup.
     #[error("kube-apiserver client: {0}")]
     Kube(String),
+    /// The embedded store.
+    #[error("storage in {0}: {1}")]
+    Storage(String, crate::storage::StorageError),
     /// Binding the port.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
@@ -194,6 +198,13 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         (state, tokens, authorizer)
     };
 
+    // Opened before binding: a server that cannot keep data must not become ready.
+    let data_dir = args.data_dir();
+    let storage = crate::storage::Storage::open(&data_dir, Default::default())
+        .map_err(|e| ServeError::Storage(data_dir.display().to_string(), e))?;
+    tracing::info!(dir = %data_dir.display(), objects = storage.len(), rv = storage.current_rv(), "storage open");
+    let resources = resources::StorageHandler::new(storage, cfg.group.clone());
+
     let (tx, rx) = watch::channel(false);
     let app = Arc::new(App {
         discovery: discovery::Discovery::new(&cfg),
@@ -203,7 +214,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         auth: auth_state,
         tokens,
         authz: authorizer,
-        resources: Arc::new(NoStorage),
+        resources,
         shutdown: rx.clone(),
         draining: Default::default(),
     });

@@ -152,6 +152,84 @@ impl Status {
         }
     }
 
+    /// 409 for a create of an existing name (`apierrors.NewAlreadyExists`).
+    pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
+        Status {
+            code: StatusCode::CONFLICT,
+            reason: "AlreadyExists",
+            message: format!("{} \"{name}\" already exists", qualified(resource, group)),
+            details: Some(details(name, group, resource)),
+        }
+    }
+
+    /// 409 for a failed precondition (`apierrors.NewConflict`); `why` is the underlying error.
+    pub fn conflict(group: &str, resource: &str, name: &str, why: &str) -> Self {
+        Status {
+            code: StatusCode::CONFLICT,
+            reason: "Conflict",
+            message: format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                qualified(resource, group)
+            ),
+            details: Some(details(name, group, resource)),
+        }
+    }
+
+    /// The `why` of a stale resourceVersion, as kube-apiserver words it.
+    pub const STALE: &'static str =
+        "the object has been modified; please apply your changes to the latest version and try again";
+
+    /// 422 with field causes (`apierrors.NewInvalid`); `causes` are `(field, message)`.
+    pub fn invalid(group: &str, kind: &str, name: &str, causes: &[(String, String)]) -> Self {
+        let gk = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let list: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        let joined = if list.len() == 1 {
+            list[0].clone()
+        } else {
+            format!("[{}]", list.join(", "))
+        };
+        let mut d = details(name, group, kind);
+        d.insert(
+            "causes".into(),
+            Value::Array(
+                causes
+                    .iter()
+                    .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+                    .collect(),
+            ),
+        );
+        Status {
+            code: StatusCode::UNPROCESSABLE_ENTITY,
+            reason: "Invalid",
+            message: format!("{gk} \"{name}\" is invalid: {joined}"),
+            details: Some(d),
+        }
+    }
+
+    /// 410 for a resourceVersion older than the retained history.
+    pub fn expired(message: impl Into<String>) -> Self {
+        Status {
+            code: StatusCode::GONE,
+            reason: "Expired",
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 415 for a body media type this resource does not take.
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        Status {
+            code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reason: "UnsupportedMediaType",
+            message: format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json (got {content_type:?})"),
+            details: None,
+        }
+    }
+
     /// 500 with a message.
     pub fn internal(message: impl Into<String>) -> Self {
         Status {

@@ -1,0 +1,632 @@
+//! Declared resources served from the embedded store, driven over TLS against the real
+//! `extension-apiserver --standalone` binary, with shapes compared to the contract's
+//! reference responses when `../shared/contract` is present.
+
+use bytes::Bytes;
+use eao::apiserver::testkit as tk;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const G: &str = "wardle.example.com";
+const V: &str = "v1alpha1";
+
+fn reference(name: &str) -> Option<Value> {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/contract"));
+    if !dir.is_dir() {
+        eprintln!("note: {} missing; skipping the contract comparison", dir.display());
+        return None;
+    }
+    let path = dir.join("reference-responses").join(format!("{name}.body"));
+    Some(serde_json::from_slice(&std::fs::read(path).expect("reference body")).expect("reference JSON"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn flunders(ns: &str) -> String {
+    format!("/apis/{G}/{V}/namespaces/{ns}/flunders")
+}
+
+fn flunder(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": format!("{G}/{V}"), "kind": "Flunder",
+           "metadata": {"name": name, "namespace": ns}, "spec": {"reference": "r", "size": 1}})
+}
+
+struct Srv {
+    addr: SocketAddr,
+    ca: String,
+    child: tokio::process::Child,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Srv {
+    async fn start() -> Srv {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Srv::start_in(&dir).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    async fn start_in(dir: &Path) -> Srv {
+        let port = free_port();
+        let certs = dir.join("certs");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_extension-apiserver"))
+            .args(["--standalone", "--bind-address", "127.0.0.1", "--log-format", "plain"])
+            .args(["--secure-port", &port.to_string()])
+            .arg("--config")
+            .arg(dir.join("missing.yaml"))
+            .arg("--cert-dir")
+            .arg(&certs)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ca = loop {
+            if let Ok(ca) = std::fs::read_to_string(certs.join("ca.crt")) {
+                if tk::connect(addr, &ca, None, false).await.is_ok() {
+                    break ca;
+                }
+            }
+            assert!(Instant::now() < deadline, "standalone server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Srv {
+            addr,
+            ca,
+            child,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Request<Full<Bytes>> {
+        let mut b = Request::builder().method(method).uri(path).header("host", "127.0.0.1");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Full::new(body)).expect("request")
+    }
+
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> http::Response<Incoming> {
+        let mut c = tk::connect(self.addr, &self.ca, None, false).await.expect("connect");
+        c.conn.send(Srv::req(method, path, headers, body)).await.expect("send")
+    }
+
+    async fn call_raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> (StatusCode, Bytes) {
+        let r = self.send(method, path, headers, body).await;
+        let code = r.status();
+        (code, r.into_body().collect().await.expect("body").to_bytes())
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
+        self.call_ct(method, path, "application/json", body).await
+    }
+
+    async fn call_ct(&self, method: &str, path: &str, ct: &str, body: Option<&Value>) -> (StatusCode, Value) {
+        let body = body
+            .map(|b| Bytes::from(serde_json::to_vec(b).expect("json")))
+            .unwrap_or_default();
+        let (code, bytes) = self.call_raw(method, path, &[("content-type", ct)], body).await;
+        eprintln!("{method} {path} -> {code}");
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", String::from_utf8_lossy(&bytes)));
+        (code, v)
+    }
+
+    async fn create(&self, ns: &str, obj: &Value) -> Value {
+        let (code, v) = self.call("POST", &flunders(ns), Some(obj)).await;
+        assert_eq!(code, StatusCode::CREATED, "{v}");
+        v
+    }
+
+    async fn stop(mut self) -> PathBuf {
+        let _ = self.child.kill().await;
+        self.dir.clone()
+    }
+}
+
+/// Reads newline-delimited watch events.
+struct Events {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    fn new(r: http::Response<Incoming>) -> Events {
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        Events {
+            body: r.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event, or `None` when the stream ended or nothing came within `wait`.
+    async fn next(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(serde_json::from_slice(&line).expect("event JSON"));
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame()).await.ok()??.ok()?;
+            if let Ok(d) = frame.into_data() {
+                self.buf.extend_from_slice(&d);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn create_get_and_their_errors() {
+    let s = Srv::start().await;
+    let created = s.create("default", &flunder("default", "example")).await;
+    assert_eq!(created["metadata"]["generation"], 1);
+    assert_eq!(created["metadata"]["uid"].as_str().expect("uid").len(), 36);
+    assert_eq!(created["metadata"]["creationTimestamp"].as_str().expect("ts").len(), 20);
+    assert!(created["metadata"]["resourceVersion"].as_str().is_some());
+
+    let (code, got) = s.call("GET", &format!("{}/example", flunders("default")), None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(got, created);
+
+    let (code, v) = s
+        .call("POST", &flunders("default"), Some(&flunder("default", "example")))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    if let Some(want) = reference("create-conflict") {
+        assert_eq!(v, want);
+    }
+    let (code, v) = s.call("GET", &format!("{}/nope", flunders("default")), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    if let Some(want) = reference("get-notfound") {
+        assert_eq!(v, want);
+    }
+    let (code, bytes) = s
+        .call_raw(
+            "POST",
+            &flunders("default"),
+            &[("content-type", "application/json")],
+            Bytes::from_static(b"{\"apiVersion\":"),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    if let Some(want) = reference("create-bad-json") {
+        assert_eq!(v, want);
+    }
+    // Wrong kind, wrong version, wrong namespace: 400.
+    let mut wrong = flunder("default", "w");
+    wrong["kind"] = json!("Fischer");
+    assert_eq!(
+        s.call("POST", &flunders("default"), Some(&wrong)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let mut wrong = flunder("default", "w");
+    wrong["apiVersion"] = json!(format!("{G}/v9"));
+    assert_eq!(
+        s.call("POST", &flunders("default"), Some(&wrong)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        s.call("POST", &flunders("default"), Some(&flunder("other", "w")))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    // Invalid name: 422 with a cause on metadata.name.
+    let (code, v) = s
+        .call("POST", &flunders("default"), Some(&flunder("default", "Bad_Name")))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["reason"], "Invalid");
+    assert_eq!(v["details"]["causes"][0]["field"], "metadata.name");
+    // generateName.
+    let mut gen = flunder("default", "");
+    gen["metadata"] = json!({"generateName": "gen-"});
+    let v = s.create("default", &gen).await;
+    let name = v["metadata"]["name"].as_str().expect("name");
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+    // dryRun=All writes nothing.
+    let (code, _) = s
+        .call(
+            "POST",
+            &format!("{}?dryRun=All", flunders("default")),
+            Some(&flunder("default", "dry")),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    assert_eq!(
+        s.call("GET", &format!("{}/dry", flunders("default")), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Cluster-scoped resources live without a namespace.
+    let fischer = json!({"apiVersion": format!("{G}/{V}"), "kind": "Fischer", "metadata": {"name": "f1"}});
+    let (code, v) = s.call("POST", &format!("/apis/{G}/{V}/fischers"), Some(&fischer)).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert!(v["metadata"].get("namespace").is_none());
+    assert_eq!(
+        s.call("GET", &format!("/apis/{G}/{V}/fischers/f1"), None).await.0,
+        StatusCode::OK
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn update_patch_status_and_generation() {
+    let s = Srv::start().await;
+    let path = format!("{}/example", flunders("default"));
+    let v = s.create("default", &flunder("default", "example")).await;
+    // Labels only: generation stays.
+    let mut u = v.clone();
+    u["metadata"]["labels"] = json!({"a": "b"});
+    let (code, u1) = s.call("PUT", &path, Some(&u)).await;
+    assert_eq!(code, StatusCode::OK, "{u1}");
+    assert_eq!(u1["metadata"]["generation"], 1);
+    // Stale resourceVersion: 409 as the reference.
+    let (code, e) = s.call("PUT", &path, Some(&u)).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    if let Some(want) = reference("update-stale-rv") {
+        assert_eq!(e, want);
+    }
+    // Missing resourceVersion: 422; name mismatch: 400.
+    let mut no_rv = u1.clone();
+    no_rv["metadata"]
+        .as_object_mut()
+        .expect("meta")
+        .remove("resourceVersion");
+    assert_eq!(
+        s.call("PUT", &path, Some(&no_rv)).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let mut renamed = u1.clone();
+    renamed["metadata"]["name"] = json!("other");
+    assert_eq!(s.call("PUT", &path, Some(&renamed)).await.0, StatusCode::BAD_REQUEST);
+    // Spec change: generation 2; status on the main resource is ignored.
+    let mut u2 = u1.clone();
+    u2["spec"]["size"] = json!(5);
+    u2["status"] = json!({"phase": "ignored"});
+    let (code, u2) = s.call("PUT", &path, Some(&u2)).await;
+    assert_eq!(code, StatusCode::OK, "{u2}");
+    assert_eq!(u2["metadata"]["generation"], 2);
+    assert!(u2.get("status").is_none(), "{u2}");
+    // /status writes only status.
+    let mut st = u2.clone();
+    st["status"] = json!({"phase": "Ready"});
+    st["spec"]["size"] = json!(99);
+    let (code, st) = s.call("PUT", &format!("{path}/status"), Some(&st)).await;
+    assert_eq!(code, StatusCode::OK, "{st}");
+    assert_eq!(st["status"]["phase"], "Ready");
+    assert_eq!(st["spec"]["size"], 5);
+    assert_eq!(st["metadata"]["generation"], 2);
+    // Merge patch and JSON patch.
+    let (code, p) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"spec": {"size": 7}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{p}");
+    assert_eq!(p["spec"]["size"], 7);
+    assert_eq!(p["metadata"]["generation"], 3);
+    let ops = json!([{"op": "replace", "path": "/spec/reference", "value": "z"}]);
+    let (code, p) = s
+        .call_ct("PATCH", &path, "application/json-patch+json", Some(&ops))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{p}");
+    assert_eq!(p["spec"]["reference"], "z");
+    let (code, p) = s
+        .call_ct(
+            "PATCH",
+            &format!("{path}/status"),
+            "application/merge-patch+json",
+            Some(&json!({"status": {"phase": "Done"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{p}");
+    assert_eq!(p["status"]["phase"], "Done");
+    let (code, e) = s
+        .call_ct("PATCH", &path, "application/apply-patch+yaml", Some(&json!({})))
+        .await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{e}");
+    assert_eq!(
+        s.call_ct(
+            "PATCH",
+            &format!("{}/nope", flunders("default")),
+            "application/merge-patch+json",
+            Some(&json!({}))
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn parallel_conflicting_updates_exactly_one_wins() {
+    let s = Srv::start().await;
+    let v = s.create("default", &flunder("default", "race")).await;
+    let path = format!("{}/race", flunders("default"));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let mut u = v.clone();
+        u["spec"]["size"] = json!(100 + i);
+        let (addr, ca) = (s.addr, s.ca.clone());
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = tk::connect(addr, &ca, None, false).await.expect("connect");
+            let body = Bytes::from(serde_json::to_vec(&u).expect("json"));
+            let r = c
+                .conn
+                .send(Srv::req("PUT", &path, &[("content-type", "application/json")], body))
+                .await
+                .expect("send");
+            r.status()
+        }));
+    }
+    let mut ok = 0;
+    let mut conflict = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => conflict += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, conflict), (1, 7));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn list_selectors_and_pagination() {
+    let s = Srv::start().await;
+    for (ns, name, app) in [
+        ("a", "f1", "demo"),
+        ("a", "f2", "web"),
+        ("b", "f3", "demo"),
+        ("b", "f4", "db"),
+        ("b", "f5", ""),
+    ] {
+        let mut o = flunder(ns, name);
+        if !app.is_empty() {
+            o["metadata"]["labels"] = json!({"app": app});
+        }
+        s.create(ns, &o).await;
+    }
+    let all = format!("/apis/{G}/{V}/flunders");
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no items: {v}"))
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let (code, v) = s.call("GET", &all, None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(v["kind"], "FlunderList");
+    assert_eq!(v["apiVersion"], format!("{G}/{V}"));
+    assert!(v["metadata"]["resourceVersion"].as_str().is_some());
+    assert_eq!(names(&v), ["f1", "f2", "f3", "f4", "f5"]);
+    assert_eq!(names(&s.call("GET", &flunders("b"), None).await.1), ["f3", "f4", "f5"]);
+    for (sel, want) in [
+        ("app%3Ddemo", vec!["f1", "f3"]),
+        ("app!%3Ddemo", vec!["f2", "f4", "f5"]),
+        ("app%20in%20(web,db)", vec!["f2", "f4"]),
+        ("app%20notin%20(web,db)", vec!["f1", "f3", "f5"]),
+        ("app", vec!["f1", "f2", "f3", "f4"]),
+        ("!app", vec!["f5"]),
+    ] {
+        let (code, v) = s.call("GET", &format!("{all}?labelSelector={sel}"), None).await;
+        assert_eq!(code, StatusCode::OK, "{sel}: {v}");
+        assert_eq!(names(&v), want, "{sel}");
+    }
+    let (_, v) = s
+        .call("GET", &format!("{all}?fieldSelector=metadata.namespace%3Da"), None)
+        .await;
+    assert_eq!(names(&v), ["f1", "f2"]);
+    let (_, v) = s
+        .call("GET", &format!("{all}?fieldSelector=metadata.name%3Df4"), None)
+        .await;
+    assert_eq!(names(&v), ["f4"]);
+    assert_eq!(
+        s.call("GET", &format!("{all}?fieldSelector=spec.x%3D1"), None).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // Pages of two.
+    let (_, p1) = s.call("GET", &format!("{all}?limit=2"), None).await;
+    assert_eq!(names(&p1), ["f1", "f2"]);
+    assert_eq!(p1["metadata"]["remainingItemCount"], 3);
+    if let Some(want) = reference("list-paginated") {
+        let keys = |v: &Value| -> Vec<String> { v.as_object().expect("obj").keys().cloned().collect() };
+        assert_eq!(keys(&p1), keys(&want));
+        assert_eq!(keys(&p1["metadata"]), keys(&want["metadata"]));
+    }
+    let c1 = p1["metadata"]["continue"].as_str().expect("continue").to_string();
+    let (_, p2) = s.call("GET", &format!("{all}?limit=2&continue={c1}"), None).await;
+    assert_eq!(names(&p2), ["f3", "f4"]);
+    let c2 = p2["metadata"]["continue"].as_str().expect("continue").to_string();
+    let (_, p3) = s.call("GET", &format!("{all}?limit=2&continue={c2}"), None).await;
+    assert_eq!(names(&p3), ["f5"]);
+    assert!(p3["metadata"].get("continue").is_none());
+    assert!(p3["metadata"].get("remainingItemCount").is_none());
+    assert_eq!(
+        s.call("GET", &format!("{all}?limit=2&continue=garbage"), None).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // deletecollection with a selector, as the namespace controller sends it.
+    let (code, v) = s
+        .call(
+            "DELETE",
+            &format!("{}?labelSelector=app%3Ddemo", flunders("b")),
+            Some(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(names(&v), ["f3"]);
+    assert_eq!(names(&s.call("GET", &flunders("b"), None).await.1), ["f4", "f5"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn delete_preconditions_and_finalizers() {
+    let s = Srv::start().await;
+    let path = format!("{}/fin", flunders("default"));
+    let mut o = flunder("default", "fin");
+    o["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    let v = s.create("default", &o).await;
+    let bad = json!({"preconditions": {"uid": "not-the-uid"}});
+    let (code, e) = s.call("DELETE", &path, Some(&bad)).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["reason"], "Conflict");
+    let good = json!({"preconditions": {"uid": v["metadata"]["uid"]}});
+    let (code, d) = s.call("DELETE", &path, Some(&good)).await;
+    assert_eq!(code, StatusCode::OK, "{d}");
+    assert!(d["metadata"]["deletionTimestamp"].as_str().is_some(), "{d}");
+    assert_eq!(d["metadata"]["deletionGracePeriodSeconds"], 0);
+    let (code, cur) = s.call("GET", &path, None).await;
+    assert_eq!(code, StatusCode::OK, "held by its finalizer");
+    // Removing the last finalizer completes the delete.
+    let mut rel = cur.clone();
+    rel["metadata"]["finalizers"] = json!([]);
+    let (code, r) = s.call("PUT", &path, Some(&rel)).await;
+    assert_eq!(code, StatusCode::OK, "{r}");
+    assert_eq!(s.call("GET", &path, None).await.0, StatusCode::NOT_FOUND);
+    // Plain delete returns the object; a second one is 404.
+    s.create("default", &flunder("default", "plain")).await;
+    let p = format!("{}/plain", flunders("default"));
+    let (code, d) = s.call_raw("DELETE", &p, &[], Bytes::new()).await;
+    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&d));
+    assert_eq!(
+        s.call_raw("DELETE", &p, &[], Bytes::new()).await.0,
+        StatusCode::NOT_FOUND
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn watch_resume_list_timeout_and_gone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = Srv::start_in(tmp.path()).await;
+    let a = s.create("default", &flunder("default", "w1")).await;
+    let rv_a: u64 = a["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .parse()
+        .expect("num");
+    s.create("default", &flunder("default", "w2")).await;
+    // Resume after w1: sees w2 only, then live changes.
+    let r = s
+        .send(
+            "GET",
+            &format!("{}?watch=true&resourceVersion={rv_a}", flunders("default")),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    let mut ev = Events::new(r);
+    let e = ev.next(Duration::from_secs(5)).await.expect("event");
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("w2"))
+    );
+    let (code, _) = s
+        .call_raw("DELETE", &format!("{}/w1", flunders("default")), &[], Bytes::new())
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let e = ev.next(Duration::from_secs(5)).await.expect("event");
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+        (Some("DELETED"), Some("w1"))
+    );
+
+    // Watch-list: ADDED for each object, then the initial-events-end bookmark.
+    let r = s
+        .send(
+            "GET",
+            &format!(
+                "{}?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan",
+                flunders("default")
+            ),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    let mut ev = Events::new(r);
+    let e = ev.next(Duration::from_secs(5)).await.expect("event");
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("w2"))
+    );
+    let b = ev.next(Duration::from_secs(5)).await.expect("bookmark");
+    assert_eq!(b["type"], "BOOKMARK");
+    assert_eq!(
+        b["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    assert_eq!(b["object"]["kind"], "Flunder");
+
+    // timeoutSeconds ends the stream.
+    let r = s
+        .send(
+            "GET",
+            &format!(
+                "{}?watch=true&timeoutSeconds=1&resourceVersion={rv_a}",
+                flunders("default")
+            ),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    let mut ev = Events::new(r);
+    let started = Instant::now();
+    while ev.next(Duration::from_secs(5)).await.is_some() {}
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    // After a restart, history before the reopen is gone: 200, then an ERROR event with 410.
+    let dir = s.stop().await;
+    let s = Srv::start_in(&dir).await;
+    assert_eq!(
+        s.call("GET", &format!("{}/w2", flunders("default")), None).await.0,
+        StatusCode::OK,
+        "durable"
+    );
+    let r = s
+        .send(
+            "GET",
+            &format!("{}?watch=true&resourceVersion=1", flunders("default")),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    let mut ev = Events::new(r);
+    let e = ev.next(Duration::from_secs(5)).await.expect("error event");
+    assert_eq!(e["type"], "ERROR");
+    assert_eq!(e["object"]["code"], 410);
+    assert_eq!(e["object"]["reason"], "Expired");
+    if let Some(want) = reference("watch-expired-rv") {
+        assert_eq!(
+            e["object"].as_object().map(|o| o.keys().count()),
+            want["object"].as_object().map(|o| o.keys().count())
+        );
+    }
+    s.stop().await;
+}
