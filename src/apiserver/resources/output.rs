@@ -106,3 +106,29 @@ pub fn list(cx: &Cx, form: Form, items: &[Value], list_meta: Value) -> Option<Va
         Form::Table => Some(table(cx, items, list_meta)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(accept: &str) -> Form {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::ACCEPT, accept.parse().expect("header"));
+        negotiate(&h)
+    }
+
+    #[test]
+    fn accept_forms() {
+        assert_eq!(form("application/json"), Form::Object);
+        assert_eq!(
+            form("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
+            Form::Table
+        );
+        // kube-controller-manager offers protobuf first; JSON metadata is what we answer.
+        assert_eq!(
+            form("application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"),
+            Form::Metadata
+        );
+        assert_eq!(form("application/json;as=Unknown;g=x,application/json"), Form::Object);
+    }
+}
