@@ -472,6 +472,45 @@ async fn list_selectors_and_pagination() {
         s.call("GET", &format!("{all}?limit=2&continue=garbage"), None).await.0,
         StatusCode::BAD_REQUEST
     );
+    // kubectl's Table and the metadata informers' PartialObjectMetadataList.
+    let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    let (code, bytes) = s
+        .call_raw("GET", &flunders("a"), &[("accept", table)], Bytes::new())
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let t: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(t["kind"], "Table");
+    let cols: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .expect("cols")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(cols, ["Name", "Size", "Age"]);
+    assert_eq!(t["rows"][0]["cells"][0], "f1");
+    assert_eq!(t["rows"][0]["cells"][1], 1);
+    assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    let pom = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    let (_, bytes) = s.call_raw("GET", &all, &[("accept", pom)], Bytes::new()).await;
+    let l: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(l["kind"], "PartialObjectMetadataList");
+    assert_eq!(l["apiVersion"], "meta.k8s.io/v1");
+    assert_eq!(l["items"].as_array().map(Vec::len), Some(5));
+    assert!(l["items"][0].get("spec").is_none());
+    let one = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let (_, bytes) = s
+        .call_raw(
+            "GET",
+            &format!("{}/f1", flunders("a")),
+            &[("accept", one)],
+            Bytes::new(),
+        )
+        .await;
+    let o: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(
+        (o["kind"].as_str(), o["metadata"]["name"].as_str()),
+        (Some("PartialObjectMetadata"), Some("f1"))
+    );
     // deletecollection with a selector, as the namespace controller sends it.
     let (code, v) = s
         .call(

@@ -3,6 +3,7 @@
 //! so every list is a key prefix.
 
 mod object;
+mod output;
 mod select;
 mod watch;
 
@@ -66,6 +67,7 @@ pub(crate) struct Cx {
     pub name: String,
     pub status_sub: bool,
     pub query: HashMap<String, String>,
+    pub form: output::Form,
 }
 
 impl Cx {
@@ -78,6 +80,7 @@ impl Cx {
             name: req.info.name.clone(),
             status_sub: req.info.subresource == "status",
             query: query_pairs(&req.query).collect(),
+            form: output::negotiate(&req.headers),
         }
     }
 
@@ -187,6 +190,9 @@ impl StorageHandler {
             .storage
             .get(&cx.key(&cx.name))
             .ok_or_else(|| cx.not_found(&cx.name))?;
+        if let Some(v) = output::one(cx, cx.form, &obj.value()) {
+            return Ok(value_response(StatusCode::OK, &v));
+        }
         Ok(json_response(StatusCode::OK, obj.json.clone()))
     }
 
@@ -213,6 +219,14 @@ impl StorageHandler {
         }
         if let Some(n) = page.remaining {
             meta["remainingItemCount"] = json!(n);
+        }
+        let values: Vec<Value> = if cx.form == output::Form::Object {
+            Vec::new()
+        } else {
+            page.items.iter().map(|o| o.value()).collect()
+        };
+        if let Some(v) = output::list(cx, cx.form, &values, meta.clone()) {
+            return Ok(value_response(StatusCode::OK, &v));
         }
         // Items are stored serialized; splice them in rather than re-parse every object.
         let mut out = Vec::with_capacity(page.items.iter().map(|o| o.json.len() + 1).sum::<usize>() + 256);
