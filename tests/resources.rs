@@ -122,7 +122,6 @@ impl Srv {
             .map(|b| Bytes::from(serde_json::to_vec(b).expect("json")))
             .unwrap_or_default();
         let (code, bytes) = self.call_raw(method, path, &[("content-type", ct)], body).await;
-        eprintln!("{method} {path} -> {code}");
         let v = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", String::from_utf8_lossy(&bytes)));
         (code, v)
