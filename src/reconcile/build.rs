@@ -819,6 +819,19 @@ mod tests {
         assert_eq!(data.persistent_volume_claim.unwrap().claim_name, "wardle-data");
     }
 
+    /// The arguments the operator passes must be ones the bundled server accepts.
+    #[test]
+    fn bundled_server_accepts_the_operator_arguments() {
+        use clap::Parser;
+        let ch = children(&eas(spec()), &certs());
+        let container = &ch.deployment.spec.unwrap().template.spec.unwrap().containers[0];
+        let mut argv = container.command.clone().unwrap();
+        argv.extend(container.args.clone().unwrap());
+        let args = crate::apiserver::config::Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.secure_port, SERVER_PORT as u16);
+        assert_eq!(args.data_dir(), std::path::PathBuf::from(DATA_DIR));
+    }
+
     #[test]
     fn service_targets_the_named_port() {
         let ch = children(&eas(spec()), &certs());
