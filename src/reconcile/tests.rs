@@ -18,6 +18,17 @@ const AUTH_CM: &str = "/api/v1/namespaces/kube-system/configmaps/extension-apise
 
 use crate::crd::wardle_spec as spec;
 
+/// The wardle spec with a second version, `v1beta1`.
+fn spec_with_beta() -> ExtensionApiServerSpec {
+    let mut s = spec();
+    s.versions.push(ApiVersion {
+        name: "v1beta1".into(),
+        group_priority_minimum: 1000,
+        version_priority: 20,
+    });
+    s
+}
+
 struct Harness {
     api: FakeApi,
     ctx: Arc<Context>,
@@ -465,12 +476,7 @@ async fn available_children_make_it_ready() {
 #[tokio::test]
 async fn removed_version_loses_its_api_service() {
     let h = Harness::new();
-    let mut s = spec();
-    s.versions.push(ApiVersion {
-        name: "v1beta1".into(),
-        group_priority_minimum: 1000,
-        version_priority: 20,
-    });
+    let s = spec_with_beta();
     h.put_eas(s);
     h.reconcile().await.unwrap();
     let beta = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.wardle.example.com";
@@ -756,12 +762,7 @@ async fn changing_the_own_ca_while_a_new_leaf_is_due_does_not_deadlock() {
 #[tokio::test]
 async fn a_conflicting_version_does_not_stall_a_rotation() {
     let h = Harness::new();
-    let mut s = spec();
-    s.versions.push(ApiVersion {
-        name: "v1beta1".into(),
-        group_priority_minimum: 1000,
-        version_priority: 20,
-    });
+    let s = spec_with_beta();
     h.put_eas(s);
     let foreign = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.wardle.example.com";
     h.api.put(

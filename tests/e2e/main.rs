@@ -87,6 +87,14 @@ async fn client() -> Client {
         .clone()
 }
 
+/// A fresh scope for `test`, or `None` (the test is skipped) without a cluster.
+async fn scope_for(test: &str) -> Option<Scope> {
+    if !enabled(test) {
+        return None;
+    }
+    Some(Scope::new(client().await).await)
+}
+
 fn suffix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -184,10 +192,9 @@ fn cluster_names(ns: &str) -> [String; 3] {
 
 #[tokio::test]
 async fn apply_creates_every_child() {
-    if !enabled("apply_creates_every_child") {
+    let Some(scope) = scope_for("apply_creates_every_child").await else {
         return;
-    }
-    let scope = Scope::new(client().await).await;
+    };
     scope
         .run(|s| async move {
             let c = s.client.clone();
@@ -262,10 +269,9 @@ async fn apply_creates_every_child() {
 
 #[tokio::test]
 async fn edited_ca_bundle_is_repaired() {
-    if !enabled("edited_ca_bundle_is_repaired") {
+    let Some(scope) = scope_for("edited_ca_bundle_is_repaired").await else {
         return;
-    }
-    let scope = Scope::new(client().await).await;
+    };
     scope
         .run(|s| async move {
             s.eas_api().create(&PostParams::default(), &s.manifest()).await.unwrap();
@@ -291,10 +297,9 @@ async fn edited_ca_bundle_is_repaired() {
 
 #[tokio::test]
 async fn delete_leaves_nothing_behind() {
-    if !enabled("delete_leaves_nothing_behind") {
+    let Some(scope) = scope_for("delete_leaves_nothing_behind").await else {
         return;
-    }
-    let scope = Scope::new(client().await).await;
+    };
     scope
         .run(|s| async move {
             let c = s.client.clone();
@@ -337,10 +342,9 @@ async fn delete_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn invalid_spec_is_rejected_with_a_clear_message() {
-    if !enabled("invalid_spec_is_rejected_with_a_clear_message") {
+    let Some(scope) = scope_for("invalid_spec_is_rejected_with_a_clear_message").await else {
         return;
-    }
-    let scope = Scope::new(client().await).await;
+    };
     scope
         .run(|s| async move {
             let mut bad = s.manifest();
@@ -385,10 +389,9 @@ async fn event_reasons(c: &Client, ns: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn rotations_through_the_annotation() {
-    if !enabled("rotations_through_the_annotation") {
+    let Some(scope) = scope_for("rotations_through_the_annotation").await else {
         return;
-    }
-    let scope = Scope::new(client().await).await;
+    };
     scope
         .run(|s| async move {
             let c = s.client.clone();
