@@ -119,6 +119,11 @@ pub struct Args {
     #[arg(long, env = "EAS_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub cert_reload_interval: Duration,
 
+    /// How often the --config file is checked for changes; resources, discovery and OpenAPI
+    /// are then served from the new content without a restart.
+    #[arg(long, env = "EAS_CONFIG_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub config_reload_interval: Duration,
+
     /// How long a client may take to send the request headers (slowloris guard, HTTP/1.1).
     #[arg(long, env = "EAS_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,

@@ -62,6 +62,11 @@ pub struct ResourceRequest {
 pub trait ResourceHandler: Send + Sync {
     /// Answers one request.
     fn handle(&self, req: ResourceRequest) -> BoxFuture<'_, Response<Body>>;
+
+    /// Why the handler cannot serve now (for `/readyz`), if it cannot.
+    fn unhealthy(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The handler used while no storage is plugged in.
@@ -80,14 +85,34 @@ impl ResourceHandler for NoStorage {
     }
 }
 
-/// Everything a request needs.
-pub struct App {
-    /// What is served.
+/// What is served, with the documents derived from it; replaced as a whole when the
+/// configuration file changes, so a request sees one consistent version.
+pub struct Served {
+    /// The configuration.
     pub config: ServerConfig,
     /// Discovery documents.
     pub discovery: Discovery,
     /// OpenAPI documents.
     pub openapi: OpenApi,
+}
+
+impl Served {
+    /// Builds the documents for `config`.
+    pub fn new(config: ServerConfig) -> Arc<Served> {
+        Arc::new(Served {
+            discovery: Discovery::new(&config),
+            openapi: OpenApi::new(&config),
+            config,
+        })
+    }
+}
+
+/// Everything a request needs.
+pub struct App {
+    /// What is served now.
+    pub served: std::sync::RwLock<Arc<Served>>,
+    /// Namespace lifecycle: creates need a namespace that exists and is not terminating.
+    pub namespaces: Arc<super::namespaces::Namespaces>,
     /// Certificate-based authentication configuration.
     pub auth: Arc<AuthState>,
     /// Bearer token authentication.
@@ -197,6 +222,43 @@ fn close(mut r: Response<Body>, version: http::Version) -> Response<Body> {
 }
 
 impl App {
+    /// The current configuration and documents.
+    pub fn served(&self) -> Arc<Served> {
+        match self.served.read() {
+            Ok(g) => g.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
+    /// Serves `next` from now on; in-flight requests finish with what they started with.
+    pub fn replace(&self, next: Arc<Served>) {
+        self.metrics
+            .set_resources(next.config.resources.iter().map(|r| r.plural.clone()));
+        match self.served.write() {
+            Ok(mut g) => *g = next,
+            Err(e) => *e.into_inner() = next,
+        }
+    }
+
+    /// What `/readyz` needs besides not shutting down.
+    fn ready_checks(&self) -> Vec<health::Check<'static>> {
+        let unless = |ok: bool, why: &str| (!ok).then(|| why.to_string());
+        vec![
+            (
+                "authentication-config",
+                unless(
+                    self.auth.is_loaded(),
+                    "extension-apiserver-authentication not loaded yet",
+                ),
+            ),
+            (
+                "namespace-lifecycle",
+                unless(self.namespaces.ready(), "namespaces not synced yet"),
+            ),
+            ("storage", self.resources.unhealthy()),
+        ]
+    }
+
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.draining.load(Ordering::Relaxed) || *self.shutdown.borrow()
@@ -243,7 +305,7 @@ impl App {
 
         let Some(auth_cfg) = self.auth.get() else {
             if is_health(&path) {
-                let (ok, msg) = health::check(&path, false, self.is_shutting_down());
+                let (ok, msg) = health::check(&path, &self.ready_checks(), self.is_shutting_down());
                 let code = if ok {
                     StatusCode::OK
                 } else {
@@ -314,10 +376,11 @@ impl App {
             return method_not_allowed();
         }
         let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-        let d = &self.discovery;
+        let served = self.served();
+        let d = &served.discovery;
         match segs.as_slice() {
             [p @ ("healthz" | "livez" | "readyz")] => {
-                let (ok, msg) = health::check(&format!("/{p}"), self.auth.is_loaded(), self.is_shutting_down());
+                let (ok, msg) = health::check(&format!("/{p}"), &self.ready_checks(), self.is_shutting_down());
                 text(
                     if ok {
                         StatusCode::OK
@@ -369,9 +432,14 @@ impl App {
                 (None, _) => Status::not_found_path().into_response(),
             },
             ["openapi", ..] if !discovery::accepts_json(accept) => not_acceptable("application/json"),
-            ["openapi", "v2"] => json_doc(&self.openapi.v2, headers, "application/json", "no-cache, private"),
-            ["openapi", "v3"] => json_doc(&self.openapi.v3_index, headers, "application/json", "no-cache, private"),
-            ["openapi", "v3", rest @ ..] => match self.openapi.v3.get(&rest.join("/")) {
+            ["openapi", "v2"] => json_doc(&served.openapi.v2, headers, "application/json", "no-cache, private"),
+            ["openapi", "v3"] => json_doc(
+                &served.openapi.v3_index,
+                headers,
+                "application/json",
+                "no-cache, private",
+            ),
+            ["openapi", "v3", rest @ ..] => match served.openapi.v3.get(&rest.join("/")) {
                 Some(doc) => {
                     // A request naming the current hash may be cached for good; any other hash
                     // gets the current document uncached (kube-apiserver redirects; we never do).
@@ -430,10 +498,11 @@ impl App {
 
     /// The declared resource a resource request addresses, if the path has a valid shape for it.
     fn lookup(&self, info: &RequestInfo) -> Option<ServedResource> {
-        if info.api_prefix != "apis" || info.api_group != self.config.group {
+        let served = self.served();
+        if info.api_prefix != "apis" || info.api_group != served.config.group {
             return None;
         }
-        let r = discovery::resources_in(&self.config, &info.api_version).find(|r| r.plural == info.resource)?;
+        let r = discovery::resources_in(&served.config, &info.api_version).find(|r| r.plural == info.resource)?;
         let shape_ok = match info.parts.len() {
             1 => true,
             2 => true,

@@ -1,21 +1,60 @@
 //! `/healthz`, `/livez` and `/readyz`, answered in kube-apiserver's plain-text style.
 
-/// Answers a health path: `(ready, body)`. Liveness only needs the process to run; readiness
-/// also needs the authentication configuration (and, later, storage).
-pub fn check(path: &str, auth_loaded: bool, shutting_down: bool) -> (bool, String) {
-    let ready_path = path == "/readyz";
-    if ready_path && shutting_down {
-        return (
-            false,
-            "[-]shutdown failed: reason withheld\nreadyz check failed\n".into(),
-        );
+/// One named readiness check and why it fails, if it does.
+pub type Check<'a> = (&'a str, Option<String>);
+
+/// Answers a health path: `(ok, body)`. Liveness only needs the process to run; readiness
+/// also needs every check in `ready_checks` to pass (authentication configuration, namespace
+/// cache, storage) and no shutdown under way. A failing `/readyz` lists each check as
+/// kube-apiserver does, so `kubectl get --raw /readyz?verbose` style debugging works.
+pub fn check(path: &str, ready_checks: &[Check<'_>], shutting_down: bool) -> (bool, String) {
+    if path != "/readyz" {
+        return (true, "ok".into());
     }
-    if ready_path && !auth_loaded {
-        return (
-            false,
-            "[-]authentication-config failed: extension-apiserver-authentication not loaded yet\nreadyz check failed\n"
-                .into(),
-        );
+    let mut failed = false;
+    let mut body = String::new();
+    for (name, why) in ready_checks {
+        match why {
+            None => body.push_str(&format!("[+]{name} ok\n")),
+            Some(why) => {
+                failed = true;
+                body.push_str(&format!("[-]{name} failed: {why}\n"));
+            }
+        }
     }
-    (true, "ok".into())
+    if shutting_down {
+        failed = true;
+        body.push_str("[-]shutdown failed: reason withheld\n");
+    }
+    if !failed {
+        return (true, "ok".into());
+    }
+    body.push_str("readyz check failed\n");
+    (false, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_lists_failing_checks() {
+        assert_eq!(
+            check("/livez", &[("storage", Some("x".into()))], true),
+            (true, "ok".into())
+        );
+        assert_eq!(check("/readyz", &[("storage", None)], false), (true, "ok".into()));
+        let (ok, body) = check(
+            "/readyz",
+            &[("namespaces", None), ("storage", Some("disk full".into()))],
+            false,
+        );
+        assert!(!ok);
+        assert_eq!(
+            body,
+            "[+]namespaces ok\n[-]storage failed: disk full\nreadyz check failed\n"
+        );
+        let (ok, body) = check("/readyz", &[], true);
+        assert!(!ok && body.contains("[-]shutdown failed"));
+    }
 }

@@ -50,10 +50,17 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: LatencyFamily,
-    resources: HashSet<String>,
+    resources: std::sync::RwLock<HashSet<String>>,
 }
 
 impl Metrics {
+    /// Declares the resources after a configuration reload.
+    pub fn set_resources(&self, resources: impl IntoIterator<Item = String>) {
+        if let Ok(mut r) = self.resources.write() {
+            *r = resources.into_iter().collect();
+        }
+    }
+
     /// Metrics for a server declaring `resources`.
     pub fn new(resources: impl IntoIterator<Item = String>) -> Self {
         let mut registry = Registry::with_prefix("apiserver");
@@ -69,7 +76,7 @@ impl Metrics {
             registry,
             requests,
             latency,
-            resources: resources.into_iter().collect(),
+            resources: std::sync::RwLock::new(resources.into_iter().collect()),
         }
     }
 
@@ -77,7 +84,7 @@ impl Metrics {
     pub fn observe(&self, verb: &str, resource: &str, code: u16, elapsed: Duration) {
         let labels = RequestLabels {
             verb: if VERBS.contains(&verb) { verb } else { "other" }.to_string(),
-            resource: if self.resources.contains(resource) {
+            resource: if self.resources.read().is_ok_and(|r| r.contains(resource)) {
                 resource
             } else {
                 ""

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod health;
 pub mod metrics;
+pub mod namespaces;
 pub mod openapi;
 pub mod requestinfo;
 pub mod resources;
@@ -133,6 +134,44 @@ fn load_server_config(args: &Args) -> Result<ServerConfig, ServeError> {
     Ok(cfg)
 }
 
+/// A digest of the config file's bytes (none when it cannot be read).
+fn config_digest(args: &Args) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(&args.config).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+/// Re-reads the config file when its content changes and serves the new resources, discovery
+/// and OpenAPI without a restart. The kubelet swaps a mounted ConfigMap atomically (a symlink
+/// flip), so polling the content is both simple and reliable; inotify would miss the flip.
+/// A file that does not parse, or that changes the group, is reported and not served.
+async fn watch_config(args: Args, app: Arc<App>, mut last: Option<u64>) {
+    let mut tick = tokio::time::interval(args.config_reload_interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = config_digest(&args);
+        if now.is_none() || now == last {
+            continue;
+        }
+        last = now;
+        match load_server_config(&args) {
+            Ok(cfg) if cfg.group != app.served().config.group => {
+                tracing::error!(config = %args.config.display(), from = %app.served().config.group, to = %cfg.group,
+                    "config changes the API group, which needs a restart; keeping the current configuration");
+            }
+            Ok(cfg) => {
+                tracing::info!(config = %args.config.display(), resources = cfg.resources.len(), versions = ?cfg.versions,
+                    "configuration changed; serving the new resources, discovery and OpenAPI");
+                app.replace(handlers::Served::new(cfg));
+            }
+            Err(e) => tracing::error!(error = %e, "configuration changed but is invalid; keeping the current one"),
+        }
+    }
+}
+
 async fn kube_client(args: &Args) -> Result<kube::Client, ServeError> {
     let config = match &args.kubeconfig {
         Some(path) => {
@@ -170,7 +209,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     let serving = tls::ServingCert::new(ck);
     let tls_config = tls::server_config(serving.clone())?;
 
-    let (auth_state, tokens, authorizer) = if args.standalone {
+    let (auth_state, tokens, authorizer, namespaces) = if args.standalone {
         let state = authconfig::AuthState::loaded(authconfig::from_args(&args)?);
         let tokens = match &args.token_auth_file {
             Some(p) => auth::TokenAuthenticator::from_file(p)?,
@@ -187,15 +226,16 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
                 authz::Authorizer::AllowAll
             }
         };
-        (state, tokens, authorizer)
+        (state, tokens, authorizer, Arc::new(namespaces::Namespaces::Any))
     } else {
         let client = kube_client(&args).await?;
         let state = Arc::new(authconfig::AuthState::default());
         tokio::spawn(authconfig::follow(client.clone(), state.clone()));
         let tokens =
             auth::TokenAuthenticator::Review(auth::TokenReviewer::new(client.clone(), args.authentication_cache_ttl));
+        let namespaces = namespaces::Namespaces::follow(client.clone());
         let authorizer = authz::Authorizer::Delegated(authz::SarAuthorizer::new(client, args.authorization_cache_ttl));
-        (state, tokens, authorizer)
+        (state, tokens, authorizer, namespaces)
     };
 
     // Opened before binding: a server that cannot keep data must not become ready.
@@ -203,14 +243,15 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     let storage = crate::storage::Storage::open(&data_dir, Default::default())
         .map_err(|e| ServeError::Storage(data_dir.display().to_string(), e))?;
     tracing::info!(dir = %data_dir.display(), objects = storage.len(), rv = storage.current_rv(), "storage open");
-    let resources = resources::StorageHandler::new(storage, cfg.group.clone());
+    let resources = resources::StorageHandler::new(storage, cfg.group.clone(), namespaces.clone());
+    let group = cfg.group.clone();
+    let config_digest = config_digest(&args);
 
     let (tx, rx) = watch::channel(false);
     let app = Arc::new(App {
-        discovery: discovery::Discovery::new(&cfg),
-        openapi: openapi::OpenApi::new(&cfg),
         metrics: metrics::Metrics::new(cfg.resources.iter().map(|r| r.plural.clone())),
-        config: cfg,
+        served: std::sync::RwLock::new(handlers::Served::new(cfg)),
+        namespaces,
         auth: auth_state,
         tokens,
         authz: authorizer,
@@ -222,9 +263,10 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     let bind = SocketAddr::new(args.listen_ip(), args.secure_port);
     let listener = TcpListener::bind(bind).await.map_err(|e| ServeError::Bind(bind, e))?;
     let addr = listener.local_addr().map_err(|e| ServeError::Bind(bind, e))?;
-    tracing::info!(%addr, group = %app.config.group, "serving");
+    tracing::info!(%addr, group = %group, "serving");
 
     let reload = tokio::spawn(tls::watch_files(serving, cert, key, args.cert_reload_interval, digest));
+    let config_reload = tokio::spawn(watch_config(args.clone(), app.clone(), config_digest));
     let header_timeout = args.header_read_timeout;
     let served = app.clone();
     let task = tokio::spawn(async move {
@@ -238,6 +280,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         )
         .await;
         reload.abort();
+        config_reload.abort();
     });
     Ok(Server {
         addr,

@@ -200,9 +200,15 @@ pub struct Recorded {
 /// Decides a SubjectAccessReview: `(allowed, reason)` from the review's `spec`.
 pub type SarPolicy = Arc<dyn Fn(&Value) -> (bool, String) + Send + Sync>;
 
+/// Namespaces the double knows: `None` means every name exists (most tests do not care), a
+/// map gives each known namespace and whether it is terminating.
+type NamespaceMap = Option<BTreeMap<String, bool>>;
+
 struct DoubleState {
     configmap: Mutex<(BTreeMap<String, String>, u64)>,
     events: broadcast::Sender<String>,
+    namespaces: Mutex<(NamespaceMap, u64)>,
+    ns_events: broadcast::Sender<String>,
     requests: Mutex<Vec<Recorded>>,
     tokens: Mutex<HashMap<String, Value>>,
     sar: Mutex<SarPolicy>,
@@ -241,6 +247,7 @@ impl KubeDouble {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (events, _) = broadcast::channel(64);
+        let (ns_events, _) = broadcast::channel(64);
         let default_policy: SarPolicy = Arc::new(|spec: &Value| {
             let user = spec["user"].as_str().unwrap_or_default();
             (user != "system:anonymous" && !user.starts_with("deny-"), String::new())
@@ -248,6 +255,8 @@ impl KubeDouble {
         let state = Arc::new(DoubleState {
             configmap: Mutex::new((data, 1)),
             events,
+            namespaces: Mutex::new((None, 1)),
+            ns_events,
             requests: Mutex::new(Vec::new()),
             tokens: Mutex::new(HashMap::new()),
             sar: Mutex::new(default_policy),
@@ -309,6 +318,37 @@ impl KubeDouble {
             .send(json!({"type": "MODIFIED", "object": cm}).to_string());
     }
 
+    /// From now on only the namespaces set here exist (until then every name does).
+    /// `terminating` marks one as being deleted; watchers are told.
+    pub fn set_namespace(&self, name: &str, terminating: bool) {
+        let ev = {
+            let mut g = lock(&self.state.namespaces);
+            g.1 += 1;
+            let map = g.0.get_or_insert_with(BTreeMap::new);
+            let kind = if map.insert(name.into(), terminating).is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            json!({"type": kind, "object": namespace_json(name, terminating, g.1)})
+        };
+        let _ = self.state.ns_events.send(ev.to_string());
+    }
+
+    /// Removes a namespace (see [`KubeDouble::set_namespace`]).
+    pub fn delete_namespace(&self, name: &str) {
+        let ev = {
+            let mut g = lock(&self.state.namespaces);
+            g.1 += 1;
+            let map = g.0.get_or_insert_with(BTreeMap::new);
+            map.remove(name)
+                .map(|t| json!({"type": "DELETED", "object": namespace_json(name, t, g.1)}))
+        };
+        if let Some(ev) = ev {
+            let _ = self.state.ns_events.send(ev.to_string());
+        }
+    }
+
     /// Every request so far.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state.requests).clone()
@@ -341,6 +381,34 @@ fn configmap_json(data: &BTreeMap<String, String>, rv: u64) -> Value {
     })
 }
 
+/// A namespace as a metadata-only watch sees it.
+fn namespace_json(name: &str, terminating: bool, rv: u64) -> Value {
+    let mut meta = json!({"name": name, "uid": format!("ns-{name}"), "resourceVersion": rv.to_string()});
+    if terminating {
+        meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    }
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": meta})
+}
+
+/// A never-ending watch response fed by `rx`.
+fn event_stream(rx: broadcast::Receiver<String>) -> Response<DoubleBody> {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(line) => return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line + "\n"))), rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let mut r = Response::new(StreamBody::new(stream.boxed()).boxed_unsync());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 type DoubleBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 fn json_resp(code: StatusCode, v: &Value) -> Response<DoubleBody> {
@@ -369,22 +437,37 @@ async fn double_handle(st: Arc<DoubleState>, req: Request<Incoming>) -> Response
         ("GET", "/api/v1/namespaces/kube-system/configmaps")
             if query.split('&').any(|q| q == "watch=true" || q == "watch=1") =>
         {
-            let rx = st.events.subscribe();
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(line) => return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line + "\n"))), rx)),
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
+            event_stream(st.events.subscribe())
+        }
+        ("GET", "/api/v1/namespaces") if query.split('&').any(|q| q == "watch=true" || q == "watch=1") => {
+            event_stream(st.ns_events.subscribe())
+        }
+        ("GET", "/api/v1/namespaces") => {
+            let g = lock(&st.namespaces);
+            let items: Vec<Value> = g.0.iter().flatten().map(|(n, t)| namespace_json(n, *t, g.1)).collect();
+            let list = json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                "metadata": {"resourceVersion": g.1.to_string()},
+                "items": items,
             });
-            let mut r = Response::new(StreamBody::new(stream.boxed()).boxed_unsync());
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            r
+            json_resp(StatusCode::OK, &list)
+        }
+        ("GET", p) if p.starts_with("/api/v1/namespaces/") && p.matches('/').count() == 4 => {
+            let name = p.trim_start_matches("/api/v1/namespaces/");
+            let g = lock(&st.namespaces);
+            let found = match &g.0 {
+                None => Some(false),
+                Some(m) => m.get(name).copied(),
+            };
+            match found {
+                Some(t) => json_resp(StatusCode::OK, &namespace_json(name, t, g.1)),
+                None => json_resp(
+                    StatusCode::NOT_FOUND,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                            "message": format!("namespaces \"{name}\" not found"),
+                            "details": {"name": name, "kind": "namespaces"}}),
+                ),
+            }
         }
         ("GET", "/api/v1/namespaces/kube-system/configmaps") => {
             let g = lock(&st.configmap);

@@ -53,6 +53,9 @@ struct Inner {
     objects: RwLock<BTreeMap<String, Arc<Object>>>,
     rv: AtomicU64,
     hub: Hub,
+    /// The error of the last commit, cleared by the next successful one: a full or failing
+    /// disk makes `/readyz` fail rather than leave a pod that accepts writes it cannot keep.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// The store. Cheap to clone.
@@ -129,6 +132,7 @@ impl Storage {
             objects: RwLock::new(objects),
             rv: AtomicU64::new(rv),
             hub: Hub::new(opts.history, rv),
+            last_error: Default::default(),
         });
         let (tx, rx) = mpsc::channel(opts.max_batch * 4);
         let writer_inner = inner.clone();
@@ -143,6 +147,15 @@ impl Storage {
     /// The resourceVersion of the last committed write.
     pub fn current_rv(&self) -> u64 {
         self.inner.rv.load(Ordering::SeqCst)
+    }
+
+    /// Why the store cannot take writes now, if it cannot: its writer stopped, or the last
+    /// commit failed.
+    pub fn unhealthy(&self) -> Option<String> {
+        if self.tx.is_closed() {
+            return Some("the storage writer has stopped".into());
+        }
+        self.inner.last_error.lock().ok()?.clone()
     }
 
     /// The oldest resourceVersion a watch can start from.
@@ -337,6 +350,7 @@ fn writer(db: Database, inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>, max_batch
                         type_,
                         key: op.key.clone(),
                         object,
+                        prev: (type_ == EventType::Modified).then_some(current).flatten(),
                     })
                 });
                 results.push((op.reply, event));
@@ -347,6 +361,9 @@ fn writer(db: Database, inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>, max_batch
         } else {
             commit(&db, &overlay, rv)
         };
+        if let Ok(mut last) = inner.last_error.lock() {
+            *last = committed.as_ref().err().map(|e| e.to_string());
+        }
         if let Err(e) = committed {
             tracing::error!(error = %e, "storage commit failed");
             for (reply, _) in results {

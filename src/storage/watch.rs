@@ -16,6 +16,9 @@ pub struct WatchEvent {
     pub key: String,
     /// The object after the change (before it, for deletes, with the delete's resourceVersion).
     pub object: Arc<Object>,
+    /// The object before a modification, so a filtered watch can tell an object entering its
+    /// selection (ADDED) from one leaving it (DELETED), as kube-apiserver's watch cache does.
+    pub prev: Option<Arc<Object>>,
 }
 
 impl WatchEvent {

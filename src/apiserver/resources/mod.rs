@@ -9,6 +9,7 @@ mod watch;
 
 use super::body::{full, Body};
 use super::handlers::{ResourceHandler, ResourceRequest};
+use super::namespaces::Namespaces;
 use super::requestinfo::query_pairs;
 use super::status::Status;
 use crate::crd::ServedResource;
@@ -28,12 +29,17 @@ const PATCH_RETRIES: usize = 8;
 pub struct StorageHandler {
     storage: Storage,
     group: String,
+    namespaces: Arc<Namespaces>,
 }
 
 impl StorageHandler {
-    /// A handler for `group` over `storage`.
-    pub fn new(storage: Storage, group: String) -> Arc<Self> {
-        Arc::new(StorageHandler { storage, group })
+    /// A handler for `group` over `storage`, admitting creates through `namespaces`.
+    pub fn new(storage: Storage, group: String, namespaces: Arc<Namespaces>) -> Arc<Self> {
+        Arc::new(StorageHandler {
+            storage,
+            group,
+            namespaces,
+        })
     }
 }
 
@@ -54,6 +60,10 @@ impl ResourceHandler for StorageHandler {
             };
             r.unwrap_or_else(Status::into_response)
         })
+    }
+
+    fn unhealthy(&self) -> Option<String> {
+        self.storage.unhealthy()
     }
 }
 
@@ -260,6 +270,9 @@ impl StorageHandler {
         let mut v = object::decode(cx, body)?;
         object::prepare_create(cx, &mut v)?;
         let name = object::name_of(&v);
+        self.namespaces
+            .admit_create(&cx.namespace, &cx.group, &cx.res.plural, &name)
+            .await?;
         if cx.dry_run() {
             if self.storage.get(&cx.key(&name)).is_some() {
                 return Err(Status::already_exists(&cx.group, &cx.res.plural, &name));

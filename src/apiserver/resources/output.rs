@@ -40,7 +40,7 @@ pub fn negotiate(headers: &HeaderMap) -> Form {
     Form::Object
 }
 
-fn partial(obj: &Value) -> Value {
+pub fn partial(obj: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
 }
 
@@ -54,6 +54,12 @@ fn lookup<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 fn table(cx: &Cx, items: &[Value], list_meta: Value) -> Value {
+    table_with(cx, items, list_meta, true)
+}
+
+/// A Table; `columns: false` leaves `columnDefinitions` null, which is how kube-apiserver sends
+/// every watch event after the first (kubectl keeps the first event's columns).
+pub fn table_with(cx: &Cx, items: &[Value], list_meta: Value, with_columns: bool) -> Value {
     let columns = cx
         .res
         .versions
@@ -79,6 +85,7 @@ fn table(cx: &Cx, items: &[Value], list_meta: Value) -> Value {
             json!({"cells": cells, "object": partial(o)})
         })
         .collect();
+    let defs = if with_columns { json!(defs) } else { Value::Null };
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": defs, "rows": rows})
 }
 

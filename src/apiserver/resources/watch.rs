@@ -2,10 +2,11 @@
 //! or server shutdown. Errors after the 200 (a too-old resourceVersion, a watcher that fell
 //! behind) are ERROR events carrying a Status, as kube-apiserver sends them.
 
+use super::output::{self, Form};
 use super::Cx;
 use crate::apiserver::body::{Body, BoxError};
 use crate::apiserver::status::Status;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{EventType, Object, Storage, StorageError, WatchEvent};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -37,6 +38,70 @@ fn truthy(v: &str) -> bool {
     matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
 
+/// Encodes events in the form the client asked for.
+struct Render {
+    cx: Cx,
+    /// Table watches carry column definitions in their first event only.
+    columns_sent: bool,
+}
+
+impl Render {
+    fn event(&mut self, type_: &str, o: &Object) -> Bytes {
+        match self.cx.form {
+            Form::Object => line(type_, &o.json),
+            Form::Metadata => line(type_, &to_vec(&output::partial(&o.value()))),
+            Form::Table => {
+                let meta = json!({"resourceVersion": o.rv.to_string()});
+                let t = output::table_with(&self.cx, &[o.value()], meta, !self.columns_sent);
+                self.columns_sent = true;
+                line(type_, &to_vec(&t))
+            }
+        }
+    }
+
+    fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj = match self.cx.form {
+            Form::Object => json!({"kind": self.cx.res.kind, "apiVersion": self.cx.api_version, "metadata": meta}),
+            Form::Metadata => {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
+            }
+            Form::Table => {
+                json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": null, "rows": []})
+            }
+        };
+        line("BOOKMARK", &to_vec(&obj))
+    }
+
+    /// What a watch filtered by `matches` sees of a change: kube-apiserver's watch cache sends an
+    /// object that starts matching as ADDED and one that stops matching as DELETED (with its last
+    /// matching content at the new resourceVersion), and nothing when neither side matches.
+    fn change(&mut self, ev: &WatchEvent, matches: impl Fn(&Object) -> bool) -> Option<Bytes> {
+        let now = matches(&ev.object);
+        let before = match (&ev.type_, &ev.prev) {
+            (EventType::Modified, Some(p)) => matches(p),
+            _ => now,
+        };
+        match (before, now) {
+            (true, true) => Some(self.event(ev.type_.as_str(), &ev.object)),
+            (false, true) => Some(self.event(EventType::Added.as_str(), &ev.object)),
+            (true, false) => {
+                let prev = ev.prev.as_ref()?;
+                let gone = Object::new(prev.value(), ev.rv());
+                Some(self.event(EventType::Deleted.as_str(), &gone))
+            }
+            (false, false) => None,
+        }
+    }
+}
+
+fn to_vec(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
 /// Starts a watch and answers 200 with its stream; errors found before streaming are Status
 /// responses (a bad selector) or ERROR events (Gone).
 pub fn serve(storage: &Storage, cx: &Cx, shutdown: watch::Receiver<bool>) -> Response<Body> {
@@ -56,15 +121,9 @@ pub fn serve(storage: &Storage, cx: &Cx, shutdown: watch::Receiver<bool>) -> Res
     let prefix = cx.prefix();
     let rv_param = cx.q("resourceVersion").to_string();
     let send_initial = truthy(cx.q("sendInitialEvents"));
-    let kind = cx.res.kind.clone();
-    let api_version = cx.api_version.clone();
-    let bookmark = move |rv: u64, initial_end: bool| {
-        let mut meta = json!({"resourceVersion": rv.to_string()});
-        if initial_end {
-            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-        }
-        let obj = json!({"kind": kind, "apiVersion": api_version, "metadata": meta});
-        line("BOOKMARK", &serde_json::to_vec(&obj).unwrap_or_default())
+    let mut render = Render {
+        cx: cx.clone(),
+        columns_sent: false,
     };
 
     // The starting point and the synthetic ADDED events, decided before answering so that a
@@ -81,9 +140,9 @@ pub fn serve(storage: &Storage, cx: &Cx, shutdown: watch::Receiver<bool>) -> Res
     let stream = if start.is_none() || send_initial {
         match storage.list(&prefix, None, None, |o| sel.matches(o)) {
             Ok(page) => {
-                initial.extend(page.items.iter().map(|o| line("ADDED", &o.json)));
+                initial.extend(page.items.iter().map(|o| render.event("ADDED", o)));
                 if send_initial && bookmarks {
-                    initial.push(bookmark(page.rv, true));
+                    initial.push(render.bookmark(page.rv, true));
                 }
                 storage.watch(&prefix, Some(page.rv))
             }
@@ -125,7 +184,7 @@ pub fn serve(storage: &Storage, cx: &Cx, shutdown: watch::Receiver<bool>) -> Res
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
                 _ = tx.closed() => return,
                 _ = tick.tick(), if bookmarks => {
-                    if tx.send(bookmark(last_rv, false)).await.is_err() { return; }
+                    if tx.send(render.bookmark(last_rv, false)).await.is_err() { return; }
                     continue;
                 }
             };
@@ -139,10 +198,10 @@ pub fn serve(storage: &Storage, cx: &Cx, shutdown: watch::Receiver<bool>) -> Res
                 }
                 Some(Ok(ev)) => {
                     last_rv = ev.rv();
-                    if !sel.matches(&ev.object) {
-                        continue;
+                    match render.change(&ev, |o| sel.matches(o)) {
+                        Some(l) => l,
+                        None => continue,
                     }
-                    line(ev.type_.as_str(), &ev.object.json)
                 }
             };
             if tx.send(out).await.is_err() {

@@ -1,0 +1,542 @@
+//! Kubernetes' own clients against the bundled server in cluster mode (authentication and
+//! namespaces from the kube-apiserver double): namespace lifecycle admission, the namespace
+//! controller's deletecollection, the garbage collector's metadata-only watch-list and
+//! deletes, the aggregator conformance flow, `kubectl get -w` Table watches, selector
+//! transitions in watches, and configuration reload. Requests carry the headers the contract
+//! recorded from a real 1.36 control plane.
+
+use bytes::Bytes;
+use clap::Parser;
+use eao::apiserver::config::Args;
+use eao::apiserver::testkit::{self as tk, KubeDouble};
+use eao::apiserver::{self, Server};
+use eao::pki::CertKeyPair;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const G: &str = "wardle.example.com";
+const V: &str = "v1alpha1";
+const METADATA_LIST: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+const METADATA: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+const TABLE: &str =
+    "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
+struct H {
+    double: KubeDouble,
+    server: Server,
+    serving_ca: CertKeyPair,
+    front: CertKeyPair,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness() -> H {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let front_ca = tk::ca("front-proxy-ca").expect("ca");
+    let front = tk::client_cert(&front_ca, "front-proxy-client", None).expect("cert");
+    let double = KubeDouble::start(tk::auth_configmap_data(&front_ca, &["front-proxy-client"], None))
+        .await
+        .expect("double");
+    let kubeconfig = double.write_kubeconfig(dir.path()).expect("kubeconfig");
+    let s = tk::write_serving_files(dir.path()).expect("serving files");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, apiserver::STANDALONE_CONFIG).expect("config");
+    let p = |x: &Path| x.display().to_string();
+    let args = Args::parse_from([
+        "extension-apiserver".to_string(),
+        "--bind-address=127.0.0.1".into(),
+        "--secure-port=0".into(),
+        format!("--config={}", p(&config)),
+        format!("--tls-cert-file={}", p(&s.cert)),
+        format!("--tls-private-key-file={}", p(&s.key)),
+        format!("--kubeconfig={}", p(&kubeconfig)),
+        "--config-reload-interval=100ms".into(),
+        "--shutdown-grace-period=2s".into(),
+        format!("--data-dir={}", p(&dir.path().join("data"))),
+    ]);
+    let server = apiserver::start(args).await.expect("server starts");
+    let h = H {
+        double,
+        server,
+        serving_ca: s.ca,
+        front,
+        config,
+        _dir: dir,
+    };
+    h.wait_ready().await;
+    h
+}
+
+fn path(ns: &str, rest: &str) -> String {
+    format!("/apis/{G}/{V}/namespaces/{ns}/flunders{rest}")
+}
+
+fn flunder(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": format!("{G}/{V}"), "kind": "Flunder",
+           "metadata": {"name": name, "labels": labels}, "spec": {"reference": "r", "size": 1}})
+}
+
+async fn until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl H {
+    async fn wait_ready(&self) {
+        until("/readyz", async || {
+            self.raw("GET", "/readyz", &[], Bytes::new()).await.status() == StatusCode::OK
+        })
+        .await;
+    }
+
+    /// A request through the front proxy as an admin, as the aggregator forwards it.
+    async fn raw(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: Bytes) -> http::Response<Incoming> {
+        let mut c = tk::connect(self.server.addr, &self.serving_ca.cert_pem, Some(&self.front), true)
+            .await
+            .expect("connect");
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "127.0.0.1")
+            .header("x-remote-user", "admin")
+            .header("x-remote-group", "system:masters")
+            .header("x-remote-group", "system:authenticated");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        c.conn
+            .send(b.body(Full::new(body)).expect("request"))
+            .await
+            .expect("send")
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let mut hs = headers.to_vec();
+        if !hs.iter().any(|(k, _)| *k == "content-type") {
+            hs.push(("content-type", "application/json"));
+        }
+        let r = self.raw(method, uri, &hs, body).await;
+        let code = r.status();
+        let bytes = r.into_body().collect().await.expect("body").to_bytes();
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{method} {uri}: {e}: {}", String::from_utf8_lossy(&bytes)));
+        (code, v)
+    }
+
+    async fn create(&self, ns: &str, obj: &Value) -> Value {
+        let (code, v) = self.call("POST", &path(ns, ""), &[], Some(obj)).await;
+        assert_eq!(code, StatusCode::CREATED, "{v}");
+        v
+    }
+
+    async fn names(&self, ns: &str) -> Vec<String> {
+        let (code, v) = self
+            .call("GET", &path(ns, ""), &[("accept", METADATA_LIST)], None)
+            .await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        assert_eq!(v["kind"], "PartialObjectMetadataList");
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+/// Reads newline-delimited watch events.
+struct Events {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    fn new(r: http::Response<Incoming>) -> Events {
+        assert_eq!(r.status(), StatusCode::OK);
+        Events {
+            body: r.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Value {
+        let read = async {
+            loop {
+                if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = self.buf.drain(..=i).collect();
+                    return serde_json::from_slice::<Value>(&line).expect("event JSON");
+                }
+                let frame = self.body.frame().await.expect("stream open").expect("frame");
+                if let Ok(d) = frame.into_data() {
+                    self.buf.extend_from_slice(&d);
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("an event within 10 s")
+    }
+}
+
+#[tokio::test]
+async fn namespace_lifecycle_refuses_missing_and_terminating_namespaces() {
+    let h = harness().await;
+    // Until the double names namespaces every name exists (looked up live, not cached).
+    h.create("anything", &flunder("f0", json!({}))).await;
+
+    h.double.set_namespace("live", false);
+    h.double.set_namespace("doomed", false);
+    h.create("live", &flunder("f1", json!({}))).await;
+
+    let (code, v) = h
+        .call("POST", &path("no-such-ns", ""), &[], Some(&flunder("f1", json!({}))))
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{v}");
+    let reference = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/contract/reference-responses/create-missing-namespace.body"
+    ));
+    if let Ok(bytes) = std::fs::read(reference) {
+        let want: Value = serde_json::from_slice(&bytes).expect("reference JSON");
+        assert_eq!(v, want, "as the reference server answers");
+    }
+
+    h.double.set_namespace("doomed", true);
+    let mut last = Value::Null;
+    until("the terminating namespace to refuse creates", async || {
+        let (code, v) = h
+            .call("POST", &path("doomed", ""), &[], Some(&flunder("late", json!({}))))
+            .await;
+        last = v;
+        code == StatusCode::FORBIDDEN
+    })
+    .await;
+    assert_eq!(last["reason"], "Forbidden");
+    assert_eq!(last["details"]["causes"][0]["reason"], "NamespaceTerminating");
+    assert!(h.names("doomed").await.is_empty(), "nothing was written");
+    // Existing objects in a terminating namespace can still be read, updated and deleted.
+    h.double.delete_namespace("live");
+    until("the deleted namespace to refuse creates", async || {
+        h.call("POST", &path("live", ""), &[], Some(&flunder("f2", json!({}))))
+            .await
+            .0
+            == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert_eq!(h.names("live").await, vec!["f1"]);
+    let (code, _) = h.call("DELETE", &path("live", "/f1"), &[], None).await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn namespace_controller_deletecollection_empties_the_namespace() {
+    let h = harness().await;
+    for n in ["a", "b", "c"] {
+        h.create("trace-ns", &flunder(n, json!({"app": "x"}))).await;
+    }
+    let mut held = flunder("held", json!({}));
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    h.create("trace-ns", &held).await;
+    h.create("other-ns", &flunder("keep", json!({}))).await;
+
+    // The namespace controller's exact request (contract), then its confirming LIST.
+    let ua = (
+        "user-agent",
+        "kube-controller-manager/v0.0.0 (linux/amd64) kubernetes/8e16b12/namespace-controller",
+    );
+    let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
+    let accept = ("accept", "application/vnd.kubernetes.protobuf,application/json");
+    let (code, v) = h
+        .call("DELETE", &path("trace-ns", ""), &[ua, accept], Some(&opts))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["kind"], "FlunderList");
+    assert_eq!(
+        h.names("trace-ns").await,
+        vec!["held"],
+        "only the finalized object remains"
+    );
+    let (_, held) = h.call("GET", &path("trace-ns", "/held"), &[], None).await;
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+
+    // Its finalizer's controller lets go; the namespace is then empty.
+    let patch = json!({"metadata": {"finalizers": null}});
+    let (code, v) = h
+        .call(
+            "PATCH",
+            &path("trace-ns", "/held"),
+            &[("content-type", "application/merge-patch+json")],
+            Some(&patch),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(h.names("trace-ns").await.is_empty());
+    assert_eq!(h.names("other-ns").await, vec!["keep"], "other namespaces untouched");
+}
+
+#[tokio::test]
+async fn garbage_collector_metadata_watch_list_and_delete() {
+    let h = harness().await;
+    let owner = h.create("gc", &flunder("owner", json!({}))).await;
+    let mut owned = flunder("owned", json!({}));
+    owned["metadata"]["ownerReferences"] = json!([{"apiVersion": format!("{G}/{V}"), "kind": "Flunder",
+        "name": "owner", "uid": owner["metadata"]["uid"], "blockOwnerDeletion": true}]);
+    let owned = h.create("gc", &owned).await;
+    let rv = owned["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
+
+    // The metadata informer's watch-list (contract), across all namespaces.
+    let uri = format!("/apis/{G}/{V}/flunders?allowWatchBookmarks=true&resourceVersion={rv}&resourceVersionMatch=NotOlderThan&sendInitialEvents=true&timeout=6m54s&timeoutSeconds=414&watch=true");
+    let mut ev = Events::new(h.raw("GET", &uri, &[("accept", METADATA)], Bytes::new()).await);
+    let mut seen = Vec::new();
+    loop {
+        let e = ev.next().await;
+        assert_eq!(e["object"]["kind"], "PartialObjectMetadata", "{e}");
+        assert_eq!(e["object"]["apiVersion"], "meta.k8s.io/v1");
+        assert!(e["object"].get("spec").is_none(), "metadata only: {e}");
+        if e["type"] == "BOOKMARK" {
+            assert_eq!(
+                e["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+                "true"
+            );
+            break;
+        }
+        assert_eq!(e["type"], "ADDED");
+        seen.push(e["object"]["metadata"]["name"].as_str().unwrap_or_default().to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["owned", "owner"]);
+    let (_, got) = h
+        .call("GET", &path("gc", "/owned"), &[("accept", METADATA)], None)
+        .await;
+    assert_eq!(
+        got["metadata"]["ownerReferences"][0]["name"], "owner",
+        "kept for the collector"
+    );
+
+    // The owner goes; the collector deletes the dependent with uid and rv preconditions.
+    let (code, _) = h.call("DELETE", &path("gc", "/owner"), &[], None).await;
+    assert_eq!(code, StatusCode::OK);
+    let e = ev.next().await;
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+        (Some("DELETED"), Some("owner"))
+    );
+    let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background",
+        "preconditions": {"uid": owned["metadata"]["uid"], "resourceVersion": rv}});
+    let (code, v) = h.call("DELETE", &path("gc", "/owned"), &[], Some(&opts)).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let e = ev.next().await;
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["kind"].as_str()),
+        (Some("DELETED"), Some("PartialObjectMetadata"))
+    );
+    // A retry of the same delete finds nothing, as the contract's 404 shows.
+    let (code, v) = h.call("DELETE", &path("gc", "/owned"), &[], Some(&opts)).await;
+    assert_eq!((code, v["reason"].as_str()), (StatusCode::NOT_FOUND, Some("NotFound")));
+}
+
+/// The flow of Kubernetes' aggregator conformance test (test/e2e/apimachinery/aggregator.go).
+#[tokio::test]
+async fn aggregator_conformance_flow() {
+    let h = harness().await;
+    let ns = "conformance";
+    let (code, v) = h
+        .call(
+            "POST",
+            &path(ns, ""),
+            &[],
+            Some(&flunder("rest-flunder", json!({"e2e-test": "x"}))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["apiVersion"].as_str(), v["kind"].as_str()),
+        (Some("wardle.example.com/v1alpha1"), Some("Flunder"))
+    );
+    assert_eq!(v["metadata"]["name"], "rest-flunder");
+
+    let (_, list) = h.call("GET", &path(ns, ""), &[], None).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    let (code, _) = h.call("DELETE", &path(ns, "/rest-flunder"), &[], None).await;
+    assert_eq!(code, StatusCode::OK);
+    let (_, list) = h.call("GET", &path(ns, ""), &[], None).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0));
+
+    let (code, disc) = h.call("GET", &format!("/apis/{G}/{V}"), &[], None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(disc["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["name"] == "flunders"));
+
+    for (n, l) in [("a", "yes"), ("b", "yes"), ("c", "no")] {
+        h.create(ns, &flunder(n, json!({"e2e-test": l}))).await;
+    }
+    let (code, _) = h
+        .call("DELETE", &path(ns, "?labelSelector=e2e-test%3Dyes"), &[], None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(h.names(ns).await, vec!["c"]);
+
+    let patch = json!({"status": {"phase": "ok"}});
+    let (code, v) = h
+        .call(
+            "PATCH",
+            &path(ns, "/c/status"),
+            &[("content-type", "application/merge-patch+json")],
+            Some(&patch),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["status"]["phase"], "ok");
+}
+
+#[tokio::test]
+async fn table_watch_sends_columns_once() {
+    let h = harness().await;
+    let first = h.create("tw", &flunder("one", json!({}))).await;
+    let rv = first["metadata"]["resourceVersion"].as_str().expect("rv");
+    // kubectl get -w: a Table list, then a Table watch from its resourceVersion.
+    let uri = path("tw", &format!("?resourceVersion={rv}&watch=true"));
+    let mut ev = Events::new(h.raw("GET", &uri, &[("accept", TABLE)], Bytes::new()).await);
+    h.create("tw", &flunder("two", json!({}))).await;
+    h.create("tw", &flunder("three", json!({}))).await;
+    let a = ev.next().await;
+    let b = ev.next().await;
+    for (e, name) in [(&a, "two"), (&b, "three")] {
+        assert_eq!(e["type"], "ADDED");
+        assert_eq!(e["object"]["kind"], "Table");
+        let row = &e["object"]["rows"][0];
+        assert_eq!(row["cells"][0], name);
+        assert_eq!(row["cells"][1], 1, "the Size printer column");
+        assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+    }
+    let cols: Vec<&str> = a["object"]["columnDefinitions"]
+        .as_array()
+        .expect("columns in the first event")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(cols, vec!["Name", "Size", "Age"]);
+    assert!(
+        b["object"]["columnDefinitions"].is_null(),
+        "only the first event carries columns"
+    );
+}
+
+#[tokio::test]
+async fn label_selector_watch_sees_objects_enter_and_leave() {
+    let h = harness().await;
+    let uri = path("sel", "?labelSelector=app%3Dweb&watch=true&resourceVersion=1");
+    let mut ev = Events::new(h.raw("GET", &uri, &[], Bytes::new()).await);
+    h.create("sel", &flunder("other", json!({"app": "db"}))).await;
+    h.create("sel", &flunder("w", json!({"app": "web"}))).await;
+    let e = ev.next().await;
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("w"))
+    );
+
+    let relabel = |app: &str| json!({"metadata": {"labels": {"app": app}}});
+    let merge = [("content-type", "application/merge-patch+json")];
+    let (code, moved) = h.call("PATCH", &path("sel", "/w"), &merge, Some(&relabel("db"))).await;
+    assert_eq!(code, StatusCode::OK);
+    let e = ev.next().await;
+    assert_eq!(e["type"], "DELETED", "left the selection: {e}");
+    assert_eq!(e["object"]["metadata"]["labels"]["app"], "web", "last matching content");
+    assert_eq!(
+        e["object"]["metadata"]["resourceVersion"],
+        moved["metadata"]["resourceVersion"]
+    );
+
+    // "other" enters the selection: ADDED, not MODIFIED.
+    h.call("PATCH", &path("sel", "/other"), &merge, Some(&relabel("web")))
+        .await;
+    let e = ev.next().await;
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("other"))
+    );
+    h.call(
+        "PATCH",
+        &path("sel", "/other"),
+        &merge,
+        Some(&json!({"spec": {"size": 3}})),
+    )
+    .await;
+    let e = ev.next().await;
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["spec"]["size"].as_i64()),
+        (Some("MODIFIED"), Some(3))
+    );
+}
+
+#[tokio::test]
+async fn config_reload_serves_new_resources_without_restart() {
+    let h = harness().await;
+    let gv = format!("/apis/{G}/{V}");
+    let has = |v: &Value, name: &str| {
+        v["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["name"] == name)
+    };
+    let (_, before) = h.call("GET", &gv, &[], None).await;
+    assert!(!has(&before, "widgets"));
+    let (etag_before, _) = openapi_etag(&h).await;
+
+    let widget =
+        "  - kind: Widget\n    plural: widgets\n    scope: Namespaced\n    versions:\n      - name: v1alpha1\n";
+    let mut cfg = apiserver::STANDALONE_CONFIG.to_string();
+    cfg.push_str(widget);
+    std::fs::write(&h.config, &cfg).expect("config");
+    until("discovery to list the new resource", async || {
+        has(&h.call("GET", &gv, &[], None).await.1, "widgets")
+    })
+    .await;
+    let (code, v) = h.call("GET", &format!("{gv}/namespaces/x/widgets"), &[], None).await;
+    assert_eq!((code, v["kind"].as_str()), (StatusCode::OK, Some("WidgetList")));
+    let (etag_after, doc) = openapi_etag(&h).await;
+    assert_ne!(etag_before, etag_after, "the OpenAPI document changed");
+    assert!(doc.to_string().contains("Widget"));
+
+    // A broken file is refused and the last good configuration stays.
+    std::fs::write(&h.config, "group: [").expect("config");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(has(&h.call("GET", &gv, &[], None).await.1, "widgets"));
+    // So is a change of group, which needs a restart.
+    std::fs::write(&h.config, cfg.replace(G, "other.example.com")).expect("config");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (code, _) = h.call("GET", &gv, &[], None).await;
+    assert_eq!(code, StatusCode::OK);
+    h.server.shutdown();
+}
+
+async fn openapi_etag(h: &H) -> (String, Value) {
+    let r = h
+        .raw("GET", &format!("/openapi/v3/apis/{G}/{V}"), &[], Bytes::new())
+        .await;
+    let etag = r
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    (etag, serde_json::from_slice(&body).expect("json"))
+}
