@@ -35,6 +35,10 @@ struct H {
 }
 
 async fn harness() -> H {
+    harness_with(&[]).await
+}
+
+async fn harness_with(extra: &[&str]) -> H {
     let dir = tempfile::tempdir().expect("tempdir");
     let front_ca = tk::ca("front-proxy-ca").expect("ca");
     let front = tk::client_cert(&front_ca, "front-proxy-client", None).expect("cert");
@@ -46,7 +50,7 @@ async fn harness() -> H {
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, apiserver::STANDALONE_CONFIG).expect("config");
     let p = |x: &Path| x.display().to_string();
-    let args = Args::parse_from([
+    let mut argv = vec![
         "extension-apiserver".to_string(),
         "--bind-address=127.0.0.1".into(),
         "--secure-port=0".into(),
@@ -57,7 +61,9 @@ async fn harness() -> H {
         "--config-reload-interval=100ms".into(),
         "--shutdown-grace-period=2s".into(),
         format!("--data-dir={}", p(&dir.path().join("data"))),
-    ]);
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let args = Args::parse_from(argv);
     let server = apiserver::start(args).await.expect("server starts");
     let h = H {
         double,
@@ -539,4 +545,93 @@ async fn openapi_etag(h: &H) -> (String, Value) {
         .to_string();
     let body = r.into_body().collect().await.expect("body").to_bytes();
     (etag, serde_json::from_slice(&body).expect("json"))
+}
+
+#[tokio::test]
+async fn mutating_requests_over_the_inflight_limit_get_429() {
+    use tokio::io::AsyncWriteExt;
+    let h = harness_with(&["--max-mutating-requests-inflight=1"]).await;
+    // A client that sends its headers and then only part of its body holds the one permit.
+    let mut slow = tk::tls_stream(h.server.addr, &h.serving_ca.cert_pem, Some(&h.front), &[b"http/1.1"])
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-remote-user: admin\r\nx-remote-group: system:masters\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{",
+        path("limits", "")
+    );
+    slow.write_all(head.as_bytes()).await.expect("write");
+    slow.flush().await.expect("flush");
+    let mut refused = None;
+    until("the held permit to refuse a second write", async || {
+        // dryRun: a write that takes a permit but, should it get through, stores nothing.
+        let r = h
+            .raw(
+                "POST",
+                &path("limits", "?dryRun=All"),
+                &[("content-type", "application/json")],
+                Bytes::from(flunder("x", json!({})).to_string()),
+            )
+            .await;
+        let code = r.status();
+        refused = r.headers().get("retry-after").cloned();
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        code == StatusCode::TOO_MANY_REQUESTS
+            && serde_json::from_slice::<Value>(&body).is_ok_and(|v| v["reason"] == "TooManyRequests")
+    })
+    .await;
+    assert_eq!(refused.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
+    // Reads have their own pool.
+    assert_eq!(h.call("GET", &path("limits", ""), &[], None).await.0, StatusCode::OK);
+    drop(slow);
+    until("the permit to be released", async || {
+        h.call("POST", &path("limits", ""), &[], Some(&flunder("y", json!({}))))
+            .await
+            .0
+            == StatusCode::CREATED
+    })
+    .await;
+    assert_eq!(h.names("limits").await, vec!["y"], "the refused write stored nothing");
+}
+
+#[tokio::test]
+async fn dry_run_is_honoured_on_every_mutating_verb() {
+    let h = harness().await;
+    let ns = "dry";
+    let (code, v) = h
+        .call(
+            "POST",
+            &path(ns, "?dryRun=All"),
+            &[],
+            Some(&flunder("ghost", json!({}))),
+        )
+        .await;
+    assert_eq!(
+        (code, v["metadata"]["name"].as_str()),
+        (StatusCode::CREATED, Some("ghost"))
+    );
+    assert!(h.names(ns).await.is_empty(), "dry-run create stored nothing");
+
+    let stored = h.create(ns, &flunder("real", json!({"app": "a"}))).await;
+    let mut changed = stored.clone();
+    changed["spec"]["size"] = json!(9);
+    let (code, v) = h.call("PUT", &path(ns, "/real?dryRun=All"), &[], Some(&changed)).await;
+    assert_eq!((code, v["spec"]["size"].as_i64()), (StatusCode::OK, Some(9)));
+    let merge = [("content-type", "application/merge-patch+json")];
+    let (code, v) = h
+        .call(
+            "PATCH",
+            &path(ns, "/real?dryRun=All"),
+            &merge,
+            Some(&json!({"spec": {"size": 7}})),
+        )
+        .await;
+    assert_eq!((code, v["spec"]["size"].as_i64()), (StatusCode::OK, Some(7)));
+    let (code, _) = h.call("DELETE", &path(ns, "/real?dryRun=All"), &[], None).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = h.call("DELETE", &path(ns, "?dryRun=All"), &[], None).await;
+    assert_eq!(code, StatusCode::OK);
+
+    let (code, now) = h.call("GET", &path(ns, "/real"), &[], None).await;
+    assert_eq!(code, StatusCode::OK, "still there after dry-run deletes");
+    assert_eq!(now, stored, "no dry-run write changed the stored object");
 }

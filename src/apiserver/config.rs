@@ -119,6 +119,15 @@ pub struct Args {
     #[arg(long, env = "EAS_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub cert_reload_interval: Duration,
 
+    /// Most concurrent non-mutating requests (watches excluded); more get 429. 0: no limit.
+    #[arg(long, env = "EAS_MAX_REQUESTS_INFLIGHT", default_value_t = 400)]
+    pub max_requests_inflight: usize,
+
+    /// Most concurrent mutating requests; more get 429. Each may buffer a body of up to 3 MiB,
+    /// so this also bounds request memory. 0: no limit.
+    #[arg(long, env = "EAS_MAX_MUTATING_REQUESTS_INFLIGHT", default_value_t = 200)]
+    pub max_mutating_requests_inflight: usize,
+
     /// How often the --config file is checked for changes; resources, discovery and OpenAPI
     /// are then served from the new content without a restart.
     #[arg(long, env = "EAS_CONFIG_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]

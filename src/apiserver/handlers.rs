@@ -111,6 +111,8 @@ impl Served {
 pub struct App {
     /// What is served now.
     pub served: std::sync::RwLock<Arc<Served>>,
+    /// Concurrency limits of resource requests.
+    pub inflight: super::inflight::InFlight,
     /// Namespace lifecycle: creates need a namespace that exists and is not terminating.
     pub namespaces: Arc<super::namespaces::Namespaces>,
     /// Certificate-based authentication configuration.
@@ -468,10 +470,20 @@ impl App {
         let Some(resource) = self.lookup(&info) else {
             return Status::not_found_path().into_response();
         };
-        let body = if matches!(
+        let mutating = matches!(
             parts.method,
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-        ) {
+        );
+        // Taken before the body is read, so the cap also bounds buffered request bodies.
+        let _permit = if info.verb == "watch" {
+            None
+        } else {
+            match self.inflight.admit(mutating) {
+                Ok(p) => p,
+                Err(r) => return *r,
+            }
+        };
+        let body = if mutating {
             match Limited::new(body, MAX_BODY_BYTES).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {

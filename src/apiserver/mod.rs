@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod handlers;
 pub mod health;
+pub mod inflight;
 pub mod metrics;
 pub mod namespaces;
 pub mod openapi;
@@ -251,6 +252,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     let app = Arc::new(App {
         metrics: metrics::Metrics::new(cfg.resources.iter().map(|r| r.plural.clone())),
         served: std::sync::RwLock::new(handlers::Served::new(cfg)),
+        inflight: inflight::InFlight::new(args.max_requests_inflight, args.max_mutating_requests_inflight),
         namespaces,
         auth: auth_state,
         tokens,
