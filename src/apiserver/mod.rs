@@ -244,7 +244,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     let storage = crate::storage::Storage::open(&data_dir, Default::default())
         .map_err(|e| ServeError::Storage(data_dir.display().to_string(), e))?;
     tracing::info!(dir = %data_dir.display(), objects = storage.len(), rv = storage.current_rv(), "storage open");
-    let resources = resources::StorageHandler::new(storage, cfg.group.clone(), namespaces.clone());
+    let resources = resources::StorageHandler::new(Arc::new(storage), cfg.group.clone(), namespaces.clone());
     let group = cfg.group.clone();
     let config_digest = config_digest(&args);
 

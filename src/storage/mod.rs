@@ -11,9 +11,11 @@
 //! fields, validation). Storage owns `metadata.resourceVersion`.
 
 mod engine;
+mod store;
 mod watch;
 
 pub use engine::{Storage, StorageOptions};
+pub use store::Store;
 pub use watch::{WatchEvent, WatchStream};
 
 use bytes::Bytes;

@@ -13,7 +13,7 @@ use super::namespaces::Namespaces;
 use super::requestinfo::query_pairs;
 use super::status::Status;
 use crate::crd::ServedResource;
-use crate::storage::{Preconditions, Storage, StorageError};
+use crate::storage::{Preconditions, StorageError, Store};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -27,14 +27,14 @@ const PATCH_RETRIES: usize = 8;
 
 /// Serves declared resources from the embedded store.
 pub struct StorageHandler {
-    storage: Storage,
+    storage: Arc<dyn Store>,
     group: String,
     namespaces: Arc<Namespaces>,
 }
 
 impl StorageHandler {
     /// A handler for `group` over `storage`, admitting creates through `namespaces`.
-    pub fn new(storage: Storage, group: String, namespaces: Arc<Namespaces>) -> Arc<Self> {
+    pub fn new(storage: Arc<dyn Store>, group: String, namespaces: Arc<Namespaces>) -> Arc<Self> {
         Arc::new(StorageHandler {
             storage,
             group,
@@ -50,7 +50,7 @@ impl ResourceHandler for StorageHandler {
             let r = match req.info.verb.as_str() {
                 "get" => self.get(&cx),
                 "list" => self.list(&cx),
-                "watch" => Ok(watch::serve(&self.storage, &cx, req.shutdown.clone())),
+                "watch" => Ok(watch::serve(self.storage.as_ref(), &cx, req.shutdown.clone())),
                 "create" => self.create(&cx, &req.body).await,
                 "update" => self.update(&cx, &req.body).await,
                 "patch" => self.patch(&cx, &req).await,

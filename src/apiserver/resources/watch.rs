@@ -6,7 +6,7 @@ use super::output::{self, Form};
 use super::Cx;
 use crate::apiserver::body::{Body, BoxError};
 use crate::apiserver::status::Status;
-use crate::storage::{EventType, Object, Storage, StorageError, WatchEvent};
+use crate::storage::{EventType, Object, StorageError, Store, WatchEvent};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -104,7 +104,7 @@ fn to_vec(v: &serde_json::Value) -> Vec<u8> {
 
 /// Starts a watch and answers 200 with its stream; errors found before streaming are Status
 /// responses (a bad selector) or ERROR events (Gone).
-pub fn serve(storage: &Storage, cx: &Cx, shutdown: watch::Receiver<bool>) -> Response<Body> {
+pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> Response<Body> {
     let sel = match cx.selector() {
         Ok(s) => s,
         Err(s) => return s.into_response(),

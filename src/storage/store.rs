@@ -1,0 +1,81 @@
+//! The storage interface the API layer programs against. The embedded redb engine implements
+//! it today; an etcd backend can implement the same contract: a global, monotonic
+//! resourceVersion, compare-and-swap writes, key-prefix lists with continue tokens, and
+//! watches that resume from a resourceVersion or fail with `Gone`.
+
+use super::{ListPage, Object, Preconditions, Result, WatchStream};
+use futures::future::BoxFuture;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// A store of JSON objects under string keys.
+pub trait Store: Send + Sync {
+    /// The resourceVersion of the last committed write.
+    fn current_rv(&self) -> u64;
+    /// The object at `key`.
+    fn get(&self, key: &str) -> Option<Arc<Object>>;
+    /// Objects under `prefix` that pass `keep`, paginated (see [`super::Storage::list`]).
+    fn list_filtered(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+        keep: &dyn Fn(&Object) -> bool,
+    ) -> Result<ListPage>;
+    /// Changes under `prefix` after `from_rv` (now when `None`).
+    fn watch(&self, prefix: &str, from_rv: Option<u64>) -> Result<WatchStream>;
+    /// Creates `key`; `AlreadyExists` when it exists. Durable when it returns.
+    fn create<'a>(&'a self, key: &'a str, value: Value) -> BoxFuture<'a, Result<Arc<Object>>>;
+    /// Replaces `key` if `pre` holds.
+    fn update<'a>(&'a self, key: &'a str, value: Value, pre: Preconditions) -> BoxFuture<'a, Result<Arc<Object>>>;
+    /// Removes `key` if `pre` holds, returning its last state.
+    fn delete<'a>(&'a self, key: &'a str, pre: Preconditions) -> BoxFuture<'a, Result<Arc<Object>>>;
+    /// Why the store cannot take writes now, if it cannot (for `/readyz`).
+    fn unhealthy(&self) -> Option<String>;
+}
+
+impl dyn Store + '_ {
+    /// [`Store::list_filtered`] with any closure.
+    pub fn list(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+        keep: impl Fn(&Object) -> bool,
+    ) -> Result<ListPage> {
+        self.list_filtered(prefix, limit, continue_token, &keep)
+    }
+}
+
+impl Store for super::Storage {
+    fn current_rv(&self) -> u64 {
+        super::Storage::current_rv(self)
+    }
+    fn get(&self, key: &str) -> Option<Arc<Object>> {
+        super::Storage::get(self, key)
+    }
+    fn list_filtered(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+        keep: &dyn Fn(&Object) -> bool,
+    ) -> Result<ListPage> {
+        super::Storage::list(self, prefix, limit, continue_token, keep)
+    }
+    fn watch(&self, prefix: &str, from_rv: Option<u64>) -> Result<WatchStream> {
+        super::Storage::watch(self, prefix, from_rv)
+    }
+    fn create<'a>(&'a self, key: &'a str, value: Value) -> BoxFuture<'a, Result<Arc<Object>>> {
+        Box::pin(super::Storage::create(self, key, value))
+    }
+    fn update<'a>(&'a self, key: &'a str, value: Value, pre: Preconditions) -> BoxFuture<'a, Result<Arc<Object>>> {
+        Box::pin(super::Storage::update(self, key, value, pre))
+    }
+    fn delete<'a>(&'a self, key: &'a str, pre: Preconditions) -> BoxFuture<'a, Result<Arc<Object>>> {
+        Box::pin(super::Storage::delete(self, key, pre))
+    }
+    fn unhealthy(&self) -> Option<String> {
+        super::Storage::unhealthy(self)
+    }
+}
