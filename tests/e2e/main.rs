@@ -374,6 +374,76 @@ async fn invalid_spec_is_rejected_with_a_clear_message() {
         .await;
 }
 
+#[tokio::test]
+async fn bundled_storage_and_resources_follow_the_spec() {
+    let Some(scope) = scope_for("bundled_storage_and_resources_follow_the_spec").await else {
+        return;
+    };
+    scope
+        .run(|s| async move {
+            use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+            let c = s.client.clone();
+            let mut m = serde_json::to_value(s.manifest()).unwrap();
+            m["spec"]["server"]["storage"] = json!({"embedded": {"size": "1Gi"}});
+            let m: ExtensionApiServer = serde_json::from_value(m).unwrap();
+            s.eas_api().create(&PostParams::default(), &m).await.expect("admitted");
+
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &s.ns);
+            assert!(
+                wait_for(|| async { pvcs.get_opt("wardle-data").await.ok().flatten().is_some() }).await,
+                "the data PVC appears"
+            );
+            let pvc = pvcs.get("wardle-data").await.unwrap();
+            assert_eq!(pvc.owner_references()[0].kind, "ExtensionApiServer");
+            let requested = pvc.spec.unwrap().resources.unwrap().requests.unwrap();
+            assert_eq!(requested["storage"].0, "1Gi");
+            let d = Api::<Deployment>::namespaced(c.clone(), &s.ns)
+                .get("wardle")
+                .await
+                .unwrap();
+            let spec = d.spec.unwrap();
+            assert_eq!(spec.replicas, Some(1), "embedded storage runs one replica");
+            assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+
+            // A resource added to the spec reaches the mounted configuration (the server
+            // reloads it without a restart).
+            let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &s.ns);
+            let patch = json!({"spec": {"server": {"resources": [
+                {"kind": "Flunder", "plural": "flunders", "versions": [{"name": "v1alpha1"}]},
+                {"kind": "Fischer", "plural": "fischers", "scope": "Cluster", "versions": [{"name": "v1alpha1"}]}
+            ]}}});
+            s.eas_api()
+                .patch("wardle", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("patch admitted");
+            assert!(
+                wait_for(|| async {
+                    let cm = cms.get("wardle-config").await.unwrap();
+                    cm.data.unwrap_or_default().values().any(|v| v.contains("fischers"))
+                })
+                .await,
+                "the ConfigMap lists the new resource"
+            );
+
+            // Two replicas cannot share one embedded store: refused by the CRD's CEL rule.
+            let err = s
+                .eas_api()
+                .patch(
+                    "wardle",
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": {"replicas": 2}})),
+                )
+                .await
+                .unwrap_err();
+            let kube::Error::Api(status) = err else {
+                panic!("expected an API error, got {err}")
+            };
+            assert_eq!(status.code, 422);
+            assert!(status.message.contains("exactly one replica"), "{}", status.message);
+        })
+        .await;
+}
+
 fn pems(bytes: &[u8]) -> Vec<Vec<u8>> {
     eao::pki::pem_certs_to_der(&String::from_utf8_lossy(bytes)).unwrap_or_default()
 }
