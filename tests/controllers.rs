@@ -635,3 +635,50 @@ async fn dry_run_is_honoured_on_every_mutating_verb() {
     assert_eq!(code, StatusCode::OK, "still there after dry-run deletes");
     assert_eq!(now, stored, "no dry-run write changed the stored object");
 }
+
+#[tokio::test]
+async fn propagation_policies_set_the_collectors_finalizers() {
+    let h = harness().await;
+    let ns = "gc-policy";
+    for n in ["fg", "orph", "bg"] {
+        h.create(ns, &flunder(n, json!({}))).await;
+    }
+    let del = |policy: &str| json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": policy});
+    let (code, v) = h.call("DELETE", &path(ns, "/fg"), &[], Some(&del("Foreground"))).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    assert!(v["metadata"]["deletionTimestamp"].is_string());
+    let (_, v) = h.call("DELETE", &path(ns, "/orph"), &[], Some(&del("Orphan"))).await;
+    assert_eq!(v["metadata"]["finalizers"], json!(["orphan"]));
+    let (code, _) = h.call("DELETE", &path(ns, "/bg"), &[], Some(&del("Background"))).await;
+    assert_eq!(code, StatusCode::OK);
+    let mut names = h.names(ns).await;
+    names.sort();
+    assert_eq!(names, vec!["fg", "orph"], "held for the garbage collector");
+
+    // The collector removes its finalizer when done; the object then goes.
+    let merge = [("content-type", "application/merge-patch+json")];
+    let (code, _) = h
+        .call(
+            "PATCH",
+            &path(ns, "/fg"),
+            &merge,
+            Some(&json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(h.names(ns).await, vec!["orph"]);
+
+    // kubectl delete --dry-run=server puts dryRun in the body.
+    h.create(ns, &flunder("kept", json!({}))).await;
+    let (code, _) = h
+        .call("DELETE", &path(ns, "/kept"), &[], Some(&json!({"dryRun": ["All"]})))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(h.names(ns).await.contains(&"kept".to_string()));
+    let (code, v) = h.call("DELETE", &path(ns, "/kept"), &[], Some(&del("Sideways"))).await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid"))
+    );
+}

@@ -2,6 +2,7 @@
 //! [`Storage`]. Keys are `/<plural>/<namespace>/<name>` (namespace empty for cluster scope),
 //! so every list is a key prefix.
 
+mod delete;
 mod object;
 mod output;
 mod select;
@@ -171,27 +172,6 @@ pub(crate) fn json_response(code: StatusCode, body: impl Into<Bytes>) -> Respons
 
 fn value_response(code: StatusCode, v: &Value) -> Response<Body> {
     json_response(code, serde_json::to_vec(v).unwrap_or_default())
-}
-
-/// `DeleteOptions.preconditions` of a DELETE body (an empty body has none).
-fn delete_preconditions(body: &[u8]) -> Result<Preconditions, Status> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Preconditions::default());
-    }
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| Status::bad_request(format!("invalid DeleteOptions: {e}")))?;
-    let p = v.get("preconditions").cloned().unwrap_or(Value::Null);
-    let rv = match p.get("resourceVersion").and_then(Value::as_str) {
-        Some(s) => Some(
-            s.parse::<u64>()
-                .map_err(|_| Status::bad_request(format!("invalid resourceVersion precondition {s:?}")))?,
-        ),
-        None => None,
-    };
-    Ok(Preconditions {
-        resource_version: rv,
-        uid: p.get("uid").and_then(Value::as_str).map(str::to_string),
-    })
 }
 
 impl StorageHandler {
@@ -402,99 +382,6 @@ impl StorageHandler {
             }
         }
         Err(cx.conflict(&cx.name, Status::STALE))
-    }
-
-    async fn delete(&self, cx: &Cx, body: &[u8]) -> Result<Response<Body>, Status> {
-        let pre = delete_preconditions(body)?;
-        let value = self.delete_one(cx, &cx.name, pre).await?;
-        Ok(value_response(StatusCode::OK, &value))
-    }
-
-    /// Deletes one object, or marks it deleting when finalizers hold it.
-    async fn delete_one(&self, cx: &Cx, name: &str, pre: Preconditions) -> Result<Value, Status> {
-        let key = cx.key(name);
-        for _ in 0..PATCH_RETRIES {
-            let cur = self.storage.get(&key).ok_or_else(|| cx.not_found(name))?;
-            if let Some(uid) = &pre.uid {
-                if cur.uid != *uid {
-                    return Err(cx.conflict(
-                        name,
-                        &format!(
-                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                            cur.uid
-                        ),
-                    ));
-                }
-            }
-            if let Some(rv) = pre.resource_version {
-                if cur.rv != rv {
-                    return Err(cx.conflict(
-                        name,
-                        &format!(
-                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                            cur.rv
-                        ),
-                    ));
-                }
-            }
-            let mut v = cur.value();
-            let exact = Preconditions {
-                resource_version: Some(cur.rv),
-                uid: None,
-            };
-            if !object::finalizers(&v).is_empty() {
-                if object::is_deleting(&v) || cx.dry_run() {
-                    return Ok(v);
-                }
-                if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-                    m.insert("deletionTimestamp".into(), json!(object::now()));
-                    m.insert("deletionGracePeriodSeconds".into(), json!(0));
-                }
-                match self.storage.update(&key, v, exact).await {
-                    Ok(o) => return Ok(o.value()),
-                    Err(StorageError::Conflict(_)) => continue,
-                    Err(e) => return Err(cx.storage_err(name, e)),
-                }
-            }
-            if cx.dry_run() {
-                return Ok(v);
-            }
-            match self.storage.delete(&key, exact).await {
-                Ok(o) => return Ok(o.value()),
-                Err(StorageError::Conflict(_)) => continue,
-                Err(e) => return Err(cx.storage_err(name, e)),
-            }
-        }
-        Err(cx.conflict(name, Status::STALE))
-    }
-
-    async fn delete_collection(&self, cx: &Cx, body: &[u8]) -> Result<Response<Body>, Status> {
-        let pre = delete_preconditions(body)?;
-        let sel = cx.selector()?;
-        let page = self
-            .storage
-            .list(&cx.prefix(), None, None, |o| sel.matches(o))
-            .map_err(|e| cx.storage_err("", e))?;
-        let mut items = Vec::new();
-        for o in &page.items {
-            let one = Cx {
-                namespace: o.namespace.clone(),
-                ..cx.clone()
-            };
-            match self.delete_one(&one, &o.name, pre.clone()).await {
-                Ok(v) => items.push(v),
-                // Deleted meanwhile: the goal is reached.
-                Err(s) if s.code == StatusCode::NOT_FOUND => {}
-                Err(s) => return Err(s),
-            }
-        }
-        let list = json!({
-            "kind": cx.list_kind(),
-            "apiVersion": cx.api_version,
-            "metadata": {"resourceVersion": self.storage.current_rv().to_string()},
-            "items": items,
-        });
-        Ok(value_response(StatusCode::OK, &list))
     }
 }
 
