@@ -870,3 +870,55 @@ async fn schema_prunes_defaults_and_validates() {
     assert_eq!(code, StatusCode::BAD_REQUEST);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn schema_tightened_after_restart_ratchets_unchanged_fields() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(tmp.path().join("config.yaml"), SCHEMA_CONFIG).expect("write config");
+    let s = Srv::start_in(tmp.path()).await;
+    let path = format!("{}/example", flunders("default"));
+    let mut obj = flunder("default", "example");
+    obj["spec"]["size"] = json!(9);
+    s.create("default", &obj).await;
+    let dir = s.stop().await;
+
+    // The new schema allows at most 5: the stored 9 is now invalid.
+    let tighter = SCHEMA_CONFIG.replace("maximum: 10", "maximum: 5");
+    assert_ne!(tighter, SCHEMA_CONFIG);
+    std::fs::write(dir.join("config.yaml"), tighter).expect("rewrite config");
+    let s = Srv::start_in(&dir).await;
+    // Labels and status may still be written: the unchanged size is not held against them.
+    let (code, v) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"metadata": {"labels": {"a": "b"}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let (code, v) = s
+        .call_ct(
+            "PATCH",
+            &format!("{path}/status"),
+            "application/merge-patch+json",
+            Some(&json!({"status": {"phase": "Ready"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    // Changing it to another invalid value is refused.
+    let (code, v) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"spec": {"size": 8}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        causes(&v)[0].2,
+        "Invalid value: 8: spec.size in body should be less than or equal to 5"
+    );
+    s.stop().await;
+}

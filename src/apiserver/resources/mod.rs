@@ -127,10 +127,11 @@ impl Cx {
         }
     }
 
-    /// 422 with every violation of the schema by the object about to be written.
-    fn validate(&self, v: &Value) -> Result<(), Status> {
+    /// 422 with every violation of the schema by the object about to be written; for an
+    /// update, what is unchanged from `old` is not held against it (kube's ratcheting).
+    fn validate(&self, v: &Value, old: Option<&Value>) -> Result<(), Status> {
         let Some(s) = self.schema() else { return Ok(()) };
-        let causes = schema::validate(v, s);
+        let causes = schema::validate_update(v, old, s);
         if causes.is_empty() {
             return Ok(());
         }
@@ -289,7 +290,7 @@ impl StorageHandler {
         let mut v = object::decode(cx, body)?;
         cx.prune_and_default(&mut v);
         object::prepare_create(cx, &mut v)?;
-        cx.validate(&v)?;
+        cx.validate(&v, None)?;
         let name = object::name_of(&v);
         if cx.dry_run() {
             if self.storage.get(&cx.key(&name)).is_some() {
@@ -347,7 +348,7 @@ impl StorageHandler {
         cx.prune_and_default(&mut new);
         let next = object::prepare_update(cx, &old, new, cx.has_status())?;
         // The whole object, also for /status: kube validates what would be stored.
-        cx.validate(&next)?;
+        cx.validate(&next, Some(&old))?;
         let key = cx.key(&cx.name);
         let pre = Preconditions {
             resource_version: Some(rv),

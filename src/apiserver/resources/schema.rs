@@ -1,10 +1,10 @@
 //! What kube-apiserver does with a CRD's structural `openAPIV3Schema` to every object it is
 //! asked to write, in its order: prune unknown fields, drop non-nullable nulls, apply `default`s,
-//! then validate (see [`validate`]). Metadata is the server's business, not the schema's.
+//! then validate (see [`validate_update`]). Metadata is the server's business, not the schema's.
 
 mod validate;
 
-pub use validate::validate;
+pub use validate::validate_update;
 
 use crate::crd::ServedResource;
 use serde_json::{json, Value};

@@ -15,9 +15,13 @@ pub type Cause = (String, String);
 
 /// Every violation of `schema` by `obj`, not just the first; empty when valid. The root
 /// `metadata` is left to the server, which validates it by its own rules.
-pub fn validate(obj: &Value, schema: &Value) -> Vec<Cause> {
+///
+/// For an update from `old`, violations inside parts that did not change are forgiven, as
+/// kube's CRD validation ratcheting (on by default since 1.30) does, so an object stored
+/// before its schema was tightened can still be labelled or have its status written.
+pub fn validate_update(obj: &Value, old: Option<&Value>, schema: &Value) -> Vec<Cause> {
     let mut v = Validator { causes: Vec::new() };
-    v.node(obj, schema, "", true);
+    v.node(obj, schema, "", true, old);
     v.causes
 }
 
@@ -144,7 +148,13 @@ impl Validator {
         self.push(path, format!("Invalid value: {value}: {path} in body {detail}"));
     }
 
-    fn node(&mut self, v: &Value, s: &Value, path: &str, root: bool) {
+    /// Validates `v` at `path`; `old` is the value the same place had before an update, when
+    /// it can be told (kube correlates object fields and map-list items, not list indexes).
+    fn node(&mut self, v: &Value, s: &Value, path: &str, root: bool, old: Option<&Value>) {
+        if old.is_some_and(|o| json_eq(o, v)) {
+            // Unchanged, so everything below is too: ratcheted.
+            return;
+        }
         if !self.check_type(v, s, path) {
             // Constraints of the declared type say nothing about a value of another type.
             return;
@@ -154,8 +164,8 @@ impl Validator {
             Value::Null => return,
             Value::String(x) => self.string(x, s, path),
             Value::Number(n) => self.number(n, s, path),
-            Value::Array(a) => self.array(a, s, path),
-            Value::Object(m) => self.object(m, s, path, root),
+            Value::Array(a) => self.array(a, s, path, old),
+            Value::Object(m) => self.object(m, s, path, root, old),
             Value::Bool(_) => {}
         }
         self.enumeration(v, s, path);
@@ -276,7 +286,7 @@ impl Validator {
         }
     }
 
-    fn array(&mut self, a: &[Value], s: &Value, path: &str) {
+    fn array(&mut self, a: &[Value], s: &Value, path: &str, old: Option<&Value>) {
         let n = a.len() as u64;
         if let Some(min) = uint(s, "minItems").filter(|m| n < *m) {
             self.invalid(path, n.to_string(), format_args!("should have at least {min} items"));
@@ -289,13 +299,31 @@ impl Validator {
             self.invalid(path, "\"\"".into(), "shouldn't contain duplicates");
         }
         if let Some(it) = items(s) {
+            let keys: Vec<&str> = match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
+                Some("map") => s
+                    .get("x-kubernetes-list-map-keys")
+                    .and_then(Value::as_array)
+                    .map(|k| k.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let before = old.and_then(Value::as_array).filter(|_| !keys.is_empty());
             for (i, x) in a.iter().enumerate() {
-                self.node(x, it, &format!("{path}[{i}]"), false);
+                // The item of the old list with the same keys is this one's old self.
+                let o = before.and_then(|b| {
+                    b.iter().find(|y| {
+                        keys.iter().all(|k| match (x.get(k), y.get(k)) {
+                            (Some(p), Some(q)) => json_eq(p, q),
+                            (p, q) => p.is_none() && q.is_none(),
+                        })
+                    })
+                });
+                self.node(x, it, &format!("{path}[{i}]"), false, o);
             }
         }
     }
 
-    fn object(&mut self, m: &Map<String, Value>, s: &Value, path: &str, root: bool) {
+    fn object(&mut self, m: &Map<String, Value>, s: &Value, path: &str, root: bool, old: Option<&Value>) {
         let n = m.len() as u64;
         if let Some(min) = uint(s, "minProperties").filter(|x| n < *x) {
             self.invalid(
@@ -321,7 +349,7 @@ impl Validator {
                 continue;
             }
             if let Some(c) = property(s, k).or_else(|| additional(s)) {
-                self.node(x, c, &join(path, k), false);
+                self.node(x, c, &join(path, k), false, old.and_then(|o| o.get(k)));
             }
         }
     }
@@ -356,6 +384,10 @@ impl Validator {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn validate(obj: &Value, schema: &Value) -> Vec<Cause> {
+        validate_update(obj, None, schema)
+    }
 
     /// The causes for `obj` under `{spec: <spec>}`.
     fn causes(spec: Value, obj: Value) -> Vec<Cause> {
@@ -585,6 +617,42 @@ mod tests {
             ],
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn unchanged_parts_are_ratcheted() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "required": ["r"],
+            "properties": {
+                "a": {"type": "integer", "maximum": 1},
+                "b": {"type": "integer", "maximum": 1},
+                "list": {"type": "array", "items": {"type": "string", "maxLength": 1}},
+                "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                          "items": {"type": "object", "properties": {
+                              "name": {"type": "string"}, "port": {"type": "integer", "maximum": 100}}}}}}}});
+        let old = json!({"metadata": {"labels": {}}, "spec": {"r": 1, "a": 5, "b": 5, "list": ["xx"],
+            "ports": [{"name": "a", "port": 500}, {"name": "b", "port": 600}]}});
+        let fields = |new: &Value| -> Vec<String> {
+            validate_update(new, Some(&old), &schema)
+                .into_iter()
+                .map(|c| c.0)
+                .collect()
+        };
+        // Only metadata changed: every old violation is forgiven; without `old` none is.
+        let mut new = old.clone();
+        new["metadata"]["labels"] = json!({"a": "b"});
+        assert!(fields(&new).is_empty());
+        assert_eq!(validate(&new, &schema).len(), 5);
+        // A changed field is checked; unchanged siblings, and map-list items matched by key
+        // even when reordered, are not.
+        new["spec"]["a"] = json!(6);
+        new["spec"]["ports"] = json!([{"name": "b", "port": 600}, {"name": "a", "port": 501}]);
+        assert_eq!(fields(&new), ["spec.a", "spec.ports[1].port"]);
+        // Plain lists are not correlated by index: a changed list is checked whole.
+        new["spec"]["list"] = json!(["xx", "y"]);
+        assert_eq!(fields(&new), ["spec.a", "spec.list[0]", "spec.ports[1].port"]);
+        // A changed object is checked for its required fields.
+        new["spec"].as_object_mut().map(|m| m.remove("r"));
+        assert!(fields(&new).contains(&"spec.r".to_string()));
     }
 
     #[test]
