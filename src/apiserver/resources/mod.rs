@@ -409,7 +409,9 @@ impl StorageHandler {
                 .storage
                 .get(&cx.key(&cx.name))
                 .ok_or_else(|| cx.not_found(&cx.name))?;
-            let old_v = old.value();
+            // Patched as kube-apiserver would read it: pruned and defaulted.
+            let mut old_v = old.value();
+            cx.prune_and_default(&mut old_v);
             let mut new = old_v.clone();
             match &json_patch {
                 None => json_patch::merge(&mut new, &patch),
