@@ -803,6 +803,8 @@ async fn schema_prunes_defaults_and_validates() {
         "Flunder.wardle.example.com \"example\" is invalid: spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10"
     );
     assert_eq!(causes(&v)[0].0, "spec.size");
+    let (code, v) = s.call("PUT", &format!("{path}?dryRun=All"), Some(&over)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "dryRun validates too: {v}");
     let (code, v) = s
         .call_ct(
             "PATCH",
