@@ -58,14 +58,27 @@ impl Srv {
         s
     }
 
+    /// A server over `config` (a server config YAML) instead of the embedded example.
+    async fn start_with_config(config: &str) -> Srv {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("config.yaml"), config).expect("write config");
+        let mut s = Srv::start_in(tmp.path()).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
     async fn start_in(dir: &Path) -> Srv {
         let port = free_port();
         let certs = dir.join("certs");
+        // A config.yaml in the directory replaces the embedded example.
+        let config = Some(dir.join("config.yaml"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| dir.join("missing.yaml"));
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_extension-apiserver"))
             .args(["--standalone", "--bind-address", "127.0.0.1", "--log-format", "plain"])
             .args(["--secure-port", &port.to_string()])
             .arg("--config")
-            .arg(dir.join("missing.yaml"))
+            .arg(&config)
             .arg("--cert-dir")
             .arg(&certs)
             .arg("--data-dir")
@@ -666,5 +679,248 @@ async fn watch_resume_list_timeout_and_gone() {
             want["object"].as_object().map(|o| o.keys().count())
         );
     }
+    s.stop().await;
+}
+
+/// A Flunder whose schema has types, bounds, a pattern, an enum and defaults.
+const SCHEMA_CONFIG: &str = r#"
+group: wardle.example.com
+versions: [v1alpha1]
+resources:
+  - kind: Flunder
+    plural: flunders
+    subresources:
+      status: {}
+    versions:
+      - name: v1alpha1
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              required: [reference]
+              properties:
+                reference: {type: string, pattern: '^[a-z]+$'}
+                size: {type: integer, minimum: 0, maximum: 10}
+                mode: {type: string, enum: [fast, slow], default: fast}
+                ports:
+                  type: array
+                  items:
+                    type: object
+                    properties:
+                      port: {type: integer}
+                      protocol: {type: string, default: TCP}
+            status:
+              type: object
+              properties:
+                phase: {type: string, enum: [Pending, Ready]}
+"#;
+
+fn causes(v: &Value) -> Vec<(String, String, String)> {
+    v["details"]["causes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("field"), s("reason"), s("message"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn schema_prunes_defaults_and_validates() {
+    let s = Srv::start_with_config(SCHEMA_CONFIG).await;
+    let path = format!("{}/example", flunders("default"));
+
+    // Wrong type and a pattern miss: 422 with both causes, nothing stored, dryRun alike.
+    let mut bad = flunder("default", "example");
+    bad["spec"] = json!({"reference": "R2", "size": "big"});
+    for url in [flunders("default"), format!("{}?dryRun=All", flunders("default"))] {
+        let (code, v) = s.call("POST", &url, Some(&bad)).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["reason"], "Invalid");
+        assert_eq!(v["details"]["kind"], "Flunder");
+        let mut got = causes(&v);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                (
+                    "spec.reference".to_string(),
+                    "FieldValueInvalid".to_string(),
+                    r#"Invalid value: "R2": spec.reference in body should match '^[a-z]+$'"#.to_string()
+                ),
+                (
+                    "spec.size".to_string(),
+                    "FieldValueTypeInvalid".to_string(),
+                    r#"Invalid value: "string": spec.size in body must be of type integer: "string""#.to_string()
+                ),
+            ]
+        );
+        assert!(v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Flunder.wardle.example.com \"example\" is invalid: [")));
+    }
+    assert_eq!(s.call("GET", &path, None).await.0, StatusCode::NOT_FOUND);
+    // A missing required field.
+    let mut no_ref = flunder("default", "example");
+    no_ref["spec"] = json!({"size": 1});
+    let (code, v) = s.call("POST", &flunders("default"), Some(&no_ref)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        causes(&v),
+        [(
+            "spec.reference".to_string(),
+            "FieldValueRequired".to_string(),
+            "Required value".to_string()
+        )]
+    );
+
+    // Unknown fields are dropped, defaults filled, in the answer and in what is stored.
+    let mut obj = flunder("default", "example");
+    obj["spec"]["color"] = json!("red");
+    obj["spec"]["ports"] = json!([{"port": 80}, {"port": 53, "protocol": "UDP", "x": 1}]);
+    obj["extra"] = json!({"a": 1});
+    let created = s.create("default", &obj).await;
+    let got = s.call("GET", &path, None).await.1;
+    assert_eq!(got, created);
+    assert!(got.get("extra").is_none(), "{got}");
+    assert_eq!(
+        got["spec"],
+        json!({"reference": "r", "size": 1, "mode": "fast",
+               "ports": [{"port": 80, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]})
+    );
+    assert_eq!(got["metadata"]["name"], "example");
+
+    // Update and both patch kinds over the maximum: 422, the stored object untouched.
+    let mut over = got.clone();
+    over["spec"]["size"] = json!(11);
+    let (code, v) = s.call("PUT", &path, Some(&over)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        v["message"],
+        "Flunder.wardle.example.com \"example\" is invalid: spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10"
+    );
+    assert_eq!(causes(&v)[0].0, "spec.size");
+    let (code, v) = s.call("PUT", &format!("{path}?dryRun=All"), Some(&over)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "dryRun validates too: {v}");
+    let (code, v) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"spec": {"size": 11, "mode": "warp"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let mut got_causes = causes(&v);
+    got_causes.sort();
+    assert_eq!(got_causes[0].0, "spec.mode");
+    assert_eq!(got_causes[0].1, "FieldValueNotSupported");
+    assert_eq!(
+        got_causes[0].2,
+        r#"Unsupported value: "warp": supported values: "fast", "slow""#
+    );
+    assert_eq!(got_causes[1].0, "spec.size");
+    let (code, v) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/json-patch+json",
+            Some(&json!([{"op": "replace", "path": "/spec/size", "value": -1}])),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(s.call("GET", &path, None).await.1, created);
+
+    // A valid patch that nulls a defaulted field gets the default back, and prunes.
+    let (code, v) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"spec": {"size": 10, "mode": null, "junk": true}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["size"], 10);
+    assert_eq!(v["spec"]["mode"], "fast");
+    assert!(v["spec"].get("junk").is_none(), "{v}");
+
+    // /status is validated as a whole object and pruned like the rest.
+    let status_path = format!("{path}/status");
+    let mut st = v.clone();
+    st["status"] = json!({"phase": "Lost"});
+    let (code, e) = s.call("PUT", &status_path, Some(&st)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(causes(&e)[0].0, "status.phase");
+    st["status"] = json!({"phase": "Ready", "other": 1});
+    let (code, after) = s.call("PUT", &status_path, Some(&st)).await;
+    assert_eq!(code, StatusCode::OK, "{after}");
+    assert_eq!(after["status"], json!({"phase": "Ready"}));
+
+    // A malformed body is still a 400, not a validation failure.
+    let (code, _) = s
+        .call_raw(
+            "POST",
+            &flunders("default"),
+            &[("content-type", "application/json")],
+            Bytes::from_static(b"{\"spec\": "),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn schema_tightened_after_restart_ratchets_unchanged_fields() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(tmp.path().join("config.yaml"), SCHEMA_CONFIG).expect("write config");
+    let s = Srv::start_in(tmp.path()).await;
+    let path = format!("{}/example", flunders("default"));
+    let mut obj = flunder("default", "example");
+    obj["spec"]["size"] = json!(9);
+    s.create("default", &obj).await;
+    let dir = s.stop().await;
+
+    // The new schema allows at most 5: the stored 9 is now invalid.
+    let tighter = SCHEMA_CONFIG.replace("maximum: 10", "maximum: 5");
+    assert_ne!(tighter, SCHEMA_CONFIG);
+    std::fs::write(dir.join("config.yaml"), tighter).expect("rewrite config");
+    let s = Srv::start_in(&dir).await;
+    // Labels and status may still be written: the unchanged size is not held against them.
+    let (code, v) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"metadata": {"labels": {"a": "b"}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let (code, v) = s
+        .call_ct(
+            "PATCH",
+            &format!("{path}/status"),
+            "application/merge-patch+json",
+            Some(&json!({"status": {"phase": "Ready"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    // Changing it to another invalid value is refused.
+    let (code, v) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"spec": {"size": 8}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        causes(&v)[0].2,
+        "Invalid value: 8: spec.size in body should be less than or equal to 5"
+    );
     s.stop().await;
 }

@@ -198,7 +198,7 @@ impl Status {
             Value::Array(
                 causes
                     .iter()
-                    .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+                    .map(|(f, m)| json!({"reason": cause_reason(m), "message": m, "field": f}))
                     .collect(),
             ),
         );
@@ -248,6 +248,29 @@ fn qualified(resource: &str, group: &str) -> String {
     } else {
         format!("{resource}.{group}")
     }
+}
+
+/// The `reason` of a 422 cause: the `field.ErrorType` its message starts with, as
+/// `field.Error.ErrorBody` puts the type's text first.
+fn cause_reason(message: &str) -> &'static str {
+    const TYPES: [(&str, &str); 8] = [
+        ("Required value", "FieldValueRequired"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Not found", "FieldValueNotFound"),
+        ("Internal error", "InternalError"),
+    ];
+    if let Some((_, r)) = TYPES.iter().find(|(p, _)| message.starts_with(p)) {
+        return r;
+    }
+    // `field.TypeInvalid` prints as "Invalid value" too; schema type errors say this.
+    if message.contains(" in body must be of type ") {
+        return "FieldValueTypeInvalid";
+    }
+    "FieldValueInvalid"
 }
 
 /// `StatusDetails` with Go's omitempty behaviour.
@@ -318,6 +341,43 @@ mod tests {
         assert_eq!(
             got["message"],
             "fischers.g.io \"a\" is forbidden: User \"u\" cannot delete resource \"fischers\" in API group \"g.io\" at the cluster scope: no RBAC"
+        );
+    }
+
+    #[test]
+    fn invalid_lists_causes_with_their_types() {
+        let causes = [
+            ("spec.a".to_string(), "Required value".to_string()),
+            (
+                "spec.b".to_string(),
+                r#"Invalid value: "string": spec.b in body must be of type integer: "string""#.to_string(),
+            ),
+            (
+                "spec.c".to_string(),
+                "Too long: may not be more than 2 bytes".to_string(),
+            ),
+            ("metadata.name".to_string(), "Invalid value: \"X\": bad".to_string()),
+        ];
+        let got = Status::invalid("g.io", "Flunder", "f", &causes).to_json();
+        assert_eq!(got["code"], 422);
+        assert_eq!(got["reason"], "Invalid");
+        assert!(got["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Flunder.g.io \"f\" is invalid: [spec.a: Required value, spec.b: ")));
+        let reasons: Vec<&str> = got["details"]["causes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["reason"].as_str())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "FieldValueRequired",
+                "FieldValueTypeInvalid",
+                "FieldValueTooLong",
+                "FieldValueInvalid"
+            ]
         );
     }
 

@@ -5,6 +5,7 @@
 mod delete;
 mod object;
 mod output;
+mod schema;
 mod select;
 mod watch;
 
@@ -122,6 +123,35 @@ impl Cx {
 
     fn dry_run(&self) -> bool {
         self.query.get("dryRun").is_some_and(|v| v == "All")
+    }
+
+    /// The declared schema of the URL's version; without one everything is kept as sent.
+    fn schema(&self) -> Option<&Value> {
+        let version = self.api_version.rsplit('/').next().unwrap_or_default();
+        schema::of_version(&self.res, version)
+    }
+
+    /// Drops undeclared fields and fills defaults, as the CRD decoder does to every body.
+    fn prune_and_default(&self, v: &mut Value) {
+        if let Some(s) = self.schema() {
+            schema::prune_and_default(v, s);
+        }
+    }
+
+    /// 422 with every violation of the schema by the object about to be written; for an
+    /// update, what is unchanged from `old` is not held against it (kube's ratcheting).
+    fn validate(&self, v: &Value, old: Option<&Value>) -> Result<(), Status> {
+        let Some(s) = self.schema() else { return Ok(()) };
+        let causes = schema::validate_update(v, old, s);
+        if causes.is_empty() {
+            return Ok(());
+        }
+        Err(Status::invalid(
+            &self.group,
+            &self.res.kind,
+            &object::name_of(v),
+            &causes,
+        ))
     }
 
     fn not_found(&self, name: &str) -> Status {
@@ -248,7 +278,9 @@ impl StorageHandler {
             ));
         }
         let mut v = object::decode(cx, body)?;
+        cx.prune_and_default(&mut v);
         object::prepare_create(cx, &mut v)?;
+        cx.validate(&v, None)?;
         let name = object::name_of(&v);
         self.namespaces
             .admit_create(&cx.namespace, &cx.group, &cx.res.plural, &name)
@@ -301,8 +333,15 @@ impl StorageHandler {
     }
 
     /// Merges `new` onto `old` with update semantics and writes it if `old` is still at `rv`.
-    async fn write_update(&self, cx: &Cx, old: &Value, new: Value, rv: u64) -> Result<Response<Body>, Status> {
-        let next = object::prepare_update(cx, old, new, cx.has_status())?;
+    async fn write_update(&self, cx: &Cx, old: &Value, mut new: Value, rv: u64) -> Result<Response<Body>, Status> {
+        // Both sides as kube-apiserver would see them (it prunes and defaults what it reads
+        // from storage too), so a default added to the schema later is not a spec change.
+        let mut old = old.clone();
+        cx.prune_and_default(&mut old);
+        cx.prune_and_default(&mut new);
+        let next = object::prepare_update(cx, &old, new, cx.has_status())?;
+        // The whole object, also for /status: kube validates what would be stored.
+        cx.validate(&next, Some(&old))?;
         let key = cx.key(&cx.name);
         let pre = Preconditions {
             resource_version: Some(rv),
@@ -363,7 +402,9 @@ impl StorageHandler {
                 .storage
                 .get(&cx.key(&cx.name))
                 .ok_or_else(|| cx.not_found(&cx.name))?;
-            let old_v = old.value();
+            // Patched as kube-apiserver would read it: pruned and defaulted.
+            let mut old_v = old.value();
+            cx.prune_and_default(&mut old_v);
             let mut new = old_v.clone();
             match &json_patch {
                 None => json_patch::merge(&mut new, &patch),
