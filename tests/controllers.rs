@@ -682,3 +682,45 @@ async fn propagation_policies_set_the_collectors_finalizers() {
         (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid"))
     );
 }
+
+#[tokio::test]
+async fn strict_field_validation_refuses_unknown_fields() {
+    let h = harness().await;
+    let mut obj = flunder("strict", json!({}));
+    obj["spec"]["bogus"] = json!(1);
+    // kubectl --validate=strict (its default) sends fieldValidation=Strict.
+    let (code, v) = h
+        .call(
+            "POST",
+            &path("fv", "?fieldManager=kubectl-create&fieldValidation=Strict"),
+            &[],
+            Some(&obj),
+        )
+        .await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BadRequest"))
+    );
+    assert_eq!(v["message"], "strict decoding error: unknown field \"spec.bogus\"");
+    assert!(h.names("fv").await.is_empty());
+    // Ignore (and the default) prune silently.
+    let (code, v) = h
+        .call("POST", &path("fv", "?fieldValidation=Ignore"), &[], Some(&obj))
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    assert!(v["spec"].get("bogus").is_none());
+    let merge = [("content-type", "application/merge-patch+json")];
+    let (code, _) = h
+        .call(
+            "PATCH",
+            &path("fv", "/strict?fieldValidation=Strict"),
+            &merge,
+            Some(&json!({"spec": {"other": 2}})),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::BAD_REQUEST,
+        "a patch introducing an unknown field too"
+    );
+}

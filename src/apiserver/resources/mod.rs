@@ -138,6 +138,22 @@ impl Cx {
         }
     }
 
+    /// [`Cx::prune_and_default`] for what the client sent: with `fieldValidation=Strict`
+    /// (kubectl's default when the OpenAPI document offers the parameter, as ours does) an
+    /// unknown field is a 400, as kube-apiserver's strict decoding answers.
+    fn prune_request(&self, v: &mut Value) -> Result<(), Status> {
+        let Some(s) = self.schema() else { return Ok(()) };
+        let pruned = schema::prune_and_default(v, s);
+        if pruned.is_empty() || self.q("fieldValidation") != "Strict" {
+            return Ok(());
+        }
+        let fields: Vec<String> = pruned.iter().map(|p| format!("unknown field {p:?}")).collect();
+        Err(Status::bad_request(format!(
+            "strict decoding error: {}",
+            fields.join(", ")
+        )))
+    }
+
     /// 422 with every violation of the schema by the object about to be written; for an
     /// update, what is unchanged from `old` is not held against it (kube's ratcheting).
     fn validate(&self, v: &Value, old: Option<&Value>) -> Result<(), Status> {
@@ -278,7 +294,7 @@ impl StorageHandler {
             ));
         }
         let mut v = object::decode(cx, body)?;
-        cx.prune_and_default(&mut v);
+        cx.prune_request(&mut v)?;
         object::prepare_create(cx, &mut v)?;
         cx.validate(&v, None)?;
         let name = object::name_of(&v);
@@ -338,7 +354,7 @@ impl StorageHandler {
         // from storage too), so a default added to the schema later is not a spec change.
         let mut old = old.clone();
         cx.prune_and_default(&mut old);
-        cx.prune_and_default(&mut new);
+        cx.prune_request(&mut new)?;
         let next = object::prepare_update(cx, &old, new, cx.has_status())?;
         // The whole object, also for /status: kube validates what would be stored.
         cx.validate(&next, Some(&old))?;

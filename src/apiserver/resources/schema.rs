@@ -27,9 +27,21 @@ pub fn of_version<'a>(res: &'a ServedResource, version: &str) -> Option<&'a Valu
 }
 
 /// Prunes and defaults `obj` in place, as the CRD decoder does before anything else sees it.
-pub fn prune_and_default(obj: &mut Value, schema: &Value) {
-    prune(obj, Some(schema), true);
+/// Returns the paths of the pruned fields (`spec.foo`, `spec.items[0].bar`), which
+/// `fieldValidation=Strict` turns into an error.
+pub fn prune_and_default(obj: &mut Value, schema: &Value) -> Vec<String> {
+    let mut pruned = Vec::new();
+    prune(obj, Some(schema), true, "", &mut pruned);
     drop_nulls_and_default(obj, schema, true);
+    pruned
+}
+
+fn join(path: &str, k: &str) -> String {
+    if path.is_empty() {
+        k.to_string()
+    } else {
+        format!("{path}.{k}")
+    }
 }
 
 fn flag(s: &Value, name: &str) -> bool {
@@ -73,13 +85,14 @@ fn embedded_meta(k: &str, v: &Value) -> bool {
 
 /// `pruning.Prune`: removes what `s` does not declare. `None` is "no schema here", under
 /// which objects lose every key (kube's behaviour for e.g. an array without `items`).
-fn prune(v: &mut Value, s: Option<&Value>, root: bool) {
+fn prune(v: &mut Value, s: Option<&Value>, root: bool, path: &str, out: &mut Vec<String>) {
     if let Some(s) = s.filter(|s| flag(s, PRESERVE)) {
-        return skip_prune(v, s, root);
+        return skip_prune(v, s, root, path, out);
     }
     match v {
         Value::Object(m) => {
             let Some(s) = s else {
+                out.extend(m.keys().map(|k| join(path, k)));
                 m.clear();
                 return;
             };
@@ -91,17 +104,20 @@ fn prune(v: &mut Value, s: Option<&Value>, root: bool) {
                 }
                 match child(s, k) {
                     Some(c) => {
-                        prune(v, Some(c), false);
+                        prune(v, Some(c), false, &join(path, k), out);
                         true
                     }
-                    None => false,
+                    None => {
+                        out.push(join(path, k));
+                        false
+                    }
                 }
             });
         }
         Value::Array(a) => {
             let it = s.and_then(items);
-            for x in a {
-                prune(x, it, false);
+            for (i, x) in a.iter_mut().enumerate() {
+                prune(x, it, false, &format!("{path}[{i}]"), out);
             }
         }
         _ => {}
@@ -110,7 +126,7 @@ fn prune(v: &mut Value, s: Option<&Value>, root: bool) {
 
 /// Under `x-kubernetes-preserve-unknown-fields` unknown keys stay, but declared ones are still
 /// pruned below.
-fn skip_prune(v: &mut Value, s: &Value, root: bool) {
+fn skip_prune(v: &mut Value, s: &Value, root: bool, path: &str, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
             let embedded = flag(s, EMBEDDED);
@@ -119,14 +135,14 @@ fn skip_prune(v: &mut Value, s: &Value, root: bool) {
                     continue;
                 }
                 if let Some(c) = child(s, k) {
-                    prune(x, Some(c), false);
+                    prune(x, Some(c), false, &join(path, k), out);
                 }
             }
         }
         Value::Array(a) => {
             if let Some(it) = items(s) {
-                for x in a {
-                    skip_prune(x, it, false);
+                for (i, x) in a.iter_mut().enumerate() {
+                    skip_prune(x, it, false, &format!("{path}[{i}]"), out);
                 }
             }
         }
@@ -196,6 +212,19 @@ mod tests {
         let mut o = obj;
         prune_and_default(&mut o, &schema);
         o
+    }
+
+    #[test]
+    fn pruned_paths_are_reported_for_strict_validation() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "items": {"type": "array", "items": {"type": "object", "properties": {"a": {"type": "string"}}}},
+            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}});
+        let mut o = json!({"apiVersion": "g/v", "kind": "K", "metadata": {"name": "n"}, "top": 1,
+            "spec": {"bogus": true, "items": [{"a": "x", "b": 1}], "free": {"anything": 1}}});
+        let mut pruned = prune_and_default(&mut o, &schema);
+        pruned.sort();
+        assert_eq!(pruned, vec!["spec.bogus", "spec.items[0].b", "top"]);
+        assert_eq!(o["spec"]["free"]["anything"], 1);
     }
 
     #[test]
