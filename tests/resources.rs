@@ -844,6 +844,28 @@ async fn apply_conflicts_with_other_managers_unless_forced() {
     );
     assert!(entry(&f, "other", "Update").is_none(), "{f}");
 
+    // An empty managedFields list clears them, as in kube; omitting them keeps them.
+    let (code, kept) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{kept}");
+    assert!(entry(&kept, "tester", "Apply").is_some(), "{kept}");
+    let (code, cleared) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"metadata": {"managedFields": []}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{cleared}");
+    assert!(cleared["metadata"].get("managedFields").is_none(), "{cleared}");
+
     // The options kube validates: apply needs a manager, other patches take no force.
     let (code, e) = apply(&s, "default", "shared", "force=true", &cfg(4)).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{e}");

@@ -168,7 +168,21 @@ pub fn validate_options(cx: &Cx, opts: &str, apply: bool) -> Result<(), Status> 
     if causes.is_empty() {
         return Ok(());
     }
-    Err(Status::invalid("meta.k8s.io", opts, "", &causes))
+    let mut st = Status::invalid("meta.k8s.io", opts, "", &causes);
+    // kube names the kind of each problem; `Status::invalid` says "invalid" for all.
+    if let Some(Value::Array(list)) = st.details.as_mut().and_then(|d| d.get_mut("causes")) {
+        for c in list.iter_mut() {
+            let m = c["message"].as_str().unwrap_or_default();
+            let reason = match m.split(':').next().unwrap_or_default() {
+                "Required value" => "FieldValueRequired",
+                "Forbidden" => "FieldValueForbidden",
+                "Too long" => "FieldValueTooLong",
+                _ => "FieldValueInvalid",
+            };
+            c["reason"] = json!(reason);
+        }
+    }
+    Err(st)
 }
 
 /// Whether a write asks to clear managedFields: `[]` or `[{}]` (`isResetManagedFields`).
@@ -631,6 +645,30 @@ mod tests {
     }
 
     #[test]
+    fn status_writes_are_their_own_subresource_entries() {
+        let mut live = obj(json!({"size": 1}));
+        track_update(&cx("maker", false), None, &mut live);
+        let mut next = live.clone();
+        next["status"] = json!({"phase": "Ready"});
+        track_update(&cx("ctl", true), Some(&live), &mut next);
+        let e = next["metadata"]["managedFields"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["manager"] == "ctl"))
+            .expect("ctl entry");
+        assert_eq!(e["subresource"], "status");
+        assert_eq!(e["operation"], "Update");
+        assert_eq!(e["fieldsV1"], json!({"f:status": {".": {}, "f:phase": {}}}));
+        // The same manager writing the main resource is a different entry.
+        let mut main = next.clone();
+        main["spec"]["size"] = json!(2);
+        track_update(&cx("ctl", false), Some(&next), &mut main);
+        let n = main["metadata"]["managedFields"]
+            .as_array()
+            .map(|a| a.iter().filter(|e| e["manager"] == "ctl").count());
+        assert_eq!(n, Some(2), "{main}");
+    }
+
+    #[test]
     fn managers_and_options() {
         assert_eq!(
             default_manager("", "kubectl/v1.35.2 (linux/amd64) kubernetes/fdc9d74"),
@@ -645,6 +683,13 @@ mod tests {
         assert_eq!(
             e.message,
             "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+        );
+        assert_eq!(
+            e.details.as_ref().map(|d| d["causes"].clone()),
+            Some(
+                json!([{"reason": "FieldValueRequired", "message": "Required value: is required for apply patch",
+                         "field": "fieldManager"}])
+            )
         );
         c.query.insert("force".into(), "true".into());
         assert!(validate_options(&c, "PatchOptions", false).is_err());
