@@ -206,6 +206,12 @@ pub fn display(p: &[String]) -> String {
         .collect()
 }
 
+/// The value at `p` (only `f:` steps lead anywhere: list elements are not addressed).
+pub fn value_at<'a>(v: &'a Value, p: &[String]) -> Option<&'a Value> {
+    p.iter()
+        .try_fold(v, |cur, k| k.strip_prefix("f:").and_then(|f| cur.get(f)))
+}
+
 /// Whether `p` is `q` or below it.
 pub fn under(p: &[String], q: &[String]) -> bool {
     p.len() >= q.len() && p[..q.len()] == *q

@@ -345,20 +345,28 @@ pub fn apply_update(cx: &Cx, live: &Value, cfg: &Value, force: bool) -> Result<V
 
     let mut next = object::prepare_update(cx, live, merged, cx.has_status())?;
     let (changed, removed) = fields::compare(live, &next);
-    let mut conflicts: Vec<(String, String)> = Vec::new();
+    let mut conflicts: Vec<(String, fields::Path)> = Vec::new();
     for (i, e) in entries.iter_mut().enumerate() {
         if Some(i) == own {
             continue;
         }
         let taken: FieldSet = e.set.intersection(&changed).cloned().collect();
         for p in &taken {
-            conflicts.push((describe(e), fields::display(p)));
+            conflicts.push((describe(e), p.clone()));
         }
         e.set = e.set.difference(&taken).cloned().collect();
         e.set = e.set.difference(&removed).cloned().collect();
     }
-    if !conflicts.is_empty() && !force {
-        return Err(conflict(conflicts));
+    if !force {
+        let allowed = client_side_applied(cx, live);
+        let remaining: Vec<(String, String)> = conflicts
+            .iter()
+            .filter(|(_, p)| !allowed.contains(p))
+            .map(|(m, p)| (m.clone(), fields::display(p)))
+            .collect();
+        if !remaining.is_empty() {
+            return Err(conflict(remaining));
+        }
     }
     // The entry's time moves only when the apply changed the object.
     let time = if strip_managed(live) != strip_managed(&next) {
@@ -454,6 +462,28 @@ fn conflict(mut conflicts: Vec<(String, String)>) -> Status {
         message,
         details: Some(details),
     }
+}
+
+/// For `kubectl`, the fields its client-side apply annotation still describes: the value there
+/// is what the object holds. kube lets `kubectl apply --server-side` take those over without
+/// `--force-conflicts`, so that moving from client-side to server-side apply just works
+/// (`lastAppliedManager`).
+fn client_side_applied(cx: &Cx, live: &Value) -> FieldSet {
+    if cx.manager != "kubectl" {
+        return FieldSet::new();
+    }
+    let Some(last) = live
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(LAST_APPLIED))
+        .and_then(Value::as_str)
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+    else {
+        return FieldSet::new();
+    };
+    fields::applied(&last)
+        .into_iter()
+        .filter(|p| fields::value_at(&last, p).is_some() && fields::value_at(&last, p) == fields::value_at(live, p))
+        .collect()
 }
 
 fn has_last_applied(v: &Value) -> bool {
@@ -695,6 +725,29 @@ mod tests {
         assert!(validate_options(&c, "PatchOptions", false).is_err());
         c.query.insert("fieldManager".into(), "x".repeat(129));
         assert!(validate_options(&c, "UpdateOptions", false).is_err());
+    }
+
+    #[test]
+    fn kubectl_takes_over_what_client_side_apply_set() {
+        let mut live = obj(json!({"size": 1, "mode": "a"}));
+        live["metadata"]["annotations"] = json!({LAST_APPLIED: obj(json!({"size": 1})).to_string()});
+        track_update(&cx("kubectl-client-side-apply", false), None, &mut live);
+        // `mode` was set by client-side apply too, but the annotation does not describe it.
+        let err = apply_update(
+            &cx("kubectl", false),
+            &live,
+            &obj(json!({"size": 2, "mode": "b"})),
+            false,
+        )
+        .expect_err("mode conflicts");
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using g/v1: .spec.mode"
+        );
+        let next = apply_update(&cx("kubectl", false), &live, &obj(json!({"size": 2})), false).expect("upgrade");
+        assert_eq!(next["spec"]["size"], 2);
+        // Only kubectl gets this; other managers conflict as usual.
+        assert!(apply_update(&cx("other", false), &live, &obj(json!({"size": 2})), false).is_err());
     }
 
     #[test]
