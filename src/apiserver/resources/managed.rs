@@ -193,6 +193,16 @@ fn is_reset(v: &Value) -> bool {
     }
 }
 
+/// The schema ownership follows for this request's version.
+fn schema_of(cx: &Cx) -> Value {
+    let version = cx
+        .res
+        .versions
+        .iter()
+        .find(|v| format!("{}/{}", cx.group, v.name) == cx.api_version);
+    fields::schema(version.and_then(|v| v.open_api_v3_schema.as_ref()))
+}
+
 fn subresource(cx: &Cx) -> &'static str {
     if cx.status_sub {
         "status"
@@ -218,7 +228,7 @@ pub fn track_update(cx: &Cx, old: Option<&Value>, next: &mut Value) {
         _ => old.map(|o| decode(o).unwrap_or_default()).unwrap_or_default(),
     };
     let empty = json!({});
-    let (changed, removed) = fields::compare(old.unwrap_or(&empty), next);
+    let (changed, removed) = fields::compare(old.unwrap_or(&empty), next, &schema_of(cx));
     let sub = subresource(cx);
     // What this write set now belongs to its manager alone; what it removed to nobody.
     for e in &mut entries {
@@ -251,7 +261,7 @@ pub fn track_update(cx: &Cx, old: Option<&Value>, next: &mut Value) {
 /// resource never writes status and /status writes nothing else.
 fn applied_set(cx: &Cx, cfg: &Value) -> FieldSet {
     let status = vec!["f:status".to_string()];
-    fields::applied(cfg)
+    fields::applied(cfg, &schema_of(cx))
         .into_iter()
         .filter(|p| {
             if cx.status_sub {
@@ -319,6 +329,7 @@ pub fn apply_create(cx: &Cx, cfg: &Value) -> Result<Value, Status> {
 pub fn apply_update(cx: &Cx, live: &Value, cfg: &Value, force: bool) -> Result<Value, Status> {
     let sub = subresource(cx);
     let mut entries = decode(live).unwrap_or_default();
+    let schema = schema_of(cx);
     let set = applied_set(cx, cfg);
     let own = entries.iter().position(|e| e.is(&cx.manager, APPLY, "", sub));
     let last = own.map(|i| entries[i].set.clone()).unwrap_or_default();
@@ -330,7 +341,7 @@ pub fn apply_update(cx: &Cx, live: &Value, cfg: &Value, force: bool) -> Result<V
         .collect();
 
     let mut merged = live.clone();
-    json_patch::merge(&mut merged, cfg);
+    fields::merge(&mut merged, cfg, Some(&schema));
     // What this manager applied before and omits now goes, unless someone else still owns it
     // or something below it. A map that still has content stays (kube adds such items back).
     let mut gone: Vec<&fields::Path> = last
@@ -338,13 +349,14 @@ pub fn apply_update(cx: &Cx, live: &Value, cfg: &Value, force: bool) -> Result<V
         .filter(|p| !set.contains(*p))
         .filter(|p| !others.iter().chain(set.iter()).any(|q| fields::under(q, p)))
         .collect();
-    gone.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    // Outermost first: an item goes whole, before its key fields could be removed from it.
+    gone.sort_by_key(|p| p.len());
     for p in gone {
-        remove_path(&mut merged, p);
+        fields::remove(&mut merged, p);
     }
 
     let mut next = object::prepare_update(cx, live, merged, cx.has_status())?;
-    let (changed, removed) = fields::compare(live, &next);
+    let (changed, removed) = fields::compare(live, &next, &schema);
     let mut conflicts: Vec<(String, fields::Path)> = Vec::new();
     for (i, e) in entries.iter_mut().enumerate() {
         if Some(i) == own {
@@ -399,26 +411,6 @@ fn strip_managed(v: &Value) -> Value {
         m.remove("managedFields");
     }
     c
-}
-
-/// Removes the field at `p` (only `f:` steps; others are list elements, which are atomic here).
-fn remove_path(v: &mut Value, p: &[String]) {
-    let Some((last, parents)) = p.split_last() else { return };
-    let mut cur = v;
-    for k in parents {
-        let Some(next) = k.strip_prefix("f:").and_then(|f| cur.get_mut(f)) else {
-            return;
-        };
-        cur = next;
-    }
-    let (Some(f), Some(o)) = (last.strip_prefix("f:"), cur.as_object_mut()) else {
-        return;
-    };
-    // A map that still holds fields is not the applier's to drop.
-    if o.get(f).is_some_and(|x| x.as_object().is_some_and(|m| !m.is_empty())) {
-        return;
-    }
-    o.remove(f);
 }
 
 /// A manager as kube names it in conflicts (`printManager`).
@@ -480,7 +472,7 @@ fn client_side_applied(cx: &Cx, live: &Value) -> FieldSet {
     else {
         return FieldSet::new();
     };
-    fields::applied(&last)
+    fields::applied(&last, &schema_of(cx))
         .into_iter()
         .filter(|p| fields::value_at(&last, p).is_some() && fields::value_at(&last, p) == fields::value_at(live, p))
         .collect()
@@ -627,6 +619,26 @@ mod tests {
             fields_of(&next, "ssa", "Apply"),
             Some(&json!({"f:spec": {"f:size": {}}}))
         );
+    }
+
+    #[test]
+    fn appliers_share_a_set_list_item_by_item() {
+        let with_finalizers = |f: Value| {
+            let mut o = obj(json!({"size": 1}));
+            o["metadata"]["finalizers"] = f;
+            o
+        };
+        let live = apply_create(&cx("one", false), &with_finalizers(json!(["one/f"]))).expect("create");
+        // A second controller adds its own finalizer: no conflict, both stay.
+        let live = apply_update(&cx("two", false), &live, &with_finalizers(json!(["two/f"])), false).expect("second");
+        assert_eq!(live["metadata"]["finalizers"], json!(["one/f", "two/f"]));
+        assert_eq!(
+            fields_of(&live, "two", "Apply"),
+            Some(&json!({"f:metadata": {"f:finalizers": {"v:\"two/f\"": {}}}, "f:spec": {"f:size": {}}}))
+        );
+        // The first drops its finalizer: only that one goes.
+        let live = apply_update(&cx("one", false), &live, &obj(json!({"size": 1})), false).expect("drop");
+        assert_eq!(live["metadata"]["finalizers"], json!(["two/f"]));
     }
 
     #[test]
