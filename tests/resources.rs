@@ -1027,3 +1027,31 @@ async fn kubectl_server_side_apply_request_succeeds() {
     assert_eq!(applied["metadata"]["managedFields"][0]["operation"], "Apply");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn appliers_keep_each_others_finalizers() {
+    let s = Srv::start().await;
+    let cfg = |finalizer: &str| {
+        json!({"apiVersion": format!("{G}/{V}"), "kind": "Flunder",
+               "metadata": {"name": "fin", "finalizers": [finalizer]}})
+        .to_string()
+    };
+    let (code, v) = apply(&s, "default", "fin", "fieldManager=one", &cfg("example.com/one")).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let (code, v) = apply(&s, "default", "fin", "fieldManager=two", &cfg("example.com/two")).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["metadata"]["finalizers"],
+        json!(["example.com/one", "example.com/two"])
+    );
+    assert_eq!(
+        entry(&v, "two", "Apply").map(|e| &e["fieldsV1"]),
+        Some(&json!({"f:metadata": {"f:finalizers": {"v:\"example.com/two\"": {}}}}))
+    );
+    // `one` applies without its finalizer: only that one is released.
+    let none = json!({"apiVersion": format!("{G}/{V}"), "kind": "Flunder", "metadata": {"name": "fin"}}).to_string();
+    let (code, v) = apply(&s, "default", "fin", "fieldManager=one", &none).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"]["finalizers"], json!(["example.com/two"]));
+    s.stop().await;
+}

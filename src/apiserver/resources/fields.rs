@@ -277,6 +277,13 @@ pub fn merge(live: &mut Value, cfg: &Value, s: Option<&Value>) {
         }
         return;
     }
+    let keyed_type = s
+        .and_then(|s| s.get("x-kubernetes-list-type"))
+        .is_some_and(|t| t == "set" || t == "map");
+    // Applying no items of a keyed list adds none; it does not take away the others' items.
+    if keyed_type && live.is_array() && cfg.as_array().is_some_and(Vec::is_empty) {
+        return;
+    }
     if let (Some(ci), Some(li)) = (keyed_items(cfg, s), keyed_items(live, s)) {
         let is = item_schema(s);
         let known: BTreeMap<String, usize> = li.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
@@ -541,6 +548,8 @@ mod tests {
             json!({"name": "http", "port": 81, "proto": "TCP"})
         );
         assert_eq!(live["spec"]["sel"], json!({"c": "d"}));
+        merge(&mut live, &json!({"metadata": {"finalizers": []}}), Some(&sc));
+        assert_eq!(live["metadata"]["finalizers"], json!(["a/b", "c", "d"]));
         // Items are removed whole, by key or value.
         remove(
             &mut live,
