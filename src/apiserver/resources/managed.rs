@@ -8,6 +8,7 @@ use super::{object, Cx};
 use crate::apiserver::status::Status;
 use http::StatusCode;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 
 /// The annotation of client-side apply, which kube keeps in step for `kubectl` appliers.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -84,6 +85,7 @@ pub fn decode(v: &Value) -> Result<Vec<Entry>, String> {
 /// time, manager, apiVersion, subresource).
 fn store(v: &mut Value, mut entries: Vec<Entry>) {
     entries.retain(|e| !e.set.is_empty());
+    let mut entries = cap_updates(entries);
     entries.sort_by(|a, b| {
         (&a.operation, &a.time, &a.manager, &a.api_version, &a.subresource).cmp(&(
             &b.operation,
@@ -103,6 +105,59 @@ fn store(v: &mut Value, mut entries: Vec<Entry>) {
             );
         }
     }
+}
+
+/// kube keeps at most this many Update entries (`DefaultMaxUpdateManagers`), so that an object
+/// written by many clients does not grow without bound.
+const MAX_UPDATE_MANAGERS: usize = 10;
+
+/// The entry older Update entries are folded into (one per apiVersion).
+const ANCIENT: &str = "ancient-changes";
+
+/// Folds the oldest Update entries into `ancient-changes` until at most
+/// [`MAX_UPDATE_MANAGERS`] remain (`capManagersManager`).
+fn cap_updates(entries: Vec<Entry>) -> Vec<Entry> {
+    let (mut updates, mut out): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.operation == UPDATE);
+    if updates.len() <= MAX_UPDATE_MANAGERS {
+        out.extend(updates);
+        return out;
+    }
+    updates.sort_by(|a, b| (&a.time, &a.manager).cmp(&(&b.time, &b.manager)));
+    // Per apiVersion, the bucket: an existing ancient-changes entry, else the oldest entry.
+    let mut bucket: HashMap<String, usize> = updates
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.manager == ANCIENT && e.subresource.is_empty())
+        .map(|(i, e)| (e.api_version.clone(), i))
+        .collect();
+    let mut count = updates.len();
+    let mut folded = vec![false; updates.len()];
+    for i in 0..updates.len() {
+        if count <= MAX_UPDATE_MANAGERS {
+            break;
+        }
+        let version = updates[i].api_version.clone();
+        let b = match bucket.get(&version) {
+            Some(&b) if b != i => b,
+            Some(_) => continue,
+            None => {
+                bucket.insert(version, i);
+                continue;
+            }
+        };
+        let set = std::mem::take(&mut updates[i].set);
+        let time = updates[i].time.clone();
+        let target = &mut updates[b];
+        target.manager = ANCIENT.into();
+        target.subresource = String::new();
+        target.set.extend(set);
+        // The folded entry is the newer one; its time is the bucket's now.
+        target.time = time;
+        folded[i] = true;
+        count -= 1;
+    }
+    out.extend(updates.into_iter().zip(folded).filter(|(_, f)| !f).map(|(e, _)| e));
+    out
 }
 
 /// The manager of a non-apply write: `fieldManager`, or the User-Agent up to its first `/`
@@ -708,6 +763,38 @@ mod tests {
             .as_array()
             .map(|a| a.iter().filter(|e| e["manager"] == "ctl").count());
         assert_eq!(n, Some(2), "{main}");
+    }
+
+    #[test]
+    fn update_entries_are_capped_into_ancient_changes() {
+        let mut v = obj(json!({}));
+        track_update(&cx("maker", false), None, &mut v);
+        for i in 0..12 {
+            let old = v.clone();
+            v["spec"][format!("f{i}")] = json!(i);
+            // Distinct, increasing times without waiting: rewrite the entry's time afterwards.
+            track_update(&cx(&format!("m{i:02}"), false), Some(&old), &mut v);
+            for e in v["metadata"]["managedFields"].as_array_mut().expect("entries") {
+                if e["manager"] == format!("m{i:02}") {
+                    e["time"] = json!(format!("2026-01-01T00:00:{i:02}Z"));
+                }
+            }
+        }
+        let entries = v["metadata"]["managedFields"].as_array().expect("entries");
+        assert_eq!(entries.len(), 10, "{entries:?}");
+        let ancient = entries
+            .iter()
+            .find(|e| e["manager"] == ANCIENT)
+            .expect("ancient-changes");
+        // 13 writers (maker, which wrote last of all by the clock, and m00..m11): the four
+        // oldest, m00..m03, are folded into one entry.
+        assert_eq!(
+            ancient["fieldsV1"],
+            json!({"f:spec": {"f:f0": {}, "f:f1": {}, "f:f2": {}, "f:f3": {}}})
+        );
+        assert!(entries.iter().all(|e| e["manager"] != "m00" && e["manager"] != "m03"));
+        assert!(entries.iter().any(|e| e["manager"] == "m04"));
+        assert!(entries.iter().any(|e| e["manager"] == "maker"));
     }
 
     #[test]
