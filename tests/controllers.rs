@@ -724,3 +724,50 @@ async fn strict_field_validation_refuses_unknown_fields() {
         "a patch introducing an unknown field too"
     );
 }
+
+#[tokio::test]
+async fn server_side_apply_is_admitted_and_validated_like_other_writes() {
+    let h = harness().await;
+    h.double.set_namespace("ssa", false);
+    let apply = [("content-type", "application/apply-patch+yaml")];
+    let cfg = |spec: &str| format!("apiVersion: {G}/{V}\nkind: Flunder\nmetadata:\n  name: a\nspec:\n{spec}\n");
+    let send = async |ns: &str, query: &str, body: String| {
+        let r = h
+            .raw("PATCH", &path(ns, &format!("/a?{query}")), &apply, Bytes::from(body))
+            .await;
+        let code = r.status();
+        let bytes = r.into_body().collect().await.expect("body").to_bytes();
+        (code, serde_json::from_slice::<Value>(&bytes).expect("json"))
+    };
+    let (code, v) = send("ssa", "fieldManager=m", cfg("  size: -1")).await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid")),
+        "{v}"
+    );
+    assert_eq!(v["details"]["causes"][0]["field"], "spec.size");
+    let (code, v) = send(
+        "ssa",
+        "fieldManager=m&fieldValidation=Strict",
+        cfg("  size: 1\n  bogus: 1"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+    let (code, v) = send("gone", "fieldManager=m", cfg("  size: 1")).await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (StatusCode::NOT_FOUND, Some("NotFound")),
+        "{v}"
+    );
+    assert_eq!(v["details"]["kind"], "namespaces");
+    let (code, v) = send("ssa", "fieldManager=m", cfg("  size: 2\n  bogus: 1")).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert!(v["spec"].get("bogus").is_none(), "pruned: {v}");
+    assert_eq!(v["metadata"]["managedFields"][0]["manager"], "m");
+    let (code, v) = send("ssa", "fieldManager=m", cfg("  size: -5")).await;
+    assert_eq!(
+        code,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an apply update is validated too: {v}"
+    );
+}

@@ -354,10 +354,22 @@ async fn update_patch_status_and_generation() {
         .await;
     assert_eq!(code, StatusCode::OK, "{p}");
     assert_eq!(p["status"]["phase"], "Done");
+    // Strategic merge patch needs Go types; custom resources refuse it, as in kube.
     let (code, e) = s
-        .call_ct("PATCH", &path, "application/apply-patch+yaml", Some(&json!({})))
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/strategic-merge-patch+json",
+            Some(&json!({})),
+        )
         .await;
     assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("application/apply-patch+yaml")),
+        "{e}"
+    );
     assert_eq!(
         s.call_ct(
             "PATCH",
@@ -873,6 +885,353 @@ async fn schema_prunes_defaults_and_validates() {
     s.stop().await;
 }
 
+// ---------------------------------------------------------------- server-side apply
+
+const APPLY: &str = "application/apply-patch+yaml";
+
+/// Sends an apply body (YAML or JSON text) to one flunder.
+async fn apply(s: &Srv, ns: &str, name: &str, query: &str, body: &str) -> (StatusCode, Value) {
+    let path = format!("{}/{name}?{query}", flunders(ns));
+    let (code, bytes) = s
+        .call_raw(
+            "PATCH",
+            &path,
+            &[("content-type", APPLY)],
+            Bytes::from(body.to_string()),
+        )
+        .await;
+    let v =
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&bytes)));
+    (code, v)
+}
+
+/// The managedFields entry of `manager` with `operation`.
+fn entry<'a>(obj: &'a Value, manager: &str, operation: &str) -> Option<&'a Value> {
+    obj["metadata"]["managedFields"]
+        .as_array()?
+        .iter()
+        .find(|e| e["manager"] == manager && e["operation"] == operation)
+}
+
+#[tokio::test]
+async fn apply_creates_then_prunes_what_it_stopped_applying() {
+    let s = Srv::start().await;
+    let path = format!("{}/ssa", flunders("default"));
+    let yaml = format!(
+        "apiVersion: {G}/{V}\nkind: Flunder\nmetadata:\n  name: ssa\n  labels:\n    keep: \"yes\"\n    drop: \"yes\"\nspec:\n  size: 1\n"
+    );
+    // dryRun creates nothing.
+    let (code, v) = apply(&s, "default", "ssa", "fieldManager=tester&dryRun=All", &yaml).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert_eq!(s.call("GET", &path, None).await.0, StatusCode::NOT_FOUND);
+
+    let (code, created) = apply(
+        &s,
+        "default",
+        "ssa",
+        "fieldManager=tester&fieldValidation=Strict",
+        &yaml,
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(created["metadata"]["labels"], json!({"keep": "yes", "drop": "yes"}));
+    assert_eq!(created["metadata"]["generation"], 1);
+    let e = entry(&created, "tester", "Apply").expect("Apply entry");
+    assert_eq!(e["apiVersion"], format!("{G}/{V}"));
+    assert_eq!(e["fieldsType"], "FieldsV1");
+    assert_eq!(
+        e["fieldsV1"],
+        json!({"f:metadata": {"f:labels": {"f:drop": {}, "f:keep": {}}}, "f:spec": {"f:size": {}}})
+    );
+    assert_eq!(created["metadata"]["managedFields"].as_array().map(Vec::len), Some(1));
+
+    // The same configuration without `drop`: the label goes, as does its ownership.
+    let yaml2 = yaml.replace("    drop: \"yes\"\n", "");
+    let (code, next) = apply(&s, "default", "ssa", "fieldManager=tester", &yaml2).await;
+    assert_eq!(code, StatusCode::OK, "{next}");
+    assert_eq!(next["metadata"]["labels"], json!({"keep": "yes"}));
+    assert_eq!(next["metadata"]["generation"], 1, "labels are not spec");
+    let e = entry(&next, "tester", "Apply").expect("Apply entry");
+    assert_eq!(
+        e["fieldsV1"],
+        json!({"f:metadata": {"f:labels": {"f:keep": {}}}, "f:spec": {"f:size": {}}})
+    );
+    // Reads return managedFields, in every form.
+    let (_, got) = s.call("GET", &path, None).await;
+    assert_eq!(got["metadata"]["managedFields"], next["metadata"]["managedFields"]);
+    let (_, list) = s.call("GET", &flunders("default"), None).await;
+    assert_eq!(
+        list["items"][0]["metadata"]["managedFields"],
+        next["metadata"]["managedFields"]
+    );
+    let (code, bytes) = s
+        .call_raw(
+            "GET",
+            &path,
+            &[("accept", "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let meta: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(meta["kind"], "PartialObjectMetadata");
+    assert_eq!(meta["metadata"]["managedFields"], next["metadata"]["managedFields"]);
+
+    // Applying the same again changes nothing, not even the resourceVersion.
+    let (code, again) = apply(&s, "default", "ssa", "fieldManager=tester", &yaml2).await;
+    assert_eq!(code, StatusCode::OK, "{again}");
+    assert_eq!(
+        again["metadata"]["resourceVersion"],
+        next["metadata"]["resourceVersion"]
+    );
+
+    // Status is the subresource's: the main resource ignores it.
+    let with_status = format!("{yaml2}status:\n  phase: Ready\n");
+    let (code, v) = apply(&s, "default", "ssa", "fieldManager=tester", &with_status).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(v.get("status").is_none(), "{v}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn apply_conflicts_with_other_managers_unless_forced() {
+    let s = Srv::start().await;
+    let path = format!("{}/shared", flunders("default"));
+    let cfg = |size: i64| {
+        json!({"apiVersion": format!("{G}/{V}"), "kind": "Flunder", "metadata": {"name": "shared"},
+               "spec": {"size": size}})
+        .to_string()
+    };
+    let (code, v) = apply(&s, "default", "shared", "fieldManager=tester", &cfg(1)).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    // Another manager changes spec.size with a merge patch: it owns the field now.
+    let (code, p) = s
+        .call_ct(
+            "PATCH",
+            &format!("{path}?fieldManager=other"),
+            "application/merge-patch+json",
+            Some(&json!({"spec": {"size": 2}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{p}");
+    let other = entry(&p, "other", "Update").expect("other's entry");
+    assert_eq!(other["fieldsV1"], json!({"f:spec": {"f:size": {}}}));
+    assert!(other["time"].as_str().is_some_and(|t| t.len() == 20), "{other}");
+    // `tester` lost size and owns nothing else: its entry is gone.
+    assert!(entry(&p, "tester", "Apply").is_none(), "{p}");
+
+    // Applying a different value without force: 409 naming the other manager and the field.
+    let (code, e) = apply(&s, "default", "shared", "fieldManager=tester&force=false", &cfg(3)).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["kind"], "Status");
+    assert_eq!(e["reason"], "Conflict");
+    assert_eq!(
+        e["message"],
+        format!("Apply failed with 1 conflict: conflict with \"other\" using {G}/{V}: .spec.size")
+    );
+    assert_eq!(
+        e["details"]["causes"],
+        json!([{"type": "FieldManagerConflict", "message": format!("conflict with \"other\" using {G}/{V}"),
+                "field": ".spec.size"}])
+    );
+    let (_, got) = s.call("GET", &path, None).await;
+    assert_eq!(got["spec"]["size"], 2, "a refused apply writes nothing");
+
+    // Forced: the value and the ownership move to the applier.
+    let (code, f) = apply(&s, "default", "shared", "fieldManager=tester&force=true", &cfg(3)).await;
+    assert_eq!(code, StatusCode::OK, "{f}");
+    assert_eq!(f["spec"]["size"], 3);
+    assert_eq!(f["metadata"]["generation"], 3);
+    assert_eq!(
+        entry(&f, "tester", "Apply").map(|e| &e["fieldsV1"]),
+        Some(&json!({"f:spec": {"f:size": {}}}))
+    );
+    assert!(entry(&f, "other", "Update").is_none(), "{f}");
+
+    // An empty managedFields list clears them, as in kube; omitting them keeps them.
+    let (code, kept) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{kept}");
+    assert!(entry(&kept, "tester", "Apply").is_some(), "{kept}");
+    let (code, cleared) = s
+        .call_ct(
+            "PATCH",
+            &path,
+            "application/merge-patch+json",
+            Some(&json!({"metadata": {"managedFields": []}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{cleared}");
+    assert!(cleared["metadata"].get("managedFields").is_none(), "{cleared}");
+
+    // The options kube validates: apply needs a manager, other patches take no force.
+    let (code, e) = apply(&s, "default", "shared", "force=true", &cfg(4)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(
+        e["message"],
+        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+    );
+    let (code, e) = s
+        .call_ct(
+            "PATCH",
+            &format!("{path}?force=true"),
+            "application/merge-patch+json",
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    // The body must be this object: other names and versions are refused.
+    let (code, e) = apply(
+        &s,
+        "default",
+        "shared",
+        "fieldManager=tester",
+        &cfg(4).replace("shared", "other-name"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{e}");
+    let (code, e) = apply(&s, "default", "shared", "fieldManager=tester", &cfg(4).replace(V, "v9")).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{e}");
+    let (code, e) = apply(&s, "default", "shared", "fieldManager=tester", "{: not yaml").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{e}");
+    s.stop().await;
+}
+
+/// The requests of `kubectl apply` (client-side), `kubectl label`, `kubectl patch --type=json`
+/// and `kubectl apply --server-side`, as recorded in `aggregated-requests.jsonl`.
+const KUBECTL_UA: &str = "kubectl/v1.35.2 (linux/amd64) kubernetes/fdc9d74";
+const CSA_BODY: &str = "{\"apiVersion\":\"wardle.example.com/v1alpha1\",\"kind\":\"Flunder\",\"metadata\":{\"annotations\":{\"kubectl.kubernetes.io/last-applied-configuration\":\"{\\\"apiVersion\\\":\\\"wardle.example.com/v1alpha1\\\",\\\"kind\\\":\\\"Flunder\\\",\\\"metadata\\\":{\\\"annotations\\\":{},\\\"labels\\\":{\\\"app\\\":\\\"demo\\\"},\\\"name\\\":\\\"f2\\\",\\\"namespace\\\":\\\"default\\\"},\\\"spec\\\":{}}\\n\"},\"labels\":{\"app\":\"demo\"},\"name\":\"f2\",\"namespace\":\"default\"},\"spec\":{}}\n";
+const SSA_PATH: &str = "/apis/wardle.example.com/v1alpha1/namespaces/default/flunders/f2?fieldManager=kubectl&fieldValidation=Ignore&force=false";
+const SSA_BODY: &str = "{\"apiVersion\":\"wardle.example.com/v1alpha1\",\"kind\":\"Flunder\",\"metadata\":{\"labels\":{\"app\":\"demo\"},\"name\":\"f2\",\"namespace\":\"default\"},\"spec\":{}}\n";
+
+/// The recorded request with `method` and `path` prefix, when the contract is present.
+fn recorded(method: &str, path: &str) -> Option<Value> {
+    let file = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/contract/aggregated-requests.jsonl"
+    ));
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["method"] == method && r["path"].as_str().is_some_and(|p| p.starts_with(path)))
+}
+
+#[tokio::test]
+async fn kubectl_server_side_apply_request_succeeds() {
+    // Keep the constants honest against the recording when it is there.
+    if let Some(rec) = recorded("PATCH", SSA_PATH) {
+        assert_eq!(rec["path"], SSA_PATH);
+        assert_eq!(rec["body"], SSA_BODY);
+        assert_eq!(rec["headers"]["content-type"], APPLY);
+        assert_eq!(rec["headers"]["user-agent"], KUBECTL_UA);
+    }
+    let csa = recorded(
+        "POST",
+        &format!("{}?fieldManager=kubectl-client-side-apply", flunders("default")),
+    );
+    if let Some(rec) = &csa {
+        assert_eq!(rec["body"], CSA_BODY);
+    }
+    let s = Srv::start().await;
+    let ua = ("user-agent", KUBECTL_UA);
+    // kubectl apply (client-side) creates the object...
+    let (code, bytes) = s
+        .call_raw(
+            "POST",
+            &format!(
+                "{}?fieldManager=kubectl-client-side-apply&fieldValidation=Ignore",
+                flunders("default")
+            ),
+            &[ua, ("content-type", "application/json"), ("accept", "application/json")],
+            Bytes::from(CSA_BODY),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{}", String::from_utf8_lossy(&bytes));
+    let created: Value = serde_json::from_slice(&bytes).expect("json");
+    let csa_entry = entry(&created, "kubectl-client-side-apply", "Update").expect("client-side apply entry");
+    let want_meta = json!({"f:annotations": {".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}},
+                           "f:labels": {".": {}, "f:app": {}}});
+    assert_eq!(csa_entry["fieldsV1"]["f:metadata"], want_meta);
+    if let Some(rec) = &csa {
+        let head = rec["reference_body_head"].as_str().unwrap_or_default();
+        if let Ok(reference) = serde_json::from_str::<Value>(head) {
+            let r = entry(&reference, "kubectl-client-side-apply", "Update").expect("reference entry");
+            assert_eq!(r["fieldsV1"]["f:metadata"], want_meta);
+        }
+    }
+    // ...kubectl label adds one (the manager comes from the query)...
+    let (code, bytes) = s
+        .call_raw(
+            "PATCH",
+            &format!("{}/f2?fieldManager=kubectl-label", flunders("default")),
+            &[ua, ("content-type", "application/merge-patch+json")],
+            Bytes::from_static(b"{\"metadata\":{\"labels\":{\"extra\":\"yes\"}}}"),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    let labelled: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(
+        entry(&labelled, "kubectl-label", "Update").map(|e| &e["fieldsV1"]),
+        Some(&json!({"f:metadata": {"f:labels": {"f:extra": {}}}}))
+    );
+    // ...and without fieldManager the manager is the User-Agent's product.
+    let (code, bytes) = s
+        .call_raw(
+            "PATCH",
+            &format!("{}/f2", flunders("default")),
+            &[ua, ("content-type", "application/json-patch+json")],
+            Bytes::from_static(b"[{\"op\":\"add\",\"path\":\"/metadata/labels/j\",\"value\":\"k\"}]"),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    let patched: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(
+        entry(&patched, "kubectl", "Update").map(|e| &e["fieldsV1"]),
+        Some(&json!({"f:metadata": {"f:labels": {"f:j": {}}}}))
+    );
+
+    // kubectl apply --server-side, byte for byte.
+    let (code, bytes) = s
+        .call_raw(
+            "PATCH",
+            SSA_PATH,
+            &[ua, ("content-type", APPLY), ("accept", "application/json")],
+            Bytes::from(SSA_BODY),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    let applied: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(
+        applied["metadata"]["labels"],
+        json!({"app": "demo", "extra": "yes", "j": "k"})
+    );
+    let e = entry(&applied, "kubectl", "Apply").expect("Apply entry");
+    // The value the reference server recorded for this request.
+    assert_eq!(
+        e["fieldsV1"],
+        json!({"f:metadata": {"f:labels": {"f:app": {}}}, "f:spec": {}})
+    );
+    // Shared with client-side apply, which keeps its entry.
+    assert!(
+        entry(&applied, "kubectl-client-side-apply", "Update").is_some(),
+        "{applied}"
+    );
+    // kube keeps the client-side annotation in step with what kubectl applied server-side.
+    assert_eq!(
+        applied["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
+        SSA_BODY
+    );
+    // Entries come sorted with Apply first, as kube-apiserver writes them.
+    assert_eq!(applied["metadata"]["managedFields"][0]["operation"], "Apply");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn schema_tightened_after_restart_ratchets_unchanged_fields() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -922,5 +1281,33 @@ async fn schema_tightened_after_restart_ratchets_unchanged_fields() {
         causes(&v)[0].2,
         "Invalid value: 8: spec.size in body should be less than or equal to 5"
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn appliers_keep_each_others_finalizers() {
+    let s = Srv::start().await;
+    let cfg = |finalizer: &str| {
+        json!({"apiVersion": format!("{G}/{V}"), "kind": "Flunder",
+               "metadata": {"name": "fin", "finalizers": [finalizer]}})
+        .to_string()
+    };
+    let (code, v) = apply(&s, "default", "fin", "fieldManager=one", &cfg("example.com/one")).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let (code, v) = apply(&s, "default", "fin", "fieldManager=two", &cfg("example.com/two")).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["metadata"]["finalizers"],
+        json!(["example.com/one", "example.com/two"])
+    );
+    assert_eq!(
+        entry(&v, "two", "Apply").map(|e| &e["fieldsV1"]),
+        Some(&json!({"f:metadata": {"f:finalizers": {"v:\"example.com/two\"": {}}}}))
+    );
+    // `one` applies without its finalizer: only that one is released.
+    let none = json!({"apiVersion": format!("{G}/{V}"), "kind": "Flunder", "metadata": {"name": "fin"}}).to_string();
+    let (code, v) = apply(&s, "default", "fin", "fieldManager=one", &none).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"]["finalizers"], json!(["example.com/two"]));
     s.stop().await;
 }

@@ -2,7 +2,10 @@
 //! [`Storage`]. Keys are `/<plural>/<namespace>/<name>` (namespace empty for cluster scope),
 //! so every list is a key prefix.
 
+mod apply;
 mod delete;
+mod fields;
+mod managed;
 mod object;
 mod output;
 mod schema;
@@ -80,10 +83,22 @@ pub(crate) struct Cx {
     pub status_sub: bool,
     pub query: HashMap<String, String>,
     pub form: output::Form,
+    /// Who this write's fields belong to (`fieldManager`, else the User-Agent's product).
+    pub manager: String,
 }
 
 impl Cx {
     fn new(group: &str, req: &ResourceRequest) -> Cx {
+        let query: HashMap<String, String> = query_pairs(&req.query).collect();
+        let user_agent = req
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let manager = managed::default_manager(
+            query.get("fieldManager").map(String::as_str).unwrap_or_default(),
+            user_agent,
+        );
         Cx {
             group: group.to_string(),
             api_version: format!("{group}/{}", req.info.api_version),
@@ -91,8 +106,9 @@ impl Cx {
             namespace: req.info.namespace.clone(),
             name: req.info.name.clone(),
             status_sub: req.info.subresource == "status",
-            query: query_pairs(&req.query).collect(),
+            query,
             form: output::negotiate(&req.headers),
+            manager,
         }
     }
 
@@ -143,7 +159,16 @@ impl Cx {
     /// unknown field is a 400, as kube-apiserver's strict decoding answers.
     fn prune_request(&self, v: &mut Value) -> Result<(), Status> {
         let Some(s) = self.schema() else { return Ok(()) };
-        let pruned = schema::prune_and_default(v, s);
+        self.strict(schema::prune_and_default(v, s))
+    }
+
+    /// [`Cx::prune_request`] without defaults, for a server-side apply configuration.
+    fn prune_config(&self, v: &mut Value) -> Result<(), Status> {
+        let Some(s) = self.schema() else { return Ok(()) };
+        self.strict(schema::prune_only(v, s))
+    }
+
+    fn strict(&self, pruned: Vec<String>) -> Result<(), Status> {
         if pruned.is_empty() || self.q("fieldValidation") != "Strict" {
             return Ok(());
         }
@@ -293,10 +318,12 @@ impl StorageHandler {
                 "create",
             ));
         }
+        managed::validate_options(cx, "CreateOptions", false)?;
         let mut v = object::decode(cx, body)?;
         cx.prune_request(&mut v)?;
         object::prepare_create(cx, &mut v)?;
         cx.validate(&v, None)?;
+        managed::track_update(cx, None, &mut v);
         let name = object::name_of(&v);
         self.namespaces
             .admit_create(&cx.namespace, &cx.group, &cx.res.plural, &name)
@@ -316,6 +343,7 @@ impl StorageHandler {
     }
 
     async fn update(&self, cx: &Cx, body: &[u8]) -> Result<Response<Body>, Status> {
+        managed::validate_options(cx, "UpdateOptions", false)?;
         let v = object::decode(cx, body)?;
         if object::name_of(&v) != cx.name {
             return Err(Status::bad_request(format!(
@@ -355,9 +383,15 @@ impl StorageHandler {
         let mut old = old.clone();
         cx.prune_and_default(&mut old);
         cx.prune_request(&mut new)?;
-        let next = object::prepare_update(cx, &old, new, cx.has_status())?;
+        let mut next = object::prepare_update(cx, &old, new, cx.has_status())?;
         // The whole object, also for /status: kube validates what would be stored.
         cx.validate(&next, Some(&old))?;
+        managed::track_update(cx, Some(&old), &mut next);
+        self.write_prepared(cx, next, rv).await
+    }
+
+    /// Writes the prepared `next` if the stored object is still at `rv`.
+    async fn write_prepared(&self, cx: &Cx, next: Value, rv: u64) -> Result<Response<Body>, Status> {
         let key = cx.key(&cx.name);
         let pre = Preconditions {
             resource_version: Some(rv),
@@ -400,8 +434,10 @@ impl StorageHandler {
         let merge = match kind.as_str() {
             "application/merge-patch+json" => true,
             "application/json-patch+json" => false,
+            "application/apply-patch+yaml" => return self.apply(cx, &req.body).await,
             _ => return Err(Status::unsupported_media_type(ct)),
         };
+        managed::validate_options(cx, "PatchOptions", false)?;
         let patch: Value =
             serde_json::from_slice(&req.body).map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
         let json_patch: Option<json_patch::Patch> = if merge {

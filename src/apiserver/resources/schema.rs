@@ -36,6 +36,14 @@ pub fn prune_and_default(obj: &mut Value, schema: &Value) -> Vec<String> {
     pruned
 }
 
+/// Only the pruning of [`prune_and_default`]: for an applied configuration, whose manager must
+/// not come to own fields that defaulting fills in.
+pub fn prune_only(obj: &mut Value, schema: &Value) -> Vec<String> {
+    let mut pruned = Vec::new();
+    prune(obj, Some(schema), true, "", &mut pruned);
+    pruned
+}
+
 fn join(path: &str, k: &str) -> String {
     if path.is_empty() {
         k.to_string()
