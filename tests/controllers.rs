@@ -771,3 +771,58 @@ async fn server_side_apply_is_admitted_and_validated_like_other_writes() {
         "an apply update is validated too: {v}"
     );
 }
+
+#[tokio::test]
+async fn list_resource_version_semantics() {
+    let h = harness().await;
+    let ns = "rv";
+    let first = h.create(ns, &flunder("a", json!({}))).await;
+    let rv: u64 = first["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("rv");
+    let hr = &h;
+    let list = |q: String| {
+        let uri = path(ns, &format!("?{q}"));
+        async move { hr.call("GET", &uri, &[], None).await }
+    };
+    let (code, v) = list("resourceVersionMatch=NotOlderThan".into()).await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid")),
+        "{v}"
+    );
+    assert_eq!(
+        list(format!("resourceVersion={rv}&resourceVersionMatch=Exact")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(list("resourceVersion=0".into()).await.0, StatusCode::OK);
+    h.create(ns, &flunder("b", json!({}))).await;
+    let (code, v) = list(format!("resourceVersion={rv}&resourceVersionMatch=Exact")).await;
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (StatusCode::GONE, Some("Expired")),
+        "no old snapshots: {v}"
+    );
+    let (code, v) = list("resourceVersion=abc".into()).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+
+    // A version not reached yet is waited for: the list answers once a write gets there.
+    let next = rv + 2;
+    let waiting = list(format!("resourceVersion={next}&resourceVersionMatch=NotOlderThan"));
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.create(ns, &flunder("c", json!({}))).await
+    };
+    let ((code, v), _) = tokio::join!(waiting, write);
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["items"].as_array().map(Vec::len),
+        Some(3),
+        "includes the awaited write"
+    );
+    // Never reached: 504 ResourceVersionTooLarge after the wait.
+    let (code, v) = list(format!("resourceVersion={}", next + 100)).await;
+    assert_eq!(code, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    assert_eq!(v["details"]["causes"][0]["reason"], "ResourceVersionTooLarge");
+}

@@ -3,6 +3,7 @@
 //! so every list is a key prefix.
 
 mod apply;
+mod consistency;
 mod delete;
 mod fields;
 mod managed;
@@ -54,7 +55,7 @@ impl ResourceHandler for StorageHandler {
             let cx = Cx::new(&self.group, &req);
             let r = match req.info.verb.as_str() {
                 "get" => self.get(&cx),
-                "list" => self.list(&cx),
+                "list" => self.list(&cx).await,
                 "watch" => Ok(watch::serve(self.storage.as_ref(), &cx, req.shutdown.clone())),
                 "create" => self.create(&cx, &req.body).await,
                 "update" => self.update(&cx, &req.body).await,
@@ -257,7 +258,8 @@ impl StorageHandler {
         Ok(json_response(StatusCode::OK, obj.json.clone()))
     }
 
-    fn list(&self, cx: &Cx) -> Result<Response<Body>, Status> {
+    async fn list(&self, cx: &Cx) -> Result<Response<Body>, Status> {
+        consistency::check_list(cx, self.storage.as_ref()).await?;
         let sel = cx.selector()?;
         let limit = match cx.q("limit") {
             "" | "0" => None,

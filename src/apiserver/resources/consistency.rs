@@ -1,0 +1,93 @@
+//! `resourceVersion` and `resourceVersionMatch` on a list, as kube-apiserver reads them. The
+//! store serves the latest state only (no historical snapshots), so:
+//! - unset, `"0"` or `NotOlderThan` N ≤ current: the current state;
+//! - N beyond the current version: wait briefly for it (a client that read from another
+//!   replica), then 504 `ResourceVersionTooLarge`, which client-go retries;
+//! - `Exact` N: served when N is the current version, else 410 Expired (the snapshot is gone).
+
+use super::Cx;
+use crate::apiserver::status::Status;
+use crate::storage::Store;
+use http::StatusCode;
+use serde_json::{json, Map};
+use std::time::Duration;
+
+/// How long a list waits for a resourceVersion it has not reached (kube-apiserver: 3 s).
+const WAIT_FOR_RV: Duration = Duration::from_secs(3);
+
+fn invalid(field: &str, message: &str) -> Status {
+    Status::invalid(
+        "meta.k8s.io",
+        "ListOptions",
+        "",
+        &[(field.to_string(), message.to_string())],
+    )
+}
+
+/// Checks the list's version options against the store, waiting for a future version.
+pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<(), Status> {
+    let rv = cx.q("resourceVersion");
+    let rv_match = cx.q("resourceVersionMatch");
+    let cont = cx.q("continue");
+    if !rv_match.is_empty() && rv.is_empty() {
+        return Err(invalid(
+            "resourceVersionMatch",
+            "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+        ));
+    }
+    if !cont.is_empty() && !rv.is_empty() && rv != "0" {
+        return Err(invalid(
+            "resourceVersion",
+            "Forbidden: specifying resource version is not allowed when using continue",
+        ));
+    }
+    let exact = match rv_match {
+        "" | "NotOlderThan" => false,
+        "Exact" => true,
+        other => {
+            return Err(invalid(
+                "resourceVersionMatch",
+                &format!("Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""),
+            ))
+        }
+    };
+    if rv.is_empty() || (rv == "0" && !exact) {
+        return Ok(());
+    }
+    if rv == "0" {
+        return Err(invalid(
+            "resourceVersionMatch",
+            "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+        ));
+    }
+    let want: u64 = rv
+        .parse()
+        .map_err(|_| Status::bad_request(format!("invalid resource version: {rv:?}")))?;
+    let deadline = tokio::time::Instant::now() + WAIT_FOR_RV;
+    while store.current_rv() < want {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(too_large(want, store.current_rv()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let current = store.current_rv();
+    if exact && want != current {
+        return Err(Status::expired(format!("too old resource version: {want} ({current})")));
+    }
+    Ok(())
+}
+
+fn too_large(want: u64, current: u64) -> Status {
+    let mut details = Map::new();
+    details.insert(
+        "causes".into(),
+        json!([{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]),
+    );
+    details.insert("retryAfterSeconds".into(), json!(1));
+    Status {
+        code: StatusCode::GATEWAY_TIMEOUT,
+        reason: "Timeout",
+        message: format!("Too large resource version: {want}, current: {current}"),
+        details: Some(details),
+    }
+}
