@@ -253,10 +253,7 @@ impl App {
                     "extension-apiserver-authentication not loaded yet",
                 ),
             ),
-            (
-                "namespace-lifecycle",
-                unless(self.namespaces.ready(), "namespaces not synced yet"),
-            ),
+            ("namespace-lifecycle", self.namespaces.not_ready()),
             ("storage", self.resources.unhealthy()),
         ]
     }

@@ -32,6 +32,8 @@ pub struct Watched {
     store: Store<PartialObjectMeta<Namespace>>,
     api: Api<Namespace>,
     synced: Arc<AtomicBool>,
+    /// The last watch error, shown by `/readyz` while unsynced (usually missing RBAC).
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// What the lifecycle check knows of one namespace.
@@ -54,6 +56,8 @@ impl Namespaces {
             .touched_objects();
         let flag = synced.clone();
         let ready = store.clone();
+        let last_error: Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let errors = last_error.clone();
         tokio::spawn(async move {
             if ready.wait_until_ready().await.is_ok() {
                 flag.store(true, Ordering::Relaxed);
@@ -63,20 +67,34 @@ impl Namespaces {
         tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(r) = stream.next().await {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "namespace watch failed; retrying with backoff");
+                let err = r.err().map(|e| e.to_string());
+                if let Some(e) = &err {
+                    tracing::warn!(error = %e, "namespace watch failed; retrying with backoff (the server needs get/list/watch on namespaces)");
+                }
+                if let Ok(mut last) = errors.lock() {
+                    *last = err;
                 }
             }
         });
-        Arc::new(Namespaces::Watched(Box::new(Watched { store, api, synced })))
+        Arc::new(Namespaces::Watched(Box::new(Watched {
+            store,
+            api,
+            synced,
+            last_error,
+        })))
     }
 
-    /// Whether creates can be admitted (the cache has synced).
-    pub fn ready(&self) -> bool {
-        match self {
-            Namespaces::Any => true,
-            Namespaces::Watched(w) => w.synced.load(Ordering::Relaxed),
+    /// Why creates cannot be admitted yet (the cache has not synced), if so.
+    pub fn not_ready(&self) -> Option<String> {
+        let Namespaces::Watched(w) = self else { return None };
+        if w.synced.load(Ordering::Relaxed) {
+            return None;
         }
+        let last = w.last_error.lock().ok().and_then(|l| l.clone());
+        Some(match last {
+            Some(e) => format!("namespaces not synced yet: {e}"),
+            None => "namespaces not synced yet".into(),
+        })
     }
 
     /// Refuses a create of `name` (of `plural` in `group`) in `ns` when the namespace does not
