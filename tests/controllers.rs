@@ -844,3 +844,69 @@ async fn idle_watches_get_periodic_bookmarks_in_their_form() {
     assert_eq!(e["object"]["kind"], "PartialObjectMetadata");
     assert_eq!(e["object"]["metadata"]["resourceVersion"], rv.as_str());
 }
+
+#[tokio::test]
+async fn versions_differ_only_in_api_version() {
+    let h = harness().await;
+    // Serve v1beta1 too (through a configuration reload), like a CRD with conversion None.
+    let two = apiserver::STANDALONE_CONFIG
+        .replace("versions: [v1alpha1]", "versions: [v1alpha1, v1beta1]")
+        .replace(
+            "      - name: v1alpha1\n",
+            "      - name: v1beta1\n      - name: v1alpha1\n",
+        );
+    assert_ne!(two, apiserver::STANDALONE_CONFIG);
+    std::fs::write(&h.config, &two).expect("config");
+    until("v1beta1 to be served", async || {
+        h.call("GET", &format!("/apis/{G}/v1beta1"), &[], None).await.0 == StatusCode::OK
+    })
+    .await;
+    let beta = |ns: &str, rest: &str| format!("/apis/{G}/v1beta1/namespaces/{ns}/flunders{rest}");
+    let created = h.create("mv", &flunder("f", json!({}))).await;
+    let watch = beta(
+        "mv",
+        &format!(
+            "?watch=true&resourceVersion={}",
+            created["metadata"]["resourceVersion"].as_str().expect("rv")
+        ),
+    );
+    let mut ev = Events::new(h.raw("GET", &watch, &[], Bytes::new()).await);
+
+    let (code, got) = h.call("GET", &beta("mv", "/f"), &[], None).await;
+    assert_eq!(code, StatusCode::OK, "{got}");
+    assert_eq!(got["apiVersion"], format!("{G}/v1beta1"));
+    assert_eq!(got["metadata"]["uid"], created["metadata"]["uid"]);
+    assert_eq!(got["spec"], created["spec"]);
+    let (_, list) = h.call("GET", &beta("mv", ""), &[], None).await;
+    assert_eq!(list["items"][0]["apiVersion"], format!("{G}/v1beta1"));
+
+    let merge = [("content-type", "application/merge-patch+json")];
+    let (code, patched) = h
+        .call(
+            "PATCH",
+            &beta("mv", "/f"),
+            &merge,
+            Some(&json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{patched}");
+    assert_eq!(patched["apiVersion"], format!("{G}/v1beta1"));
+    assert_eq!(
+        patched["metadata"]["generation"], 1,
+        "a version change is not a spec change"
+    );
+    let e = ev.next().await;
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["apiVersion"].as_str()),
+        (Some("MODIFIED"), Some("wardle.example.com/v1beta1"))
+    );
+
+    let (_, alpha) = h.call("GET", &path("mv", "/f"), &[], None).await;
+    assert_eq!(alpha["apiVersion"], format!("{G}/{V}"));
+    assert_eq!(alpha["metadata"]["labels"]["x"], "y");
+    let (code, v) = h.call("DELETE", &beta("mv", "/f"), &[], None).await;
+    assert_eq!(
+        (code, v["apiVersion"].as_str()),
+        (StatusCode::OK, Some("wardle.example.com/v1beta1"))
+    );
+}

@@ -50,7 +50,8 @@ impl StorageHandler {
             if pinned.as_ref().is_some_and(|rv| *rv != old.rv.to_string()) {
                 return Err(cx.conflict(&cx.name, Status::STALE));
             }
-            let live = old.value();
+            let mut live = old.value();
+            cx.at_version(&mut live);
             let mut next = managed::apply_update(cx, &live, &cfg, force(cx))?;
             // As in write_update: defaults filled and the result validated against what was
             // there (unchanged invalid parts are tolerated).
@@ -60,7 +61,7 @@ impl StorageHandler {
             cx.validate(&next, Some(&before))?;
             // Nothing to change, not even ownership: no write, no new resourceVersion.
             if next == live {
-                return Ok(json_response(StatusCode::OK, old.json.clone()));
+                return Ok(json_response(StatusCode::OK, cx.bytes_of(&old)));
             }
             match self.write_prepared(cx, next, old.rv).await {
                 Err(s) if s.reason == "Conflict" && pinned.is_none() => continue,

@@ -93,7 +93,8 @@ impl StorageHandler {
     pub(super) async fn delete(&self, cx: &Cx, body: &[u8]) -> Result<Response<Body>, Status> {
         let opts = parse(body)?;
         let cx = with_dry_run(cx, &opts);
-        let (value, gone) = self.delete_one(&cx, &cx.name, &opts).await?;
+        let (mut value, gone) = self.delete_one(&cx, &cx.name, &opts).await?;
+        cx.at_version(&mut value);
         let code = if !gone && opts.accepted_if_kept {
             StatusCode::ACCEPTED
         } else {
@@ -190,7 +191,10 @@ impl StorageHandler {
                 ..cx.clone()
             };
             match self.delete_one(&one, &o.name, &opts).await {
-                Ok((v, _)) => items.push(v),
+                Ok((mut v, _)) => {
+                    cx.at_version(&mut v);
+                    items.push(v)
+                }
                 // Deleted meanwhile: the goal is reached.
                 Err(s) if s.code == StatusCode::NOT_FOUND => {}
                 Err(s) => return Err(s),

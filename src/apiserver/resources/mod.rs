@@ -113,6 +113,24 @@ impl Cx {
         }
     }
 
+    /// The stored object as this request's version sees it: served versions differ only in
+    /// `apiVersion` (conversion strategy None), so the stored bytes are reused when they match.
+    pub fn bytes_of(&self, o: &crate::storage::Object) -> Bytes {
+        if o.api_version == self.api_version {
+            return o.json.clone();
+        }
+        let mut v = o.value();
+        self.at_version(&mut v);
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    }
+
+    /// Sets `apiVersion` to this request's version (see [`Cx::bytes_of`]).
+    pub fn at_version(&self, v: &mut Value) {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("apiVersion".into(), Value::String(self.api_version.clone()));
+        }
+    }
+
     pub fn q(&self, k: &str) -> &str {
         self.query.get(k).map(String::as_str).unwrap_or_default()
     }
@@ -255,7 +273,7 @@ impl StorageHandler {
         if let Some(v) = output::one(cx, cx.form, &obj.value()) {
             return Ok(value_response(StatusCode::OK, &v));
         }
-        Ok(json_response(StatusCode::OK, obj.json.clone()))
+        Ok(json_response(StatusCode::OK, cx.bytes_of(&obj)))
     }
 
     async fn list(&self, cx: &Cx) -> Result<Response<Body>, Status> {
@@ -306,7 +324,7 @@ impl StorageHandler {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(&o.json);
+            out.extend_from_slice(&cx.bytes_of(o));
         }
         out.extend_from_slice(b"]}");
         Ok(json_response(StatusCode::OK, out))
@@ -383,6 +401,9 @@ impl StorageHandler {
         // Both sides as kube-apiserver would see them (it prunes and defaults what it reads
         // from storage too), so a default added to the schema later is not a spec change.
         let mut old = old.clone();
+        // Compared and written at the request's version (versions differ only in apiVersion).
+        cx.at_version(&mut old);
+        cx.at_version(&mut new);
         cx.prune_and_default(&mut old);
         cx.prune_request(&mut new)?;
         let mut next = object::prepare_update(cx, &old, new, cx.has_status())?;
@@ -410,6 +431,7 @@ impl StorageHandler {
                 .await
                 .map_err(|e| cx.storage_err(&cx.name, e))?;
             let mut last = obj.value();
+            cx.at_version(&mut last);
             if let Some(m) = last.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.insert("finalizers".into(), json!([]));
             }
@@ -458,6 +480,7 @@ impl StorageHandler {
                 .ok_or_else(|| cx.not_found(&cx.name))?;
             // Patched as kube-apiserver would read it: pruned and defaulted.
             let mut old_v = old.value();
+            cx.at_version(&mut old_v);
             cx.prune_and_default(&mut old_v);
             let mut new = old_v.clone();
             match &json_patch {

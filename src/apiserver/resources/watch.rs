@@ -48,7 +48,7 @@ struct Render {
 impl Render {
     fn event(&mut self, type_: &str, o: &Object) -> Bytes {
         match self.cx.form {
-            Form::Object => line(type_, &o.json),
+            Form::Object => line(type_, &self.cx.bytes_of(o)),
             Form::Metadata => line(type_, &to_vec(&output::partial(&o.value()))),
             Form::Table => {
                 let meta = json!({"resourceVersion": o.rv.to_string()});
