@@ -703,11 +703,34 @@ async fn strict_field_validation_refuses_unknown_fields() {
     );
     assert_eq!(v["message"], "strict decoding error: unknown field \"spec.bogus\"");
     assert!(h.names("fv").await.is_empty());
-    // Ignore (and the default) prune silently.
-    let (code, v) = h
-        .call("POST", &path("fv", "?fieldValidation=Ignore"), &[], Some(&obj))
+    // The default (Warn) prunes and says so in a Warning header; Ignore prunes silently.
+    let r = h
+        .raw(
+            "POST",
+            &path("fv", "?dryRun=All"),
+            &[("content-type", "application/json")],
+            Bytes::from(obj.to_string()),
+        )
         .await;
-    assert_eq!(code, StatusCode::CREATED);
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let warnings: Vec<&str> = r
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(warnings, vec!["299 - \"unknown field \\\"spec.bogus\\\"\""]);
+    let r = h
+        .raw(
+            "POST",
+            &path("fv", "?fieldValidation=Ignore"),
+            &[("content-type", "application/json")],
+            Bytes::from(obj.to_string()),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(r.headers().get("warning").is_none());
+    let v: Value = serde_json::from_slice(&r.into_body().collect().await.expect("body").to_bytes()).expect("json");
     assert!(v["spec"].get("bogus").is_none());
     let merge = [("content-type", "application/merge-patch+json")];
     let (code, _) = h

@@ -64,7 +64,18 @@ impl ResourceHandler for StorageHandler {
                 "deletecollection" => self.delete_collection(&cx, &req.body).await,
                 v => Err(Status::method_not_supported(&self.group, &req.info.resource, v)),
             };
-            r.unwrap_or_else(Status::into_response)
+            let mut r = r.unwrap_or_else(Status::into_response);
+            let mut warnings = cx.warnings.lock().map(|w| w.clone()).unwrap_or_default();
+            // A patch retried after a lost write race reports its fields once.
+            let mut seen = std::collections::HashSet::new();
+            warnings.retain(|w| seen.insert(w.clone()));
+            for w in warnings {
+                // RFC 7234 warn-code 299 with a quoted text, as kube-apiserver writes it.
+                if let Ok(v) = HeaderValue::from_str(&format!("299 - {w:?}")) {
+                    r.headers_mut().append(header::WARNING, v);
+                }
+            }
+            r
         })
     }
 
@@ -84,6 +95,8 @@ pub(crate) struct Cx {
     pub status_sub: bool,
     pub query: HashMap<String, String>,
     pub form: output::Form,
+    /// `Warning` headers for the response (unknown fields under `fieldValidation=Warn`).
+    pub warnings: Arc<std::sync::Mutex<Vec<String>>>,
     /// Who this write's fields belong to (`fieldManager`, else the User-Agent's product).
     pub manager: String,
 }
@@ -109,6 +122,7 @@ impl Cx {
             status_sub: req.info.subresource == "status",
             query,
             form: output::negotiate(&req.headers),
+            warnings: Default::default(),
             manager,
         }
     }
@@ -187,11 +201,23 @@ impl Cx {
         self.strict(schema::prune_only(v, s))
     }
 
+    /// What `fieldValidation` makes of pruned fields: `Strict` refuses them, `Warn` (the
+    /// default, as in kube-apiserver) answers with a `Warning` header each, `Ignore` drops them.
     fn strict(&self, pruned: Vec<String>) -> Result<(), Status> {
-        if pruned.is_empty() || self.q("fieldValidation") != "Strict" {
+        if pruned.is_empty() {
             return Ok(());
         }
         let fields: Vec<String> = pruned.iter().map(|p| format!("unknown field {p:?}")).collect();
+        match self.q("fieldValidation") {
+            "Strict" => {}
+            "Ignore" => return Ok(()),
+            _ => {
+                if let Ok(mut w) = self.warnings.lock() {
+                    w.extend(fields);
+                }
+                return Ok(());
+            }
+        }
         Err(Status::bad_request(format!(
             "strict decoding error: {}",
             fields.join(", ")
