@@ -590,6 +590,7 @@ mod tests {
             query: HashMap::new(),
             form: super::super::output::Form::Object,
             manager: manager.into(),
+            warnings: Default::default(),
         }
     }
 
