@@ -498,12 +498,32 @@ fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Bui
                     automount_service_account_token: Some(true),
                     containers: vec![container],
                     volumes: Some(volumes),
+                    security_context: bundled.then(bundled_pod_security),
                     ..Default::default()
                 }),
             },
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// The bundled image's user (distroless `nonroot`). `fsGroup` makes a PersistentVolume's data
+/// directory writable by it (volumes are usually root-owned); `OnRootMismatch` skips the
+/// recursive chown of a large volume on every start.
+fn bundled_pod_security() -> k8s_openapi::api::core::v1::PodSecurityContext {
+    const NONROOT: i64 = 65532;
+    k8s_openapi::api::core::v1::PodSecurityContext {
+        run_as_user: Some(NONROOT),
+        run_as_group: Some(NONROOT),
+        run_as_non_root: Some(true),
+        fs_group: Some(NONROOT),
+        fs_group_change_policy: Some("OnRootMismatch".to_string()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
     }
 }
 
@@ -807,15 +827,12 @@ mod tests {
             Some("Recreate"),
             "a RWO volume cannot surge"
         );
-        let data = d
-            .template
-            .spec
-            .unwrap()
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "data")
-            .unwrap();
+        let pod = d.template.spec.unwrap();
+        // The volume is root-owned; fsGroup lets the nonroot server write its data.
+        let psc = pod.security_context.clone().unwrap();
+        assert_eq!((psc.run_as_user, psc.fs_group), (Some(65532), Some(65532)));
+        assert_eq!(psc.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
+        let data = pod.volumes.unwrap().into_iter().find(|v| v.name == "data").unwrap();
         assert_eq!(data.persistent_volume_claim.unwrap().claim_name, "wardle-data");
     }
 
