@@ -104,6 +104,20 @@ impl H {
 
     /// A request through the front proxy as an admin, as the aggregator forwards it.
     async fn raw(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: Bytes) -> http::Response<Incoming> {
+        self.raw_as("admin", &["system:masters"], method, uri, headers, body)
+            .await
+    }
+
+    /// A request through the front proxy as `user` in `groups` (and system:authenticated).
+    async fn raw_as(
+        &self,
+        user: &str,
+        groups: &[&str],
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> http::Response<Incoming> {
         let mut c = tk::connect(self.server.addr, &self.serving_ca.cert_pem, Some(&self.front), true)
             .await
             .expect("connect");
@@ -111,9 +125,11 @@ impl H {
             .method(method)
             .uri(uri)
             .header("host", "127.0.0.1")
-            .header("x-remote-user", "admin")
-            .header("x-remote-group", "system:masters")
+            .header("x-remote-user", user)
             .header("x-remote-group", "system:authenticated");
+        for g in groups {
+            b = b.header("x-remote-group", *g);
+        }
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -851,21 +867,33 @@ async fn list_resource_version_semantics() {
 }
 
 #[tokio::test]
-async fn idle_watches_get_periodic_bookmarks_in_their_form() {
+async fn idle_watch_lists_get_periodic_bookmarks_in_their_form() {
     let h = harness().await;
-    let created = h.create("bm", &flunder("a", json!({}))).await;
-    let rv = created["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
+    let first = h.create("bm", &flunder("a", json!({}))).await;
+    let last = h.create("bm", &flunder("b", json!({}))).await;
+    let from = first["metadata"]["resourceVersion"].as_str().expect("rv");
+    let now = last["metadata"]["resourceVersion"].as_str().expect("rv");
+    // kube-controller-manager's metadata informer, from a version older than the current one.
     let uri = path(
         "bm",
-        &format!("?allowWatchBookmarks=true&resourceVersion={rv}&watch=true"),
+        &format!("?allowWatchBookmarks=true&resourceVersion={from}&resourceVersionMatch=NotOlderThan&sendInitialEvents=true&watch=true"),
     );
     let mut ev = Events::new(h.raw("GET", &uri, &[("accept", METADATA)], Bytes::new()).await);
-    // Nothing changes: the next event is a bookmark (sent every 10 s), carrying the version a
-    // reconnecting informer can resume from.
+    for _ in 0..2 {
+        assert_eq!(ev.next().await["type"], "ADDED");
+    }
+    let end = ev.next().await;
+    assert_eq!(
+        end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    assert_eq!(end["object"]["metadata"]["resourceVersion"], now);
+    // Nothing changes: the next event is a periodic bookmark (every 10 s), which must not take
+    // the informer back to the version it asked for.
     let e = ev.next().await;
     assert_eq!(e["type"], "BOOKMARK", "{e}");
     assert_eq!(e["object"]["kind"], "PartialObjectMetadata");
-    assert_eq!(e["object"]["metadata"]["resourceVersion"], rv.as_str());
+    assert_eq!(e["object"]["metadata"]["resourceVersion"], now);
 }
 
 #[tokio::test]
@@ -932,4 +960,131 @@ async fn versions_differ_only_in_api_version() {
         (code, v["apiVersion"].as_str()),
         (StatusCode::OK, Some("wardle.example.com/v1beta1"))
     );
+}
+
+/// Everything a watch sends until it ends (use `timeoutSeconds`).
+async fn all_events(r: http::Response<Incoming>) -> Vec<Value> {
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = tokio::time::timeout(Duration::from_secs(20), r.into_body().collect())
+        .await
+        .expect("watch ends")
+        .expect("body")
+        .to_bytes();
+    body.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("event"))
+        .collect()
+}
+
+#[tokio::test]
+async fn field_selectors_cannot_widen_what_was_authorized() {
+    let h = harness().await;
+    for n in ["allowed", "secret"] {
+        h.create("ns", &flunder(n, json!({}))).await;
+    }
+    // Reads are allowed only by resourceNames: ["allowed"].
+    h.double.set_sar_policy(std::sync::Arc::new(|spec: &Value| {
+        let ra = &spec["resourceAttributes"];
+        let ok = !matches!(ra["verb"].as_str(), Some("get" | "list" | "watch")) || ra["name"] == "allowed";
+        (ok, String::new())
+    }));
+    let alice = async |uri: &str| h.raw_as("alice", &[], "GET", uri, &[], Bytes::new()).await;
+    assert_eq!(
+        alice(&path("ns", "")).await.status(),
+        StatusCode::FORBIDDEN,
+        "an unnamed list is not allowed"
+    );
+    // The legacy watch path names "allowed" but the selector asks for "secret".
+    let legacy = format!("/apis/{G}/{V}/watch/namespaces/ns/flunders/allowed?fieldSelector=metadata.name%3Dsecret");
+    assert_eq!(alice(&legacy).await.status(), StatusCode::BAD_REQUEST);
+    // Repeated selectors: the first is authorized, so the first is served (as Go reads them).
+    let twice = path(
+        "ns",
+        "?watch=1&timeoutSeconds=1&fieldSelector=metadata.name%3Dallowed&fieldSelector=metadata.namespace%3Dns",
+    );
+    let names: Vec<String> = all_events(alice(&twice).await)
+        .await
+        .iter()
+        .map(|e| e["object"]["metadata"]["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(names, vec!["allowed"]);
+}
+
+#[tokio::test]
+async fn malformed_writes_are_refused_and_change_nothing() {
+    let h = harness().await;
+    let stored = h.create("bad", &flunder("f", json!({"app": "x"}))).await;
+    let merge = [("content-type", "application/merge-patch+json")];
+    let jsonp = [("content-type", "application/json-patch+json")];
+
+    // A create without a namespace on a namespaced resource: 405, never an unreachable object.
+    let (code, _) = h
+        .call(
+            "POST",
+            &format!("/apis/{G}/{V}/flunders"),
+            &[],
+            Some(&flunder("x", json!({}))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    // Unsupported dryRun values are refused, not taken as a real write.
+    for q in ["dryRun=true", "dryRun=All&dryRun="] {
+        let (code, _) = h
+            .call(
+                "POST",
+                &path("bad", &format!("?{q}")),
+                &[],
+                Some(&flunder("g", json!({}))),
+            )
+            .await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{q}");
+    }
+    // Patches whose result is not a Flunder.
+    for body in [json!(1), json!({"kind": "Other"}), json!({"metadata": 5})] {
+        let (code, v) = h.call("PATCH", &path("bad", "/f"), &merge, Some(&body)).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+    let (code, _) = h
+        .call(
+            "PATCH",
+            &path("bad", "/f"),
+            &jsonp,
+            Some(&json!([{"op": "replace", "path": "", "value": 1}])),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    // A small JSON patch that doubles the object per operation.
+    let doubling: Vec<Value> = (0..40)
+        .map(|i| json!({"op": "copy", "from": "/metadata", "path": format!("/metadata/annotations/a{i}")}))
+        .collect();
+    let (code, v) = h
+        .call("PATCH", &path("bad", "/f"), &jsonp, Some(&Value::Array(doubling)))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    // Metadata of the wrong shape (client-go could no longer decode the list).
+    let (code, v) = h
+        .call(
+            "PATCH",
+            &path("bad", "/f"),
+            &merge,
+            Some(&json!({"metadata": {"labels": {"n": 1}}})),
+        )
+        .await;
+    assert_eq!(
+        (code, v["details"]["causes"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("metadata.labels.n"))
+    );
+    // Nesting deeper than can be stored and read back.
+    let mut deep = json!({});
+    for _ in 0..110 {
+        deep = json!({"a": deep});
+    }
+    let mut obj = flunder("deep", json!({}));
+    obj["status"] = deep;
+    let (code, v) = h.call("POST", &path("bad", ""), &[], Some(&obj)).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+
+    let (_, now) = h.call("GET", &path("bad", "/f"), &[], None).await;
+    assert_eq!(now, stored, "nothing above changed the object");
+    assert_eq!(h.names("bad").await, vec!["f"]);
 }

@@ -113,6 +113,8 @@ pub struct App {
     pub served: std::sync::RwLock<Arc<Served>>,
     /// Concurrency limits of resource requests.
     pub inflight: super::inflight::InFlight,
+    /// The failing readiness checks last logged, so a change is logged once.
+    pub ready_log: std::sync::Mutex<String>,
     /// Namespace lifecycle: creates need a namespace that exists and is not terminating.
     pub namespaces: Arc<super::namespaces::Namespaces>,
     /// Certificate-based authentication configuration.
@@ -242,8 +244,28 @@ impl App {
         }
     }
 
-    /// What `/readyz` needs besides not shutting down.
+    /// What `/readyz` needs besides not shutting down; failures are logged when they change.
     fn ready_checks(&self) -> Vec<health::Check<'static>> {
+        let checks = self.ready_check_list();
+        let failing: Vec<String> = checks
+            .iter()
+            .filter_map(|(n, why)| why.as_ref().map(|w| format!("{n}: {w}")))
+            .collect();
+        let summary = failing.join("; ");
+        if let Ok(mut last) = self.ready_log.lock() {
+            if *last != summary {
+                if summary.is_empty() {
+                    tracing::info!("ready");
+                } else {
+                    tracing::warn!(failing = %summary, "not ready");
+                }
+                *last = summary;
+            }
+        }
+        checks
+    }
+
+    fn ready_check_list(&self) -> Vec<health::Check<'static>> {
         let unless = |ok: bool, why: &str| (!ok).then(|| why.to_string());
         vec![
             (
@@ -465,6 +487,9 @@ impl App {
         query: String,
     ) -> Response<Body> {
         let Some(resource) = self.lookup(&info) else {
+            if self.namespaced_without_namespace(&info) {
+                return method_not_allowed();
+            }
             return Status::not_found_path().into_response();
         };
         let mutating = matches!(
@@ -505,6 +530,16 @@ impl App {
             .await
     }
 
+    /// A namespaced resource's collection addressed without a namespace by a verb other than
+    /// list or watch: 405, as kube-apiserver answers.
+    fn namespaced_without_namespace(&self, info: &RequestInfo) -> bool {
+        let served = self.served();
+        info.namespace.is_empty()
+            && info.parts.len() == 1
+            && discovery::resources_in(&served.config, &info.api_version)
+                .any(|r| r.plural == info.resource && r.scope == ResourceScope::Namespaced)
+    }
+
     /// The declared resource a resource request addresses, if the path has a valid shape for it.
     fn lookup(&self, info: &RequestInfo) -> Option<ServedResource> {
         let served = self.served();
@@ -521,10 +556,10 @@ impl App {
         let scope_ok = match r.scope {
             // Namespaced: a name needs a namespace; a collection may be listed across namespaces.
             // (A list's name comes from a `metadata.name` field selector, which is no path.)
+            // Across namespaces only list and watch exist (kube registers nothing else there);
+            // a create without a namespace would store an object no path can reach.
             ResourceScope::Namespaced => {
-                !info.namespace.is_empty()
-                    || info.name.is_empty()
-                    || (info.parts.len() == 1 && matches!(info.verb.as_str(), "list" | "watch" | "deletecollection"))
+                !info.namespace.is_empty() || (info.parts.len() == 1 && matches!(info.verb.as_str(), "list" | "watch"))
             }
             ResourceScope::Cluster => info.namespace.is_empty(),
         };

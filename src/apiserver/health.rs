@@ -6,7 +6,7 @@ pub type Check<'a> = (&'a str, Option<String>);
 /// Answers a health path: `(ok, body)`. Liveness only needs the process to run; readiness
 /// also needs every check in `ready_checks` to pass (authentication configuration, namespace
 /// cache, storage) and no shutdown under way. A failing `/readyz` lists each check as
-/// kube-apiserver does, so `kubectl get --raw /readyz?verbose` style debugging works.
+/// kube-apiserver does; the reasons themselves are logged by the caller.
 pub fn check(path: &str, ready_checks: &[Check<'_>], shutting_down: bool) -> (bool, String) {
     if path != "/readyz" {
         return (true, "ok".into());
@@ -16,9 +16,11 @@ pub fn check(path: &str, ready_checks: &[Check<'_>], shutting_down: bool) -> (bo
     for (name, why) in ready_checks {
         match why {
             None => body.push_str(&format!("[+]{name} ok\n")),
-            Some(why) => {
+            Some(_) => {
+                // As kube-apiserver: the reason goes to the log, not to whoever asks (the
+                // endpoint answers before authentication).
                 failed = true;
-                body.push_str(&format!("[-]{name} failed: {why}\n"));
+                body.push_str(&format!("[-]{name} failed: reason withheld\n"));
             }
         }
     }
@@ -52,7 +54,7 @@ mod tests {
         assert!(!ok);
         assert_eq!(
             body,
-            "[+]namespaces ok\n[-]storage failed: disk full\nreadyz check failed\n"
+            "[+]namespaces ok\n[-]storage failed: reason withheld\nreadyz check failed\n"
         );
         let (ok, body) = check("/readyz", &[], true);
         assert!(!ok && body.contains("[-]shutdown failed"));

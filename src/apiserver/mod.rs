@@ -253,6 +253,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         metrics: metrics::Metrics::new(cfg.resources.iter().map(|r| r.plural.clone())),
         served: std::sync::RwLock::new(handlers::Served::new(cfg)),
         inflight: inflight::InFlight::new(args.max_requests_inflight, args.max_mutating_requests_inflight),
+        ready_log: Default::default(),
         namespaces,
         auth: auth_state,
         tokens,

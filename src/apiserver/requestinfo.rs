@@ -150,13 +150,17 @@ impl RequestInfo {
 
         if info.name.is_empty() && info.verb == "get" {
             let mut watch = None;
+            let mut field_seen = false;
             for (k, v) in query_pairs(query) {
                 match k.as_str() {
                     // The first value counts, parsed like Go's strconv.ParseBool, as Kubernetes does.
                     "watch" if watch.is_none() => {
                         watch = Some(matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
                     }
-                    "fieldSelector" => {
+                    // Also the first value only: the handler reads the same one, so what is
+                    // authorized is what is served.
+                    "fieldSelector" if !field_seen => {
+                        field_seen = true;
                         if let Some(name) = exact_name(&v) {
                             info.name = name;
                         }
@@ -174,7 +178,7 @@ impl RequestInfo {
 }
 
 /// `metadata.name=<n>` (or `==`) as the only requirement of a field selector.
-fn exact_name(selector: &str) -> Option<String> {
+pub(crate) fn exact_name(selector: &str) -> Option<String> {
     if selector.contains(',') {
         return None;
     }

@@ -17,6 +17,7 @@ impl StorageHandler {
     pub(super) async fn apply(&self, cx: &Cx, body: &[u8]) -> Result<Response<Body>, Status> {
         managed::validate_options(cx, "PatchOptions", true)?;
         let mut cfg = managed::decode_config(cx, body)?;
+        super::object::check_depth(&cfg)?;
         cx.prune_config(&mut cfg)?;
         // A resourceVersion in the configuration is a precondition, as for other patches.
         let pinned = cfg

@@ -25,7 +25,9 @@ fn invalid(field: &str, message: &str) -> Status {
 }
 
 /// Checks the list's version options against the store, waiting for a future version.
-pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<(), Status> {
+/// Returns the version an `Exact` list must be served at: the caller compares it with the
+/// version of the page it read, since a write may land between this check and the read.
+pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<Option<u64>, Status> {
     let rv = cx.q("resourceVersion");
     let rv_match = cx.q("resourceVersionMatch");
     let cont = cx.q("continue");
@@ -52,7 +54,7 @@ pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<(), Status> {
         }
     };
     if rv.is_empty() || (rv == "0" && !exact) {
-        return Ok(());
+        return Ok(None);
     }
     if rv == "0" {
         return Err(invalid(
@@ -72,9 +74,14 @@ pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<(), Status> {
     }
     let current = store.current_rv();
     if exact && want != current {
-        return Err(Status::expired(format!("too old resource version: {want} ({current})")));
+        return Err(exact_gone(want, current));
     }
-    Ok(())
+    Ok(exact.then_some(want))
+}
+
+/// The answer to an `Exact` list of a version that is no longer the current one.
+pub fn exact_gone(want: u64, current: u64) -> Status {
+    Status::expired(format!("too old resource version: {want} ({current})"))
 }
 
 fn too_large(want: u64, current: u64) -> Status {

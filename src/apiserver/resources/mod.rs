@@ -7,8 +7,10 @@ mod consistency;
 mod delete;
 mod fields;
 mod managed;
+mod meta;
 mod object;
 mod output;
+mod patch;
 mod schema;
 mod select;
 mod watch;
@@ -53,6 +55,9 @@ impl ResourceHandler for StorageHandler {
     fn handle(&self, req: ResourceRequest) -> BoxFuture<'_, Response<Body>> {
         Box::pin(async move {
             let cx = Cx::new(&self.group, &req);
+            if let Err(s) = write_options_valid(&req.query) {
+                return s.into_response();
+            }
             let r = match req.info.verb.as_str() {
                 "get" => self.get(&cx),
                 "list" => self.list(&cx).await,
@@ -103,7 +108,12 @@ pub(crate) struct Cx {
 
 impl Cx {
     fn new(group: &str, req: &ResourceRequest) -> Cx {
-        let query: HashMap<String, String> = query_pairs(&req.query).collect();
+        // The first value of a repeated parameter counts, as in Go's url.Values.Get and in
+        // RequestInfo (authorization must see what the handler serves).
+        let query = query_pairs(&req.query).fold(HashMap::new(), |mut m: HashMap<String, String>, (k, v)| {
+            m.entry(k).or_insert(v);
+            m
+        });
         let user_agent = req
             .headers
             .get(header::USER_AGENT)
@@ -182,6 +192,7 @@ impl Cx {
 
     /// Drops undeclared fields and fills defaults, as the CRD decoder does to every body.
     fn prune_and_default(&self, v: &mut Value) {
+        meta::prune(v);
         if let Some(s) = self.schema() {
             schema::prune_and_default(v, s);
         }
@@ -191,14 +202,20 @@ impl Cx {
     /// (kubectl's default when the OpenAPI document offers the parameter, as ours does) an
     /// unknown field is a 400, as kube-apiserver's strict decoding answers.
     fn prune_request(&self, v: &mut Value) -> Result<(), Status> {
-        let Some(s) = self.schema() else { return Ok(()) };
-        self.strict(schema::prune_and_default(v, s))
+        let mut pruned = meta::prune(v);
+        if let Some(s) = self.schema() {
+            pruned.extend(schema::prune_and_default(v, s));
+        }
+        self.strict(pruned)
     }
 
     /// [`Cx::prune_request`] without defaults, for a server-side apply configuration.
     fn prune_config(&self, v: &mut Value) -> Result<(), Status> {
-        let Some(s) = self.schema() else { return Ok(()) };
-        self.strict(schema::prune_only(v, s))
+        let mut pruned = meta::prune(v);
+        if let Some(s) = self.schema() {
+            pruned.extend(schema::prune_only(v, s));
+        }
+        self.strict(pruned)
     }
 
     /// What `fieldValidation` makes of pruned fields: `Strict` refuses them, `Warn` (the
@@ -227,8 +244,10 @@ impl Cx {
     /// 422 with every violation of the schema by the object about to be written; for an
     /// update, what is unchanged from `old` is not held against it (kube's ratcheting).
     fn validate(&self, v: &Value, old: Option<&Value>) -> Result<(), Status> {
-        let Some(s) = self.schema() else { return Ok(()) };
-        let causes = schema::validate_update(v, old, s);
+        let mut causes = meta::validate(v);
+        if let Some(s) = self.schema() {
+            causes.extend(schema::validate_update(v, old, s));
+        }
         if causes.is_empty() {
             return Ok(());
         }
@@ -249,10 +268,21 @@ impl Cx {
     }
 
     pub fn selector(&self) -> Result<Selector, Status> {
-        // The legacy `/watch/.../<name>` path names one object; select it like kube does.
-        let field = match (self.q("fieldSelector"), self.name.is_empty()) {
-            ("", false) => format!("metadata.name={}", self.name),
-            (f, _) => f.to_string(),
+        // A name (from the legacy `/watch/.../<name>` path, or authorized from the field
+        // selector) always restricts the selection, as in kube's ListResource: a selector
+        // naming another object is refused, anything else is ANDed with the name.
+        let f = self.q("fieldSelector");
+        let field = if self.name.is_empty() {
+            f.to_string()
+        } else if f.trim().is_empty() {
+            format!("metadata.name={}", self.name)
+        } else {
+            if super::requestinfo::exact_name(f).is_some_and(|n| n != self.name) {
+                return Err(Status::bad_request(
+                    "fieldSelector metadata.name doesn't match requested name",
+                ));
+            }
+            format!("{f},metadata.name={}", self.name)
         };
         Selector::parse(self.q("labelSelector"), &field).map_err(Status::bad_request)
     }
@@ -273,6 +303,33 @@ impl Cx {
             e => Status::internal(e.to_string()),
         }
     }
+}
+
+/// `dryRun` and `fieldValidation` as kube-apiserver checks them: any dryRun value but `All`
+/// (in any repetition) is refused rather than taken as a real write.
+fn write_options_valid(query: &str) -> Result<(), Status> {
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "dryRun" if v != "All" => {
+                return Err(Status::invalid(
+                    "meta.k8s.io",
+                    "CreateOptions",
+                    "",
+                    &[(
+                        "dryRun".into(),
+                        format!("Unsupported value: {v:?}: supported values: \"All\""),
+                    )],
+                ))
+            }
+            "fieldValidation" if !matches!(v.as_str(), "" | "Ignore" | "Warn" | "Strict") => {
+                return Err(Status::bad_request(format!(
+                    "invalid fieldValidation directive: {v:?}: only Ignore, Warn and Strict are supported"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A JSON response.
@@ -303,7 +360,7 @@ impl StorageHandler {
     }
 
     async fn list(&self, cx: &Cx) -> Result<Response<Body>, Status> {
-        consistency::check_list(cx, self.storage.as_ref()).await?;
+        let exact = consistency::check_list(cx, self.storage.as_ref()).await?;
         let sel = cx.selector()?;
         let limit = match cx.q("limit") {
             "" | "0" => None,
@@ -320,6 +377,9 @@ impl StorageHandler {
                 StorageError::Gone { .. } => Status::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."),
                 e => cx.storage_err("", e),
             })?;
+        if let Some(want) = exact.filter(|w| *w != page.rv) {
+            return Err(consistency::exact_gone(want, page.rv));
+        }
         let mut meta = json!({"resourceVersion": page.rv.to_string()});
         if let Some(c) = &page.continue_token {
             meta["continue"] = json!(c);
@@ -511,10 +571,12 @@ impl StorageHandler {
             let mut new = old_v.clone();
             match &json_patch {
                 None => json_patch::merge(&mut new, &patch),
-                Some(p) => json_patch::patch(&mut new, p).map_err(|e| {
+                Some(p) => patch::apply(&mut new, p).map_err(|e| {
                     Status::invalid(&cx.group, &cx.res.kind, &cx.name, &[("patch".into(), e.to_string())])
                 })?,
             }
+            object::check_patched(cx, &new)?;
+            object::check_depth(&new)?;
             // A patch naming a resourceVersion is a precondition, as in kube-apiserver.
             let rv = match new.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
                 Some(s) if s != old.rv.to_string() => return Err(cx.conflict(&cx.name, Status::STALE)),

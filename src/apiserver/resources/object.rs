@@ -21,6 +21,7 @@ pub fn decode(cx: &Cx, body: &[u8]) -> Result<Value, Status> {
             cx.res.kind
         )));
     }
+    check_depth(&v)?;
     let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
     if kind.is_empty() {
@@ -40,6 +41,50 @@ pub fn decode(cx: &Cx, body: &[u8]) -> Result<Value, Status> {
         }
     }
     Ok(v)
+}
+
+/// What a patch produced must still be an object of the URL's type (a merge patch of `1` or
+/// `null`, or a JSON patch replacing the root, is not), as kube-apiserver's decoding of the
+/// patched object checks.
+pub fn check_patched(cx: &Cx, v: &Value) -> Result<(), Status> {
+    if !v.is_object() || v.get("metadata").is_some_and(|m| !m.is_object()) {
+        return Err(Status::bad_request(format!(
+            "the patched object is not a {} object",
+            cx.res.kind
+        )));
+    }
+    let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if api_version != cx.api_version || kind != cx.res.kind {
+        return Err(Status::bad_request(format!(
+            "the API version in the data ({api_version}) and kind ({kind}) do not match the expected {} {}",
+            cx.api_version, cx.res.kind
+        )));
+    }
+    Ok(())
+}
+
+/// Deepest nesting an object may have. serde_json reads at most 128 levels and the stored
+/// object adds a few (managedFields' fieldsV1 mirrors the object's paths four levels down), so
+/// anything deeper could be written but never read back, and would stop the store loading.
+pub const MAX_DEPTH: usize = 100;
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Refuses an object nested deeper than [`MAX_DEPTH`].
+pub fn check_depth(v: &Value) -> Result<(), Status> {
+    if depth(v) > MAX_DEPTH {
+        return Err(Status::bad_request(format!(
+            "the object is nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    Ok(())
 }
 
 /// Go's wording for a truncated document, which clients and the contract expect.
@@ -134,6 +179,11 @@ pub fn dns1123_subdomain_error(name: &str) -> Option<String> {
 }
 
 fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
+    // Callers pass objects (decode and check_patched refuse anything else); indexing a
+    // non-object would panic, so make sure.
+    if !v.is_object() {
+        *v = json!({});
+    }
     if !v.get("metadata").is_some_and(Value::is_object) {
         v["metadata"] = json!({});
     }

@@ -137,9 +137,13 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
             Err(_) => return Status::bad_request(format!("invalid resource version {s:?}")).into_response(),
         },
     };
+    // The version bookmarks report: the initial list's when one was sent, so a bookmark never
+    // takes a reflector back behind the state it already has.
+    let mut last_rv = start.unwrap_or(0);
     let stream = if start.is_none() || send_initial {
         match storage.list(&prefix, None, None, |o| sel.matches(o)) {
             Ok(page) => {
+                last_rv = page.rv;
                 initial.extend(page.items.iter().map(|o| render.event("ADDED", o)));
                 if send_initial && bookmarks {
                     initial.push(render.bookmark(page.rv, true));
@@ -151,7 +155,6 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
     } else {
         storage.watch(&prefix, start)
     };
-    let last_rv = start.unwrap_or_else(|| storage.current_rv());
 
     tokio::spawn(async move {
         let mut stream = match stream {
