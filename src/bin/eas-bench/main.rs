@@ -20,7 +20,7 @@ use clap::Parser;
 use client::{Endpoint, Identity};
 use load::{Bench, Verb};
 use resource::Resource;
-use stats::{ms, percentile, rss_kib, Row};
+use stats::{ms, percentile, rss_kib, CpuSnap, Row};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,6 +145,10 @@ async fn remote(o: &Opts, url: &str) -> Result<Endpoint, Error> {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let o = Opts::parse();
+    let load0 = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let (local, ep) = match &o.url {
         Some(url) => (None, remote(&o, url).await?),
         None => {
@@ -182,6 +186,7 @@ async fn main() -> Result<(), Error> {
     rows.push(Row::note("server RSS idle".into(), mib(rss())));
 
     if o.objects > 0 {
+        let cpu = CpuSnap::take(pid);
         let took = b
             .create_many(&b.res.ns("load"), &format!("o{run_id}"), o.objects, 64)
             .await?;
@@ -196,7 +201,10 @@ async fn main() -> Result<(), Error> {
                 mib(rss())
             ),
         ));
-        eprintln!("{}: {}", rows[1].what, rows[1].notes);
+        if let Some(row) = rows.last_mut() {
+            row.others = cpu.others_since(pid);
+            eprintln!("{}: {}", row.what, row.notes);
+        }
     }
     if o.verbs.iter().any(|v| matches!(v, Verb::Get | Verb::List)) {
         b.prepare_reads().await?;
@@ -204,6 +212,7 @@ async fn main() -> Result<(), Error> {
     let shape = format!("{}x{}", b.conns, b.streams);
     for (i, verb) in o.verbs.iter().enumerate() {
         let what = format!("{verb:?}").to_uppercase();
+        let cpu = CpuSnap::take(pid);
         let (mode, r) = match o.rate {
             Some(rate) => (
                 format!("paced {rate:.0}/s, {shape}"),
@@ -212,6 +221,9 @@ async fn main() -> Result<(), Error> {
             None => (format!("peak, {shape}"), b.phase(*verb, None, &format!("{i}a")).await?),
         };
         rows.push(outcome_row(&what, mode, &r));
+        if let Some(row) = rows.last_mut() {
+            row.others = cpu.others_since(pid);
+        }
         eprintln!(
             "{} {}: {:.0}/s p99 {}",
             rows.last().map_or("", |r| &r.what),
@@ -221,8 +233,12 @@ async fn main() -> Result<(), Error> {
         );
         if o.at_half_load {
             let half = r.rate() / 2.0;
+            let cpu = CpuSnap::take(pid);
             let h = b.phase(*verb, Some(half), &format!("{i}h")).await?;
             rows.push(outcome_row(&what, format!("50% of peak (paced {half:.0}/s)"), &h));
+            if let Some(row) = rows.last_mut() {
+                row.others = cpu.others_since(pid);
+            }
             eprintln!(
                 "{what} at half load: {:.0}/s p99 {}",
                 h.rate(),
@@ -232,6 +248,7 @@ async fn main() -> Result<(), Error> {
     }
 
     if o.watchers > 0 {
+        let cpu = CpuSnap::take(pid);
         let w = watch::run(
             &b,
             &watch::WatchOpts {
@@ -247,13 +264,15 @@ async fn main() -> Result<(), Error> {
             "{} watchers, {} writes ({:.0}/s), delivered {}/{}, ERROR events {}",
             w.watchers, w.writes, w.write_rate, w.delivered, w.expected, w.errors
         );
-        rows.push(Row::latencies(
+        let mut row = Row::latencies(
             "WATCH delivery (from write ack)".into(),
             format!("{} streams/conn", o.watch_streams.clamp(1, 999)),
             w.write_rate,
             &w.from_ack,
             notes.clone(),
-        ));
+        );
+        row.others = cpu.others_since(pid);
+        rows.push(row);
         rows.push(Row::latencies(
             "WATCH delivery (from write send)".into(),
             String::new(),
@@ -266,6 +285,9 @@ async fn main() -> Result<(), Error> {
     rows.push(Row::note("server RSS after run".into(), mib(rss())));
 
     println!("\ncommand: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    println!(
+        "load before start: {load0}; \"others' CPU\" is the share of all CPUs used by other processes during that step"
+    );
     stats::print_table(&rows);
     if let Some(l) = local {
         l.stop().await?;

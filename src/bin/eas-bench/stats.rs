@@ -17,6 +17,56 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// CPU counters at one instant, to tell how much of the machine other processes took during a
+/// measurement (the bench and the server share the cores with whatever else runs).
+pub struct CpuSnap {
+    /// Busy ticks of all CPUs (steal included: time the VM did not get).
+    busy: u64,
+    /// Ticks of this process and of the server.
+    ours: u64,
+    at: std::time::Instant,
+}
+
+fn proc_ticks(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesized command: state is field 3, utime 14 and stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+impl CpuSnap {
+    pub fn take(server: Option<u32>) -> CpuSnap {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        let at = |i: usize| cpu.get(i).copied().unwrap_or(0);
+        CpuSnap {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6) + at(7),
+            ours: proc_ticks("self") + server.map_or(0, |p| proc_ticks(&p.to_string())),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Percent of the machine's CPUs used by other processes since `self`.
+    pub fn others_since(&self, server: Option<u32>) -> String {
+        let now = CpuSnap::take(server);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // USER_HZ is 100 on every Linux architecture the bench runs on.
+        let capacity = now.at.duration_since(self.at).as_secs_f64() * 100.0 * cpus;
+        let others = now.busy.saturating_sub(self.busy) as f64 - now.ours.saturating_sub(self.ours) as f64;
+        format!("{:.0}%", (others / capacity * 100.0).clamp(0.0, 100.0))
+    }
+}
+
 /// Nearest-rank percentile of sorted samples.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -40,6 +90,8 @@ pub struct Row {
     pub max: String,
     pub notes: String,
     pub load: String,
+    /// CPU share other processes took during the measurement.
+    pub others: String,
 }
 
 impl Row {
@@ -54,6 +106,7 @@ impl Row {
             max: ms(sorted.last().copied().unwrap_or_default()),
             notes,
             load: loadavg(),
+            others: String::new(),
         }
     }
 
@@ -67,18 +120,19 @@ impl Row {
             max: String::new(),
             notes,
             load: loadavg(),
+            others: String::new(),
         }
     }
 }
 
 pub fn print_table(rows: &[Row]) {
     println!();
-    println!("| what | mode | req/s | p50 ms | p99 ms | max ms | notes | load1 |");
-    println!("|---|---|---:|---:|---:|---:|---|---:|");
+    println!("| what | mode | req/s | p50 ms | p99 ms | max ms | notes | load1 | others' CPU |");
+    println!("|---|---|---:|---:|---:|---:|---|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.what, r.mode, r.rate, r.p50, r.p99, r.max, r.notes, r.load
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.what, r.mode, r.rate, r.p50, r.p99, r.max, r.notes, r.load, r.others
         );
     }
 }
