@@ -57,7 +57,8 @@ struct Opts {
     #[arg(long, default_value = "Flunder")]
     kind: String,
     /// Namespace prefix: the bench uses `<ns>-load`, `-list`, `-create`, `-update`, `-watch`
-    /// (they must exist on servers that check namespaces). Empty for a cluster-scoped resource.
+    /// (they must exist on servers that check namespaces). Empty for a cluster-scoped resource;
+    /// then every step shares one collection and LIST reads all of it, not 1000 objects.
     #[arg(long, default_value = "bench")]
     namespace: String,
     /// `spec` of written objects (JSON).
