@@ -50,7 +50,10 @@ impl Object {
         if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
         }
-        let json = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        // serde_json grows its buffer by doubling, and `Bytes::from(Vec)` keeps the spare
+        // capacity for as long as the object is stored: a 1.1 KiB object would hold a 2 KiB
+        // allocation. Copying into an exact allocation saves ~0.9 KiB per such object.
+        let json = Bytes::copy_from_slice(&serde_json::to_vec(&value).unwrap_or_default());
         let text = |p: &str| value.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
         let labels = value
             .pointer("/metadata/labels")
