@@ -15,12 +15,21 @@ pub struct Local {
 }
 
 impl Local {
-    pub async fn start(user: Option<String>, groups: Vec<String>) -> Result<(Local, Endpoint), Error> {
+    /// Starts the double (knowing `namespaces`, so namespace lifecycle admits creates from its
+    /// cache, as in a cluster) and the server.
+    pub async fn start(
+        user: Option<String>,
+        groups: Vec<String>,
+        namespaces: &[String],
+    ) -> Result<(Local, Endpoint), Error> {
         let dir = std::env::temp_dir().join(format!("eas-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let front_ca = tk::ca("front-proxy-ca")?;
         let front = tk::client_cert(&front_ca, "front-proxy-client", None)?;
         let double = KubeDouble::start(tk::auth_configmap_data(&front_ca, &["front-proxy-client"], None)).await?;
+        for ns in namespaces {
+            double.set_namespace(ns, false);
+        }
         let kubeconfig = double.write_kubeconfig(&dir)?;
         let serving = tk::write_serving_files(&dir)?;
         let config = dir.join("config.yaml");

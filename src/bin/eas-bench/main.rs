@@ -153,7 +153,11 @@ async fn main() -> Result<(), Error> {
     let (local, ep) = match &o.url {
         Some(url) => (None, remote(&o, url).await?),
         None => {
-            let (l, ep) = local::Local::start(Some(o.user.clone()), o.group.clone()).await?;
+            let namespaces: Vec<String> = ["load", "list", "create", "update", "watch"]
+                .iter()
+                .map(|s| format!("{}-{s}", o.namespace))
+                .collect();
+            let (l, ep) = local::Local::start(Some(o.user.clone()), o.group.clone(), &namespaces).await?;
             (Some(l), ep)
         }
     };
