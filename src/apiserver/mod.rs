@@ -135,6 +135,23 @@ fn load_server_config(args: &Args) -> Result<ServerConfig, ServeError> {
     Ok(cfg)
 }
 
+/// Returns freed heap pages to the OS every few seconds. Request handling parses and
+/// serializes many short-lived buffers; glibc keeps their pages mapped after a burst (a load of
+/// 10,000 objects leaves several MiB resident that no object uses), which is what a memory
+/// limit sees. Trimming is cheap when there is little to give back.
+async fn trim_heap() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory of the allocator; it takes no pointers
+        // and is thread-safe in glibc.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// A digest of the config file's bytes (none when it cannot be read).
 fn config_digest(args: &Args) -> Option<u64> {
     use std::hash::{Hash, Hasher};
@@ -270,6 +287,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
 
     let reload = tokio::spawn(tls::watch_files(serving, cert, key, args.cert_reload_interval, digest));
     let config_reload = tokio::spawn(watch_config(args.clone(), app.clone(), config_digest));
+    let trim = tokio::spawn(trim_heap());
     let header_timeout = args.header_read_timeout;
     let served = app.clone();
     let task = tokio::spawn(async move {
@@ -284,6 +302,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         .await;
         reload.abort();
         config_reload.abort();
+        trim.abort();
     });
     Ok(Server {
         addr,

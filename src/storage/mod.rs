@@ -29,9 +29,6 @@ use std::sync::Arc;
 pub struct Object {
     /// The object as JSON, with `metadata.resourceVersion` set.
     pub json: Bytes,
-    /// `apiVersion` as written; with several served versions and no conversion, readers of
-    /// another version get the same object with their apiVersion.
-    pub api_version: String,
     /// The resourceVersion of the write that produced it.
     pub rv: u64,
     /// `metadata.name`.
@@ -65,7 +62,6 @@ impl Object {
             })
             .unwrap_or_default();
         Arc::new(Object {
-            api_version: text("/apiVersion"),
             name: text("/metadata/name"),
             namespace: text("/metadata/namespace"),
             uid: text("/metadata/uid"),

@@ -317,26 +317,102 @@ pub fn remove(v: &mut Value, p: &[String]) {
             }
         }
     } else if let Some(a) = cur.as_array_mut() {
-        a.retain(|x| !item_is(x, last));
+        let key = ItemKey::parse(last);
+        a.retain(|x| !key.names(x));
     }
 }
 
-/// Whether list item `x` is the one `FieldsV1` key `k` names.
-fn item_is(x: &Value, k: &str) -> bool {
-    if let Some(v) = k.strip_prefix("v:") {
-        return serde_json::from_str::<Value>(v).is_ok_and(|v| v == *x);
+/// Removes every field of `paths` (outermost first, see [`remove`]). List items under one
+/// parent are removed in one pass over the list, so dropping many items of a large list is
+/// linear rather than one scan per item.
+pub fn remove_all(v: &mut Value, paths: &[&Path]) {
+    // Items first (whole, while their key fields are still there to match), then fields.
+    let mut items: BTreeMap<&[String], Vec<&str>> = BTreeMap::new();
+    let mut fields: Vec<&Path> = Vec::new();
+    for p in paths {
+        match p.split_last() {
+            Some((last, parent)) if !last.starts_with("f:") => items.entry(parent).or_default().push(last),
+            _ => fields.push(p),
+        }
     }
-    if let Some(keys) = k.strip_prefix("k:") {
-        return serde_json::from_str::<Map<String, Value>>(keys)
-            .is_ok_and(|keys| keys.iter().all(|(f, want)| x.get(f) == Some(want)));
+    for (parent, keys) in items {
+        let Some(a) = parent
+            .iter()
+            .try_fold(&mut *v, |cur, k| step(cur, k))
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        let keys: Vec<ItemKey> = keys.iter().map(|k| ItemKey::parse(k)).collect();
+        let values: std::collections::HashSet<String> = keys
+            .iter()
+            .filter_map(|k| match k {
+                ItemKey::Value(v) => Some(v.to_string()),
+                _ => None,
+            })
+            .collect();
+        let mut by_fields: BTreeMap<Vec<&String>, std::collections::HashSet<String>> = BTreeMap::new();
+        for k in &keys {
+            if let ItemKey::Keys(m) = k {
+                by_fields
+                    .entry(m.keys().collect())
+                    .or_default()
+                    .insert(Value::Object(m.clone()).to_string());
+            }
+        }
+        a.retain(|x| {
+            if values.contains(&x.to_string()) {
+                return false;
+            }
+            !by_fields.iter().any(|(fields, set)| {
+                let proj: Map<String, Value> = fields
+                    .iter()
+                    .map(|f| ((*f).clone(), x.get(f.as_str()).cloned().unwrap_or(Value::Null)))
+                    .collect();
+                set.contains(&Value::Object(proj).to_string())
+            })
+        });
     }
-    false
+    for p in fields {
+        remove(v, p);
+    }
+}
+
+/// A list item's `FieldsV1` key, parsed once per lookup rather than once per item.
+enum ItemKey {
+    Value(Value),
+    Keys(Map<String, Value>),
+    None,
+}
+
+impl ItemKey {
+    fn parse(k: &str) -> ItemKey {
+        if let Some(v) = k.strip_prefix("v:") {
+            return serde_json::from_str(v).map(ItemKey::Value).unwrap_or(ItemKey::None);
+        }
+        if let Some(keys) = k.strip_prefix("k:") {
+            return serde_json::from_str(keys).map(ItemKey::Keys).unwrap_or(ItemKey::None);
+        }
+        ItemKey::None
+    }
+
+    /// Whether list item `x` is the one this key names.
+    fn names(&self, x: &Value) -> bool {
+        match self {
+            ItemKey::Value(v) => v == x,
+            ItemKey::Keys(keys) => keys.iter().all(|(f, want)| x.get(f) == Some(want)),
+            ItemKey::None => false,
+        }
+    }
 }
 
 fn step<'a>(v: &'a mut Value, k: &str) -> Option<&'a mut Value> {
     match k.strip_prefix("f:") {
         Some(f) => v.get_mut(f),
-        None => v.as_array_mut()?.iter_mut().find(|x| item_is(x, k)),
+        None => {
+            let key = ItemKey::parse(k);
+            v.as_array_mut()?.iter_mut().find(|x| key.names(x))
+        }
     }
 }
 
@@ -344,7 +420,10 @@ fn step<'a>(v: &'a mut Value, k: &str) -> Option<&'a mut Value> {
 pub fn value_at<'a>(v: &'a Value, p: &[String]) -> Option<&'a Value> {
     p.iter().try_fold(v, |cur, k| match k.strip_prefix("f:") {
         Some(f) => cur.get(f),
-        None => cur.as_array()?.iter().find(|x| item_is(x, k)),
+        None => {
+            let key = ItemKey::parse(k);
+            cur.as_array()?.iter().find(|x| key.names(x))
+        }
     })
 }
 
@@ -433,6 +512,12 @@ pub fn display(p: &[String]) -> String {
         .collect()
 }
 
+/// Whether `s` holds `p` or a field below it. Fields under `p` sort right after it, so one
+/// ordered lookup answers (a scan per path would be quadratic in large applies).
+pub fn has_under(s: &FieldSet, p: &Path) -> bool {
+    s.range(p.clone()..).next().is_some_and(|q| under(q, p))
+}
+
 /// Whether `p` is `q` or below it.
 pub fn under(p: &[String], q: &[String]) -> bool {
     p.len() >= q.len() && p[..q.len()] == *q
@@ -510,6 +595,29 @@ mod tests {
                 "sel": {"type": "object", "x-kubernetes-map-type": "atomic"},
             }}}}),
         ))
+    }
+
+    #[test]
+    fn prefix_lookup_and_batched_item_removal() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Path>();
+        let s: FieldSet = [p(&["f:a", "f:b"]), p(&["f:c"])].into_iter().collect();
+        assert!(has_under(&s, &p(&["f:a"])));
+        assert!(has_under(&s, &p(&["f:a", "f:b"])));
+        assert!(!has_under(&s, &p(&["f:b"])));
+        assert!(!has_under(&s, &p(&["f:a", "f:b", "f:x"])));
+
+        let n = 20_000;
+        let mut v = json!({"metadata": {"finalizers": (0..n).map(|i| format!("f{i}")).collect::<Vec<_>>()},
+            "spec": {"ports": [{"port": 1, "x": 1}, {"port": 2, "x": 2}], "keep": 1, "drop": 1}});
+        let mut gone: Vec<Path> = (0..n - 1)
+            .map(|i| p(&["f:metadata", "f:finalizers", &format!("v:\"f{i}\"")]))
+            .collect();
+        gone.push(p(&["f:spec", "f:ports", "k:{\"port\":2}"]));
+        gone.push(p(&["f:spec", "f:drop"]));
+        let refs: Vec<&Path> = gone.iter().collect();
+        remove_all(&mut v, &refs);
+        assert_eq!(v["metadata"]["finalizers"], json!([format!("f{}", n - 1)]));
+        assert_eq!(v["spec"], json!({"ports": [{"port": 1, "x": 1}], "keep": 1}));
     }
 
     #[test]

@@ -402,13 +402,11 @@ pub fn apply_update(cx: &Cx, live: &Value, cfg: &Value, force: bool) -> Result<V
     let mut gone: Vec<&fields::Path> = last
         .iter()
         .filter(|p| !set.contains(*p))
-        .filter(|p| !others.iter().chain(set.iter()).any(|q| fields::under(q, p)))
+        .filter(|p| !fields::has_under(&others, p) && !fields::has_under(&set, p))
         .collect();
     // Outermost first: an item goes whole, before its key fields could be removed from it.
     gone.sort_by_key(|p| p.len());
-    for p in gone {
-        fields::remove(&mut merged, p);
-    }
+    fields::remove_all(&mut merged, &gone);
 
     let mut next = object::prepare_update(cx, live, merged, cx.has_status())?;
     let (changed, removed) = fields::compare(live, &next, &schema);
@@ -583,6 +581,7 @@ mod tests {
         Cx {
             group: "g".into(),
             api_version: "g/v1".into(),
+            version_prefix: r#"{"apiVersion":"g/v1""#.into(),
             res,
             namespace: "n".into(),
             name: "a".into(),

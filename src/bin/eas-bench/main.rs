@@ -210,6 +210,15 @@ async fn main() -> Result<(), Error> {
             row.others = cpu.others_since(pid);
             eprintln!("{}: {}", row.what, row.notes);
         }
+        // Steady state: a server holding the objects, after the burst's garbage is released.
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        rows.push(Row::note(
+            format!(
+                "RSS holding {} objects of {} B (6 s after the load)",
+                o.objects, o.object_size
+            ),
+            mib(rss()),
+        ));
     }
     if o.verbs.iter().any(|v| matches!(v, Verb::Get | Verb::List)) {
         b.prepare_reads().await?;

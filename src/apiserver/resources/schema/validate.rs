@@ -295,7 +295,10 @@ impl Validator {
             let unit = if max == 1 { "item" } else { "items" };
             self.push(path, format!("Too many: {n}: must have at most {max} {unit}"));
         }
-        if flag(s, "uniqueItems") && a.iter().enumerate().any(|(i, x)| a[..i].iter().any(|y| json_eq(x, y))) {
+        // Hashed, not pairwise: a large list must not cost quadratic time (serde_json maps are
+        // sorted, so equal values serialize equally; numbers are compared as written).
+        let mut seen = std::collections::HashSet::new();
+        if flag(s, "uniqueItems") && !a.iter().all(|x| seen.insert(x.to_string())) {
             self.invalid(path, "\"\"".into(), "shouldn't contain duplicates");
         }
         if let Some(it) = items(s) {
@@ -307,17 +310,23 @@ impl Validator {
                     .unwrap_or_default(),
                 _ => Vec::new(),
             };
-            let before = old.and_then(Value::as_array).filter(|_| !keys.is_empty());
+            // The item of the old list with the same keys is an item's old self; indexed by key
+            // so that matching stays linear in the list size.
+            let key_of = |x: &Value| -> String {
+                let vals: Vec<Value> = keys.iter().map(|k| x.get(*k).cloned().unwrap_or(Value::Null)).collect();
+                Value::Array(vals).to_string()
+            };
+            let before: std::collections::HashMap<String, &Value> = old
+                .and_then(Value::as_array)
+                .filter(|_| !keys.is_empty())
+                .map(|b| b.iter().map(|y| (key_of(y), y)).collect())
+                .unwrap_or_default();
             for (i, x) in a.iter().enumerate() {
-                // The item of the old list with the same keys is this one's old self.
-                let o = before.and_then(|b| {
-                    b.iter().find(|y| {
-                        keys.iter().all(|k| match (x.get(k), y.get(k)) {
-                            (Some(p), Some(q)) => json_eq(p, q),
-                            (p, q) => p.is_none() && q.is_none(),
-                        })
-                    })
-                });
+                let o = if before.is_empty() {
+                    None
+                } else {
+                    before.get(&key_of(x)).copied()
+                };
                 self.node(x, it, &format!("{path}[{i}]"), false, o);
             }
         }
