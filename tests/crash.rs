@@ -23,13 +23,6 @@ fn collection() -> String {
     format!("https://127.0.0.1/apis/wardle.example.com/v1alpha1/namespaces/{NS}/flunders")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 struct Server {
     addr: SocketAddr,
     ca: String,
@@ -38,33 +31,14 @@ struct Server {
 
 /// Starts the binary on `dir` (certificates and data persist there across restarts).
 async fn start(dir: &Path) -> Server {
-    let port = free_port();
-    let certs = dir.join("certs");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_extension-apiserver"))
-        .args(["--standalone", "--bind-address", "127.0.0.1", "--log-format", "plain"])
-        .args(["--secure-port", &port.to_string()])
-        .arg("--config")
-        .arg(dir.join("missing.yaml"))
-        .arg("--cert-dir")
-        .arg(&certs)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let ca = loop {
-        if let Ok(ca) = std::fs::read_to_string(certs.join("ca.crt")) {
-            if tk::connect(addr, &ca, None, false).await.is_ok() {
-                break ca;
-            }
-        }
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    Server { addr, ca, child }
+    let s = tk::start_standalone(Path::new(env!("CARGO_BIN_EXE_extension-apiserver")), dir)
+        .await
+        .expect("server starts");
+    Server {
+        addr: s.addr,
+        ca: s.ca,
+        child: s.child,
+    }
 }
 
 fn request(method: &str, uri: &str, body: Option<&Value>) -> Request<Full<Bytes>> {

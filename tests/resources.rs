@@ -25,13 +25,6 @@ fn reference(name: &str) -> Option<Value> {
     Some(serde_json::from_slice(&std::fs::read(path).expect("reference body")).expect("reference JSON"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn flunders(ns: &str) -> String {
     format!("/apis/{G}/{V}/namespaces/{ns}/flunders")
 }
@@ -68,40 +61,13 @@ impl Srv {
     }
 
     async fn start_in(dir: &Path) -> Srv {
-        let port = free_port();
-        let certs = dir.join("certs");
-        // A config.yaml in the directory replaces the embedded example.
-        let config = Some(dir.join("config.yaml"))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| dir.join("missing.yaml"));
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_extension-apiserver"))
-            .args(["--standalone", "--bind-address", "127.0.0.1", "--log-format", "plain"])
-            .args(["--secure-port", &port.to_string()])
-            .arg("--config")
-            .arg(&config)
-            .arg("--cert-dir")
-            .arg(&certs)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let ca = loop {
-            if let Ok(ca) = std::fs::read_to_string(certs.join("ca.crt")) {
-                if tk::connect(addr, &ca, None, false).await.is_ok() {
-                    break ca;
-                }
-            }
-            assert!(Instant::now() < deadline, "standalone server did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let s = tk::start_standalone(Path::new(env!("CARGO_BIN_EXE_extension-apiserver")), dir)
+            .await
+            .expect("standalone server starts");
         Srv {
-            addr,
-            ca,
-            child,
+            addr: s.addr,
+            ca: s.ca,
+            child: s.child,
             dir: dir.to_path_buf(),
             _tmp: None,
         }

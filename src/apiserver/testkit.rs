@@ -582,3 +582,54 @@ pub async fn raw_http1(
     };
     Ok((String::from_utf8_lossy(&out).into_owned(), closed))
 }
+
+/// A free TCP port on 127.0.0.1 (free when asked; tests bind it right after).
+pub fn free_port() -> Result<u16, Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The real `extension-apiserver --standalone` binary, started by [`start_standalone`].
+pub struct Standalone {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// PEM of the CA it generated for its serving certificate.
+    pub ca: String,
+    /// The process (killed when dropped).
+    pub child: tokio::process::Child,
+}
+
+/// Starts `binary --standalone` on `dir`: certificates in `dir/certs` and data in `dir/data`
+/// persist across restarts; `dir/config.yaml`, when present, replaces the embedded example.
+/// Returns once a TLS connection succeeds.
+pub async fn start_standalone(binary: &Path, dir: &Path) -> Result<Standalone, Error> {
+    let port = free_port()?;
+    let certs = dir.join("certs");
+    let config = Some(dir.join("config.yaml"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| dir.join("missing.yaml"));
+    let child = tokio::process::Command::new(binary)
+        .args(["--standalone", "--bind-address", "127.0.0.1", "--log-format", "plain"])
+        .args(["--secure-port", &port.to_string()])
+        .arg("--config")
+        .arg(&config)
+        .arg("--cert-dir")
+        .arg(&certs)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(ca) = std::fs::read_to_string(certs.join("ca.crt")) {
+            if connect(addr, &ca, None, false).await.is_ok() {
+                return Ok(Standalone { addr, ca, child });
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("standalone server did not come up within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
