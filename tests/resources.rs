@@ -1277,3 +1277,18 @@ async fn appliers_keep_each_others_finalizers() {
     assert_eq!(v["metadata"]["finalizers"], json!(["example.com/two"]));
     s.stop().await;
 }
+
+/// Large bodies are processed off the async workers (`block_in_place`); they must be served
+/// like any other write.
+#[tokio::test]
+async fn large_bodies_are_served() {
+    let s = Srv::start().await;
+    let mut obj = flunder("default", "big");
+    obj["spec"]["reference"] = json!("r".repeat(512 * 1024));
+    let created = s.create("default", &obj).await;
+    assert_eq!(created["spec"]["reference"].as_str().map(str::len), Some(512 * 1024));
+    let (code, got) = s.call("GET", &format!("{}/big", flunders("default")), None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(got["spec"], created["spec"]);
+    s.stop().await;
+}

@@ -54,6 +54,29 @@ impl StorageHandler {
 impl ResourceHandler for StorageHandler {
     fn handle(&self, req: ResourceRequest) -> BoxFuture<'_, Response<Body>> {
         Box::pin(async move {
+            // Pruning, validating and tracking the fields of a large body is CPU work of
+            // milliseconds; off the async workers it cannot stall other requests (health
+            // probes included) on a small machine.
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if req.body.len() > LARGE_BODY && multi_thread {
+                return tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(self.serve(req)));
+            }
+            self.serve(req).await
+        })
+    }
+
+    fn unhealthy(&self) -> Option<String> {
+        self.storage.unhealthy()
+    }
+}
+
+/// Bodies above this size are processed off the async worker threads.
+const LARGE_BODY: usize = 64 * 1024;
+
+impl StorageHandler {
+    async fn serve(&self, req: ResourceRequest) -> Response<Body> {
+        {
             let cx = Cx::new(&self.group, &req);
             if let Err(s) = write_options_valid(&req.query) {
                 return s.into_response();
@@ -81,11 +104,7 @@ impl ResourceHandler for StorageHandler {
                 }
             }
             r
-        })
-    }
-
-    fn unhealthy(&self) -> Option<String> {
-        self.storage.unhealthy()
+        }
     }
 }
 
