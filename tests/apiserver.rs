@@ -348,6 +348,31 @@ async fn client_ca_certificate_gives_cn_and_o() {
     assert_eq!(code, StatusCode::UNAUTHORIZED);
 }
 
+/// A deleted authentication ConfigMap is treated as one that never existed: the front-proxy CA
+/// it named is no longer trusted (fail closed) until it is back.
+#[tokio::test]
+async fn deleted_auth_configmap_fails_closed_until_restored() {
+    let h = harness().await;
+    h.wait_ready().await;
+    let gv = format!("/apis/{G}/{V}");
+    assert_eq!(h.as_user("GET", &gv, "alice", &[]).await.0, StatusCode::OK);
+    h.double.delete_configmap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.as_user("GET", &gv, "alice", &[]).await.0 != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(Instant::now() < deadline, "deletion not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _, _) = h.call(None, "GET", "/readyz", &[], Bytes::new()).await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
+    h.double.update_configmap(tk::auth_configmap_data(
+        &h.front_ca,
+        &["front-proxy-client"],
+        Some(&h.client_ca),
+    ));
+    h.wait_ready().await;
+    assert_eq!(h.as_user("GET", &gv, "alice", &[]).await.0, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn front_proxy_ca_rotation_is_followed() {
     let h = harness().await;

@@ -56,6 +56,11 @@ impl AuthState {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cfg));
     }
 
+    /// Forgets the configuration (its ConfigMap was deleted).
+    pub fn clear(&self) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Whether a configuration has been loaded.
     pub fn is_loaded(&self) -> bool {
         self.get().is_some()
@@ -142,10 +147,34 @@ pub async fn follow(client: kube::Client, state: Arc<AuthState>) {
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, NAMESPACE);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
     let mut stream = watcher(api, cfg).boxed();
+    // Whether the current (re)list contained the ConfigMap.
+    let mut listed = false;
     while let Some(event) = stream.next().await {
         let cm = match event {
-            Ok(watcher::Event::Apply(cm)) | Ok(watcher::Event::InitApply(cm)) => cm,
-            Ok(_) => continue,
+            Ok(watcher::Event::Apply(cm)) => cm,
+            Ok(watcher::Event::InitApply(cm)) => {
+                listed = true;
+                cm
+            }
+            Ok(watcher::Event::Init) => {
+                listed = false;
+                continue;
+            }
+            // Deleted (seen live, or missing from a relist): fail closed. A deleted ConfigMap
+            // is treated as one that never existed, so a front-proxy CA the cluster removed
+            // is no longer trusted; readiness fails until it is back.
+            Ok(watcher::Event::Delete(_)) => {
+                state.clear();
+                tracing::warn!("{NAMESPACE}/{NAME} was deleted; authentication configuration cleared");
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                if !listed && state.is_loaded() {
+                    state.clear();
+                    tracing::warn!("{NAMESPACE}/{NAME} no longer exists; authentication configuration cleared");
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "watching {NAMESPACE}/{NAME} failed; retrying");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;

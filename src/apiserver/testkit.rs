@@ -205,7 +205,8 @@ pub type SarPolicy = Arc<dyn Fn(&Value) -> (bool, String) + Send + Sync>;
 type NamespaceMap = Option<BTreeMap<String, bool>>;
 
 struct DoubleState {
-    configmap: Mutex<(BTreeMap<String, String>, u64)>,
+    /// Data, resourceVersion, and whether it was deleted.
+    configmap: Mutex<(BTreeMap<String, String>, u64, bool)>,
     events: broadcast::Sender<String>,
     namespaces: Mutex<(NamespaceMap, u64)>,
     ns_events: broadcast::Sender<String>,
@@ -253,7 +254,7 @@ impl KubeDouble {
             (user != "system:anonymous" && !user.starts_with("deny-"), String::new())
         });
         let state = Arc::new(DoubleState {
-            configmap: Mutex::new((data, 1)),
+            configmap: Mutex::new((data, 1, false)),
             events,
             namespaces: Mutex::new((None, 1)),
             ns_events,
@@ -310,6 +311,7 @@ impl KubeDouble {
             let mut g = lock(&self.state.configmap);
             g.0 = data;
             g.1 += 1;
+            g.2 = false;
             configmap_json(&g.0, g.1)
         };
         let _ = self
@@ -347,6 +349,20 @@ impl KubeDouble {
         if let Some(ev) = ev {
             let _ = self.state.ns_events.send(ev.to_string());
         }
+    }
+
+    /// Deletes the ConfigMap: watchers get a DELETED event, lists and gets find nothing.
+    pub fn delete_configmap(&self) {
+        let cm = {
+            let mut g = lock(&self.state.configmap);
+            g.1 += 1;
+            g.2 = true;
+            configmap_json(&g.0, g.1)
+        };
+        let _ = self
+            .state
+            .events
+            .send(json!({"type": "DELETED", "object": cm}).to_string());
     }
 
     /// Every request so far.
@@ -471,10 +487,15 @@ async fn double_handle(st: Arc<DoubleState>, req: Request<Incoming>) -> Response
         }
         ("GET", "/api/v1/namespaces/kube-system/configmaps") => {
             let g = lock(&st.configmap);
+            let items: Vec<Value> = if g.2 {
+                Vec::new()
+            } else {
+                vec![configmap_json(&g.0, g.1)]
+            };
             let list = json!({
                 "apiVersion": "v1", "kind": "ConfigMapList",
                 "metadata": {"resourceVersion": g.1.to_string()},
-                "items": [configmap_json(&g.0, g.1)],
+                "items": items,
             });
             json_resp(StatusCode::OK, &list)
         }
