@@ -307,17 +307,22 @@ impl KubeDouble {
 
     /// Replaces the ConfigMap data and notifies watchers.
     pub fn update_configmap(&self, data: BTreeMap<String, String>) {
+        self.change_configmap("MODIFIED", |g| {
+            g.0 = data;
+            g.2 = false;
+        });
+    }
+
+    /// Applies `change` to the ConfigMap state, bumps its resourceVersion and sends watchers a
+    /// `kind` event with the result.
+    fn change_configmap(&self, kind: &str, change: impl FnOnce(&mut (BTreeMap<String, String>, u64, bool))) {
         let cm = {
             let mut g = lock(&self.state.configmap);
-            g.0 = data;
+            change(&mut g);
             g.1 += 1;
-            g.2 = false;
             configmap_json(&g.0, g.1)
         };
-        let _ = self
-            .state
-            .events
-            .send(json!({"type": "MODIFIED", "object": cm}).to_string());
+        let _ = self.state.events.send(json!({"type": kind, "object": cm}).to_string());
     }
 
     /// From now on only the namespaces set here exist (until then every name does).
@@ -353,16 +358,7 @@ impl KubeDouble {
 
     /// Deletes the ConfigMap: watchers get a DELETED event, lists and gets find nothing.
     pub fn delete_configmap(&self) {
-        let cm = {
-            let mut g = lock(&self.state.configmap);
-            g.1 += 1;
-            g.2 = true;
-            configmap_json(&g.0, g.1)
-        };
-        let _ = self
-            .state
-            .events
-            .send(json!({"type": "DELETED", "object": cm}).to_string());
+        self.change_configmap("DELETED", |g| g.2 = true);
     }
 
     /// Every request so far.
