@@ -3,10 +3,10 @@
 //! (OBJECTS=n changes how many ExtensionApiServers are reconciled.)
 
 use eao::crd::ExtensionApiServer;
-use eao::fake_api::FakeApi;
-use eao::metrics::Metrics;
-use eao::reconcile::build::BuildOptions;
-use eao::reconcile::{reconcile, system_clock, Context};
+use eao::operator::metrics::Metrics;
+use eao::operator::reconcile::build::BuildOptions;
+use eao::operator::reconcile::{reconcile, system_clock, Context};
+use eao::testing::fake_api::FakeApi;
 use kube::runtime::events::{Recorder, Reporter};
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,7 +52,7 @@ async fn main() {
         },
         clock: system_clock(),
         store: None,
-        probe: eao::reconcile::probe::tls_probe(),
+        probe: eao::operator::reconcile::probe::tls_probe(),
     });
     let rss_start = rss_kib();
     let mut first = Vec::new();

@@ -2,7 +2,7 @@
 //! in-memory gets, and the memory used by 10,000 objects of 1 KiB.
 //! Run: `cargo bench --bench storage` (WRITERS=n, OBJECTS=n to change the load).
 
-use eao::storage::{Storage, StorageOptions};
+use eao::apiserver::storage::{Storage, StorageOptions};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

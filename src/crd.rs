@@ -3,7 +3,7 @@
 //! Doc comments on these types become the OpenAPI descriptions that
 //! `kubectl explain extensionapiserver.spec` prints, so they are written for users.
 //! Validation that can be expressed in the schema (patterns, ranges, CEL) lives here,
-//! so that a bad spec is refused at admission; [`crate::validate`] repeats the checks
+//! so that a bad spec is refused at admission; [`crate::operator::reconcile::validate`] repeats the checks
 //! the schema cannot express and reports them as a condition.
 
 // The derive's printcolumn(...) entries repeat attribute names by design.

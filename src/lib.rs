@@ -1,21 +1,21 @@
-//! extension-apiserver-operator: an operator that reconciles `ExtensionApiServer` objects into
-//! everything the Kubernetes aggregation layer needs, and the building blocks of the bundled server.
+//! extension-apiserver-operator, as a library with two wings that never import each other:
+//!
+//! - [`operator`]: the kube-rs controller that reconciles `ExtensionApiServer` objects into
+//!   everything the aggregation layer needs (certificates, Deployment, RBAC, APIServices).
+//! - [`apiserver`]: the bundled aggregated API server (`extension-apiserver`), with its filter
+//!   chain, resource handlers and storage.
+//!
+//! What both wings share is the contract between them: the CRD ([`crd`]), the configuration
+//! file the operator renders and the server reads ([`serverconfig`]), certificates ([`pki`])
+//! and logging ([`telemetry`]). Test doubles and the test kit live in [`testing`], compiled only
+//! with the `test-support` feature.
 
-pub mod admin;
 pub mod apiserver;
-pub mod controller;
 pub mod crd;
-pub mod crdgen;
-pub mod error;
+pub mod operator;
+pub mod pki;
+pub mod serverconfig;
+pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
-pub mod fake_api;
-pub mod leader;
-pub mod metrics;
-pub mod pki;
-pub mod rbac;
-pub mod reconcile;
-pub mod serverconfig;
-pub mod storage;
-pub mod telemetry;
-pub mod validate;
+pub mod testing;

@@ -1,12 +1,12 @@
 //! End-to-end tests of the bundled aggregated API server over real TLS, with rcgen CAs in
-//! tempdirs and the kube-apiserver double from `eao::apiserver::testkit`.
+//! tempdirs and the kube-apiserver double from `eao::testing::testkit`.
 
 use bytes::Bytes;
 use clap::Parser;
-use eao::apiserver::config::Args;
-use eao::apiserver::testkit::{self as tk, KubeDouble};
+use eao::apiserver::options::Args;
 use eao::apiserver::{self, Server};
 use eao::pki::CertKeyPair;
+use eao::testing::testkit::{self as tk, KubeDouble};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};

@@ -7,10 +7,10 @@
 
 use bytes::Bytes;
 use clap::Parser;
-use eao::apiserver::config::Args;
-use eao::apiserver::testkit::{self as tk, KubeDouble};
+use eao::apiserver::options::Args;
 use eao::apiserver::{self, Server};
 use eao::pki::CertKeyPair;
+use eao::testing::testkit::{self as tk, KubeDouble};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

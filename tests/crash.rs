@@ -3,7 +3,7 @@
 //! Not timed: only what was acknowledged matters, not how fast.
 
 use bytes::Bytes;
-use eao::apiserver::testkit as tk;
+use eao::testing::testkit as tk;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};

@@ -4,12 +4,12 @@
 //! `scripts/install-test-tools.sh`, or named by `HELM`) with the default values and with every
 //! `ci/*-values.yaml`. Every rendered document is parsed into its `k8s-openapi` type, nothing
 //! may be lost in the parse (a misspelt field would be), and the objects are checked against the
-//! operator's code: the RBAC against `eao::rbac`, the CRD against `crds/`.
+//! operator's code: the RBAC against `eao::operator::rbac`, the CRD against `crds/`.
 //!
 //! Without helm, the tests fail under CI (env `CI` set) and are skipped with a note elsewhere.
 
 use eao::crd::ExtensionApiServer;
-use eao::rbac;
+use eao::operator::rbac;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -261,10 +261,10 @@ fn subject_is_operator_sa(subjects: &Option<Vec<Subject>>, sa: &str, mode: &str)
 }
 
 fn committed_crd() -> CustomResourceDefinition {
-    let text = read(&root().join(eao::crdgen::CRD_FILE));
+    let text = read(&root().join(eao::operator::crdgen::CRD_FILE));
     let docs = documents(&text);
-    assert_eq!(docs.len(), 1, "{} holds one document", eao::crdgen::CRD_FILE);
-    typed(&docs[0], eao::crdgen::CRD_FILE)
+    assert_eq!(docs.len(), 1, "{} holds one document", eao::operator::crdgen::CRD_FILE);
+    typed(&docs[0], eao::operator::crdgen::CRD_FILE)
 }
 
 /// The rendered CRD without what the chart adds (labels, the keep annotation).
@@ -307,7 +307,7 @@ fn check_rendering(r: &Rendered, vals: &Yaml, mode: &str) {
         .clone()
         .expect("ServiceAccount name");
 
-    // RBAC: exactly the rules of eao::rbac, bound to the operator's ServiceAccount.
+    // RBAC: exactly the rules of eao::operator::rbac, bound to the operator's ServiceAccount.
     assert_eq!(r.cluster_roles.len(), 1, "{mode}: one ClusterRole");
     let mut want = rbac::operator_cluster_rules();
     if allow_user_rules {
@@ -317,7 +317,7 @@ fn check_rendering(r: &Rendered, vals: &Yaml, mode: &str) {
     assert_eq!(
         cluster_role.rules.as_ref(),
         Some(&want),
-        "{mode}: ClusterRole rules differ from eao::rbac::operator_cluster_rules(); run `cargo run --bin crdgen`"
+        "{mode}: ClusterRole rules differ from eao::operator::rbac::operator_cluster_rules(); run `cargo run --bin crdgen`"
     );
     assert_eq!(r.cluster_role_bindings.len(), 1, "{mode}: one ClusterRoleBinding");
     let crb = &r.cluster_role_bindings[0];
@@ -330,7 +330,7 @@ fn check_rendering(r: &Rendered, vals: &Yaml, mode: &str) {
     assert_eq!(
         role.rules.as_ref(),
         Some(&rbac::operator_namespace_rules()),
-        "{mode}: Role rules differ from eao::rbac::operator_namespace_rules()"
+        "{mode}: Role rules differ from eao::operator::rbac::operator_namespace_rules()"
     );
     assert_eq!(r.role_bindings.len(), 1, "{mode}: one RoleBinding");
     let rb = &r.role_bindings[0];
@@ -877,9 +877,9 @@ fn external_ca_example_parses() {
     let certs = eas.spec.certificates.as_ref().expect("certificate settings");
     assert_eq!(certs.ca_secret_ref.as_ref().map(|r| r.name.as_str()), Some("my-ca"));
     assert!(
-        eao::validate::validate(&eas.spec).is_ok(),
+        eao::operator::reconcile::validate::validate(&eas.spec).is_ok(),
         "{:?}",
-        eao::validate::validate(&eas.spec)
+        eao::operator::reconcile::validate::validate(&eas.spec)
     );
 }
 

@@ -3,7 +3,7 @@
 //! reference responses when `../shared/contract` is present.
 
 use bytes::Bytes;
-use eao::apiserver::testkit as tk;
+use eao::testing::testkit as tk;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

@@ -9,11 +9,11 @@
 //! a full CA rotation, and asserts that no request failed.
 
 use eao::crd::KeyAlgorithm;
+use eao::operator::reconcile::certs::{self, Force, PlanInputs};
+use eao::operator::reconcile::probe;
+use eao::operator::reconcile::rotation::{CaState, Phase};
+use eao::operator::reconcile::validate::CertSettings;
 use eao::pki::{self, CertKeyPair};
-use eao::reconcile::certs::{self, Force, PlanInputs};
-use eao::reconcile::probe;
-use eao::reconcile::rotation::{CaState, Phase};
-use eao::validate::CertSettings;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::Secret;

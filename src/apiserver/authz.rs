@@ -4,9 +4,9 @@
 //! As in k8s.io/apiserver's delegating authorizer, `/healthz`, `/livez` and `/readyz` are always
 //! allowed and members of `system:masters` skip the review.
 
-use super::auth::UserInfo;
 use super::cache::TtlCache;
-use super::requestinfo::RequestInfo;
+use crate::apiserver::authn::UserInfo;
+use crate::apiserver::filters::requestinfo::RequestInfo;
 use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -198,7 +198,7 @@ impl Authorizer {
         match self {
             Authorizer::AllowAll => Ok(allow),
             Authorizer::AllowAuthenticated => Ok(Decision {
-                allowed: user.name != super::auth::ANONYMOUS,
+                allowed: user.name != crate::apiserver::authn::ANONYMOUS,
                 reason: String::new(),
             }),
             Authorizer::Policy(rules) => Ok(Decision {

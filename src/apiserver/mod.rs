@@ -1,33 +1,31 @@
 //! The bundled aggregated API server (`extension-apiserver`): HTTPS with rustls and hyper
 //! (HTTP/2 and HTTP/1.1), authentication and authorization as k8s.io/apiserver does them,
 //! discovery, OpenAPI, health and metrics. Storage-backed resource handlers plug in through
-//! [`handlers::ResourceHandler`].
+//! [`router::ResourceHandler`].
 
-pub mod auth;
-pub mod authconfig;
+pub mod admission;
+pub mod apierrors;
+pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod cache;
-pub mod config;
 pub mod discovery;
-pub mod handlers;
+pub mod filters;
 pub mod health;
-pub mod inflight;
 pub mod metrics;
-pub mod namespaces;
 pub mod openapi;
-pub mod requestinfo;
+pub mod options;
 pub mod resources;
-pub mod status;
-pub mod testkit;
+pub mod router;
+pub mod storage;
 pub mod tls;
 
 use crate::serverconfig::ServerConfig;
-use config::Args;
-use handlers::{App, ConnInfo};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use options::Args;
+use router::{App, ConnInfo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,10 +60,10 @@ pub enum ServeError {
     Usage(String),
     /// Authentication setup.
     #[error("authentication: {0}")]
-    AuthConfig(#[from] authconfig::AuthConfigError),
+    AuthConfig(#[from] authn::source::AuthConfigError),
     /// Token file.
     #[error("authentication: {0}")]
-    Auth(#[from] auth::AuthError),
+    Auth(#[from] authn::AuthError),
     /// Policy file.
     #[error("authorization: {0}")]
     Authz(#[from] authz::AuthzError),
@@ -74,7 +72,7 @@ pub enum ServeError {
     Kube(String),
     /// The embedded store.
     #[error("storage in {0}: {1}")]
-    Storage(String, crate::storage::StorageError),
+    Storage(String, crate::apiserver::storage::StorageError),
     /// Binding the port.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
@@ -183,7 +181,7 @@ async fn watch_config(args: Args, app: Arc<App>, mut last: Option<u64>) {
             Ok(cfg) => {
                 tracing::info!(config = %args.config.display(), resources = cfg.resources.len(), versions = ?cfg.versions,
                     "configuration changed; serving the new resources, discovery and OpenAPI");
-                app.replace(handlers::Served::new(cfg));
+                app.replace(router::Served::new(cfg));
             }
             Err(e) => tracing::error!(error = %e, "configuration changed but is invalid; keeping the current one"),
         }
@@ -228,10 +226,10 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     let tls_config = tls::server_config(serving.clone())?;
 
     let (auth_state, tokens, authorizer, namespaces) = if args.standalone {
-        let state = authconfig::AuthState::loaded(authconfig::from_args(&args)?);
+        let state = authn::source::AuthState::loaded(authn::source::from_args(&args)?);
         let tokens = match &args.token_auth_file {
-            Some(p) => auth::TokenAuthenticator::from_file(p)?,
-            None => auth::TokenAuthenticator::None,
+            Some(p) => authn::TokenAuthenticator::from_file(p)?,
+            None => authn::TokenAuthenticator::None,
         };
         let any_authenticator = args.token_auth_file.is_some()
             || args.client_ca_file.is_some()
@@ -244,21 +242,26 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
                 authz::Authorizer::AllowAll
             }
         };
-        (state, tokens, authorizer, Arc::new(namespaces::Namespaces::Any))
+        (
+            state,
+            tokens,
+            authorizer,
+            Arc::new(admission::namespace_lifecycle::Namespaces::Any),
+        )
     } else {
         let client = kube_client(&args).await?;
-        let state = Arc::new(authconfig::AuthState::default());
-        tokio::spawn(authconfig::follow(client.clone(), state.clone()));
+        let state = Arc::new(authn::source::AuthState::default());
+        tokio::spawn(authn::source::follow(client.clone(), state.clone()));
         let tokens =
-            auth::TokenAuthenticator::Review(auth::TokenReviewer::new(client.clone(), args.authentication_cache_ttl));
-        let namespaces = namespaces::Namespaces::follow(client.clone());
+            authn::TokenAuthenticator::Review(authn::TokenReviewer::new(client.clone(), args.authentication_cache_ttl));
+        let namespaces = admission::namespace_lifecycle::Namespaces::follow(client.clone());
         let authorizer = authz::Authorizer::Delegated(authz::SarAuthorizer::new(client, args.authorization_cache_ttl));
         (state, tokens, authorizer, namespaces)
     };
 
     // Opened before binding: a server that cannot keep data must not become ready.
     let data_dir = args.data_dir();
-    let storage = crate::storage::Storage::open(&data_dir, Default::default())
+    let storage = crate::apiserver::storage::Storage::open(&data_dir, Default::default())
         .map_err(|e| ServeError::Storage(data_dir.display().to_string(), e))?;
     tracing::info!(dir = %data_dir.display(), objects = storage.len(), rv = storage.current_rv(), "storage open");
     let resources = resources::StorageHandler::new(Arc::new(storage), cfg.group.clone(), namespaces.clone());
@@ -268,8 +271,8 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     let (tx, rx) = watch::channel(false);
     let app = Arc::new(App {
         metrics: metrics::Metrics::new(cfg.resources.iter().map(|r| r.plural.clone())),
-        served: std::sync::RwLock::new(handlers::Served::new(cfg)),
-        inflight: inflight::InFlight::new(args.max_requests_inflight, args.max_mutating_requests_inflight),
+        served: std::sync::RwLock::new(router::Served::new(cfg)),
+        inflight: filters::inflight::InFlight::new(args.max_requests_inflight, args.max_mutating_requests_inflight),
         ready_log: Default::default(),
         namespaces,
         auth: auth_state,
@@ -365,7 +368,7 @@ async fn accept_loop(
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|c| auth::PeerCerts::new(c.to_vec()));
+                .and_then(|c| authn::PeerCerts::new(c.to_vec()));
             let conn = Arc::new(ConnInfo {
                 peer,
                 remote: Some(remote),

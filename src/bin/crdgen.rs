@@ -5,7 +5,7 @@ use std::path::Path;
 fn main() {
     let check = std::env::args().any(|a| a == "--check");
     let mut stale = Vec::new();
-    for (path, contents) in eao::crdgen::artifacts() {
+    for (path, contents) in eao::operator::crdgen::artifacts() {
         let path = Path::new(path);
         if check {
             if std::fs::read_to_string(path).ok().as_deref() != Some(contents.as_str()) {

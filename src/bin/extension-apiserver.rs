@@ -2,7 +2,7 @@
 //! flags, sets up logging and maps a start-up failure to a clear message and exit code 1.
 
 use clap::Parser;
-use eao::apiserver::config::{Args, LogFormat};
+use eao::apiserver::options::{Args, LogFormat};
 
 #[tokio::main]
 async fn main() {

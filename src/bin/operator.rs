@@ -1,10 +1,10 @@
 //! The operator binary: flags, logging, admin server, leader election, controller.
 
 use clap::Parser;
-use eao::admin::{self, AdminState};
-use eao::leader::{LeaderElector, LeaseConfig};
-use eao::metrics::Metrics;
-use eao::reconcile::build::BuildOptions;
+use eao::operator::admin::{self, AdminState};
+use eao::operator::leader::{LeaderElector, LeaseConfig};
+use eao::operator::metrics::Metrics;
+use eao::operator::reconcile::build::BuildOptions;
 use eao::telemetry::{self, LogFormat};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::Reporter;
@@ -141,7 +141,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let options = BuildOptions {
         default_server_image: args.server_image,
     };
-    eao::controller::run(client, options, metrics, reporter, ready, stopped()).await;
+    eao::operator::controller::run(client, options, metrics, reporter, ready, stopped()).await;
     if let Some(e) = &elector {
         e.release().await;
     }

@@ -65,12 +65,12 @@ async fn client() -> Client {
             if std::env::var("EAO_E2E_IN_PROCESS").as_deref() != Ok("0") {
                 let c = client.clone();
                 tokio::spawn(async move {
-                    eao::controller::run(
+                    eao::operator::controller::run(
                         c,
-                        eao::reconcile::build::BuildOptions {
+                        eao::operator::reconcile::build::BuildOptions {
                             default_server_image: "extension-apiserver-operator:e2e".into(),
                         },
-                        Arc::new(eao::metrics::Metrics::default()),
+                        Arc::new(eao::operator::metrics::Metrics::default()),
                         Reporter {
                             controller: "extension-apiserver-operator".into(),
                             instance: Some("e2e".into()),

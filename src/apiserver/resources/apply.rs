@@ -2,9 +2,9 @@
 //! does not exist yet (see [`super::managed`] for the merge and ownership rules).
 
 use super::{json_response, managed, value_response, Cx, StorageHandler, PATCH_RETRIES};
+use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::Body;
-use crate::apiserver::status::Status;
-use crate::storage::StorageError;
+use crate::apiserver::storage::StorageError;
 use http::{Response, StatusCode};
 use serde_json::Value;
 

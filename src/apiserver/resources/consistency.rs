@@ -6,8 +6,8 @@
 //! - `Exact` N: served when N is the current version, else 410 Expired (the snapshot is gone).
 
 use super::Cx;
-use crate::apiserver::status::Status;
-use crate::storage::Store;
+use crate::apiserver::apierrors::Status;
+use crate::apiserver::storage::Store;
 use http::StatusCode;
 use serde_json::{json, Map};
 use std::time::Duration;

@@ -3,9 +3,9 @@
 //! `foregroundDeletion` finalizers, as kube-apiserver's generic registry applies them.
 
 use super::{object, value_response, Cx, StorageHandler, PATCH_RETRIES};
+use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::Body;
-use crate::apiserver::status::Status;
-use crate::storage::{Preconditions, StorageError};
+use crate::apiserver::storage::{Preconditions, StorageError};
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 

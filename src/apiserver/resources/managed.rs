@@ -5,7 +5,7 @@
 
 use super::fields::{self, FieldSet};
 use super::{object, Cx};
-use crate::apiserver::status::Status;
+use crate::apiserver::apierrors::Status;
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;

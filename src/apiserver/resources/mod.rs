@@ -16,12 +16,12 @@ mod select;
 mod watch;
 
 use super::body::{full, Body};
-use super::handlers::{ResourceHandler, ResourceRequest};
-use super::namespaces::Namespaces;
-use super::requestinfo::query_pairs;
-use super::status::Status;
+use crate::apiserver::admission::namespace_lifecycle::Namespaces;
+use crate::apiserver::apierrors::Status;
+use crate::apiserver::filters::requestinfo::query_pairs;
+use crate::apiserver::router::{ResourceHandler, ResourceRequest};
+use crate::apiserver::storage::{Preconditions, StorageError, Store};
 use crate::crd::ServedResource;
-use crate::storage::{Preconditions, StorageError, Store};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -164,7 +164,7 @@ impl Cx {
 
     /// The stored object as this request's version sees it: served versions differ only in
     /// `apiVersion` (conversion strategy None), so the stored bytes are reused when they match.
-    pub fn bytes_of(&self, o: &crate::storage::Object) -> Bytes {
+    pub fn bytes_of(&self, o: &crate::apiserver::storage::Object) -> Bytes {
         // serde_json writes keys sorted, so a stored object starts with its apiVersion; a
         // stored document in another order only costs the re-serialization below.
         if o.json.starts_with(self.version_prefix.as_bytes()) {
@@ -304,7 +304,7 @@ impl Cx {
         } else if f.trim().is_empty() {
             format!("metadata.name={}", self.name)
         } else {
-            if super::requestinfo::exact_name(f).is_some_and(|n| n != self.name) {
+            if crate::apiserver::filters::requestinfo::exact_name(f).is_some_and(|n| n != self.name) {
                 return Err(Status::bad_request(
                     "fieldSelector metadata.name doesn't match requested name",
                 ));

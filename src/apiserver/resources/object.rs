@@ -2,7 +2,7 @@
 //! generation and the status subresource split.
 
 use super::Cx;
-use crate::apiserver::status::Status;
+use crate::apiserver::apierrors::Status;
 use serde_json::{json, Map, Value};
 
 /// Parses a request body as an object of the URL's type.

@@ -2,9 +2,9 @@
 //! asked to write, in its order: prune unknown fields, drop non-nullable nulls, apply `default`s,
 //! then validate (see [`validate_update`]). Metadata is the server's business, not the schema's.
 
-mod validate;
+mod validation;
 
-pub use validate::validate_update;
+pub use validation::validate_update;
 
 use crate::crd::ServedResource;
 use serde_json::{json, Value};

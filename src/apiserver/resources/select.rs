@@ -1,7 +1,7 @@
 //! Label and field selectors as `labels.Parse` / `fields.ParseSelector` accept them, reduced to
 //! what lists and watches of custom resources need.
 
-use crate::storage::Object;
+use crate::apiserver::storage::Object;
 use std::collections::BTreeMap;
 
 /// One label requirement.

@@ -4,9 +4,9 @@
 
 use super::output::{self, Form};
 use super::Cx;
+use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::{Body, BoxError};
-use crate::apiserver::status::Status;
-use crate::storage::{EventType, Object, StorageError, Store, WatchEvent};
+use crate::apiserver::storage::{EventType, Object, StorageError, Store, WatchEvent};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};

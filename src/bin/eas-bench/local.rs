@@ -3,7 +3,7 @@
 
 use crate::client::{Endpoint, Identity};
 use crate::Error;
-use eao::apiserver::testkit::{self as tk, KubeDouble};
+use eao::testing::testkit::{self as tk, KubeDouble};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

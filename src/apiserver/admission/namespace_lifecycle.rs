@@ -8,7 +8,7 @@
 //! the cache is looked up live before refusing, because a namespace created a moment ago may
 //! not have reached the watch yet.
 
-use super::status::Status;
+use crate::apiserver::apierrors::Status;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;

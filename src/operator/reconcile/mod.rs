@@ -8,10 +8,11 @@ pub mod names;
 pub mod probe;
 pub mod rotation;
 pub mod status;
+pub mod validate;
 
 use crate::crd::{ExtensionApiServer, ExtensionApiServerStatus};
-use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::operator::error::{Error, Result};
+use crate::operator::metrics::Metrics;
 use build::{BuildOptions, Children};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
@@ -117,7 +118,7 @@ async fn apply(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
     let generation = eas.metadata.generation;
     let previous = eas.status.clone().unwrap_or_default();
 
-    let validated = match crate::validate::validate(&eas.spec) {
+    let validated = match crate::operator::reconcile::validate::validate(&eas.spec) {
         Ok(v) => v,
         Err(problems) => {
             let message = problems.join("; ");

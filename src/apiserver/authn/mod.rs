@@ -5,8 +5,10 @@
 //! through to anonymous: a certificate from an unknown CA or an invalid token must never end
 //! up as `system:anonymous` with whatever that user may do.
 
-use super::cache::TtlCache;
-use super::tls::{subject_names, ChainVerifier};
+pub mod source;
+
+use crate::apiserver::cache::TtlCache;
+use crate::apiserver::tls::{subject_names, ChainVerifier};
 use http::HeaderMap;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use rustls::pki_types::CertificateDer;

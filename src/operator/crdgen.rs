@@ -24,17 +24,17 @@ pub fn artifacts() -> Vec<(&'static str, String)> {
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct ChartRbac {
-        /// ClusterRole rules: [`crate::rbac::operator_cluster_rules`].
+        /// ClusterRole rules: [`crate::operator::rbac::operator_cluster_rules`].
         cluster_rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
-        /// Role rules in the release namespace: [`crate::rbac::operator_namespace_rules`].
+        /// Role rules in the release namespace: [`crate::operator::rbac::operator_namespace_rules`].
         namespace_rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
-        /// Added to the ClusterRole when `rbac.allowUserRules`: [`crate::rbac::user_rules_escalation`].
+        /// Added to the ClusterRole when `rbac.allowUserRules`: [`crate::operator::rbac::user_rules_escalation`].
         user_rules_escalation: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
     }
     let rbac = ChartRbac {
-        cluster_rules: crate::rbac::operator_cluster_rules(),
-        namespace_rules: crate::rbac::operator_namespace_rules(),
-        user_rules_escalation: crate::rbac::user_rules_escalation(),
+        cluster_rules: crate::operator::rbac::operator_cluster_rules(),
+        namespace_rules: crate::operator::rbac::operator_namespace_rules(),
+        user_rules_escalation: crate::operator::rbac::user_rules_escalation(),
     };
     vec![
         (CRD_FILE, crd_yaml()),

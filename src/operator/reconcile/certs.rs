@@ -4,8 +4,8 @@
 
 use super::build::Certs;
 use super::rotation::{self, CaState, Step};
+use crate::operator::reconcile::validate::CertSettings;
 use crate::pki::{self, CertFacts, CertKeyPair, PkiError, ReissueReason};
-use crate::validate::CertSettings;
 use k8s_openapi::api::core::v1::Secret;
 use std::time::Duration;
 

@@ -4,8 +4,8 @@
 //! `Retry-After`, which every client-go client retries. Watches are long-running and do not
 //! count, as in kube-apiserver.
 
-use super::body::Body;
-use super::status::Status;
+use crate::apiserver::apierrors::Status;
+use crate::apiserver::body::Body;
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::{json, Map};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::crd::{ApiVersion, ExtensionApiServerSpec};
-use crate::fake_api::FakeApi;
+use crate::testing::fake_api::FakeApi;
 use kube::runtime::events::Reporter;
 use serde_json::{json, Value};
 

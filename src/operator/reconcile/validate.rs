@@ -34,7 +34,7 @@ impl Default for CertSettings {
             serving_renew_before: None,
             ca_validity: DEFAULT_CA_VALIDITY,
             ca_renew_before: None,
-            ca_overlap: crate::reconcile::rotation::DEFAULT_OVERLAP,
+            ca_overlap: crate::operator::reconcile::rotation::DEFAULT_OVERLAP,
         }
     }
 }
@@ -172,7 +172,8 @@ fn cert_settings(spec: &ExtensionApiServerSpec, problems: &mut Vec<String>) -> C
         |field: &str, value: &Option<String>| value.as_ref().map(|_| duration(field, value, Duration::ZERO));
     let serving_renew_before = optional("servingRenewBefore", &c.serving_renew_before);
     let ca_renew_before = optional("caRenewBefore", &c.ca_renew_before);
-    let ca_overlap = optional("caOverlap", &c.ca_overlap).unwrap_or(crate::reconcile::rotation::DEFAULT_OVERLAP);
+    let ca_overlap =
+        optional("caOverlap", &c.ca_overlap).unwrap_or(crate::operator::reconcile::rotation::DEFAULT_OVERLAP);
     if serving_renew_before.is_some_and(|r| r >= serving_validity) {
         problems.push("spec.certificates.servingRenewBefore must be shorter than servingValidity".into());
     }

@@ -1,10 +1,10 @@
 //! Wiring of the controller: which objects are watched and how they map to owners.
 
 use crate::crd::ExtensionApiServer;
-use crate::metrics::Metrics;
-use crate::reconcile::build::BuildOptions;
-use crate::reconcile::names::{MANAGER, OWNER_NAMESPACE_LABEL, OWNER_NAME_LABEL};
-use crate::reconcile::{error_policy, reconcile, system_clock, Context};
+use crate::operator::metrics::Metrics;
+use crate::operator::reconcile::build::BuildOptions;
+use crate::operator::reconcile::names::{MANAGER, OWNER_NAMESPACE_LABEL, OWNER_NAME_LABEL};
+use crate::operator::reconcile::{error_policy, reconcile, system_clock, Context};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
@@ -51,7 +51,7 @@ pub async fn run(
     .watches(Api::<ClusterRole>::all(client.clone()), ours.clone(), owner_of)
     .watches(Api::<ClusterRoleBinding>::all(client.clone()), ours.clone(), owner_of)
     .watches(
-        Api::<RoleBinding>::namespaced(client.clone(), crate::reconcile::names::KUBE_SYSTEM),
+        Api::<RoleBinding>::namespaced(client.clone(), crate::operator::reconcile::names::KUBE_SYSTEM),
         ours,
         owner_of,
     );
@@ -63,7 +63,7 @@ pub async fn run(
         options,
         clock: system_clock(),
         store: Some(store.clone()),
-        probe: crate::reconcile::probe::tls_probe(),
+        probe: crate::operator::reconcile::probe::tls_probe(),
     });
     tokio::spawn(async move {
         if store.wait_until_ready().await.is_ok() {

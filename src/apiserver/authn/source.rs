@@ -3,8 +3,8 @@
 //! watch, so a front-proxy CA rotation is picked up within seconds. Readiness is false until
 //! the first load.
 
-use super::auth::{AuthConfig, RequestHeaderConfig};
-use super::tls::ChainVerifier;
+use crate::apiserver::authn::{AuthConfig, RequestHeaderConfig};
+use crate::apiserver::tls::ChainVerifier;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::watcher;
@@ -112,7 +112,7 @@ pub fn from_configmap_data(data: &BTreeMap<String, String>) -> Result<AuthConfig
 }
 
 /// Builds the configuration from standalone flags.
-pub fn from_args(args: &super::config::Args) -> Result<AuthConfig, AuthConfigError> {
+pub fn from_args(args: &crate::apiserver::options::Args) -> Result<AuthConfig, AuthConfigError> {
     let read =
         |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| AuthConfigError::Read(p.display().to_string(), e));
     let client_ca = match &args.client_ca_file {
@@ -200,7 +200,7 @@ mod tests {
     use super::*;
 
     fn ca_pem() -> String {
-        crate::apiserver::testkit::ca("t").expect("ca").cert_pem
+        crate::testing::testkit::ca("t").expect("ca").cert_pem
     }
 
     #[test]

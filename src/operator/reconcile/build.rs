@@ -3,8 +3,8 @@
 use super::names::{api_service_name, Names, CERT_HASH_ANNOTATION, KUBE_SYSTEM};
 use super::rotation::CaState;
 use crate::crd::{ExtensionApiServer, ImageServer, LogFormat};
+use crate::operator::rbac::{bundled_server_rules, AUTH_DELEGATOR, AUTH_READER};
 use crate::pki::CertKeyPair;
-use crate::rbac::{bundled_server_rules, AUTH_DELEGATOR, AUTH_READER};
 use crate::serverconfig::{ServerConfig, CERT_DIR, CONFIG_DIR, CONFIG_KEY, DATA_DIR, SERVER_BINARY, SERVER_PORT};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
@@ -574,7 +574,7 @@ mod tests {
         let serving = pki::issue_serving(&ca, &names, alg, pki::DEFAULT_SERVING_VALIDITY, NOW).unwrap();
         let serving_sha256 = pki::inspect(&serving.cert_pem).unwrap().sha256_hex;
         let ca_state = CaState {
-            active: Some(crate::reconcile::rotation::CaMaterial {
+            active: Some(crate::operator::reconcile::rotation::CaMaterial {
                 cert_pem: ca.cert_pem.clone(),
                 key_pem: Some(ca.key_pem),
             }),
@@ -844,7 +844,7 @@ mod tests {
         let container = &ch.deployment.spec.unwrap().template.spec.unwrap().containers[0];
         let mut argv = container.command.clone().unwrap();
         argv.extend(container.args.clone().unwrap());
-        let args = crate::apiserver::config::Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{e}"));
+        let args = crate::apiserver::options::Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.secure_port, SERVER_PORT as u16);
         assert_eq!(args.data_dir(), std::path::PathBuf::from(DATA_DIR));
     }

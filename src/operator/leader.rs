@@ -174,7 +174,7 @@ impl LeaderElector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_api::FakeApi;
+    use crate::testing::fake_api::FakeApi;
 
     fn elector(api: &FakeApi, id: &str) -> LeaderElector {
         LeaderElector::new(

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the operator, served on the admin port at `/metrics`.
 
-use crate::error::Error;
-use crate::reconcile::Change;
+use crate::operator::error::Error;
+use crate::operator::reconcile::Change;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

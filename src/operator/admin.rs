@@ -1,7 +1,7 @@
 //! The admin server: `/livez`, `/readyz` (ready once the caches have synced and, with leader
 //! election, this replica leads or is standing by) and `/metrics`.
 
-use crate::metrics::Metrics;
+use crate::operator::metrics::Metrics;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;

@@ -3,16 +3,16 @@
 //! never normalised or redirected), authorize, then dispatch to discovery, OpenAPI, health,
 //! metrics, or the resource handler (the storage plug-in point, see [`ResourceHandler`]).
 
-use super::auth::{self, TokenAuthenticator, UserInfo};
-use super::authconfig::AuthState;
 use super::authz::Authorizer;
 use super::body::{full, Body};
 use super::discovery::{self, Discovery, DiscoveryFormat, Doc};
 use super::health;
 use super::metrics::Metrics;
 use super::openapi::OpenApi;
-use super::requestinfo::{query_pairs, RequestInfo};
-use super::status::Status;
+use crate::apiserver::apierrors::Status;
+use crate::apiserver::authn::source::AuthState;
+use crate::apiserver::authn::{self as auth, TokenAuthenticator, UserInfo};
+use crate::apiserver::filters::requestinfo::{query_pairs, RequestInfo};
 use crate::crd::{ResourceScope, ServedResource};
 use crate::serverconfig::ServerConfig;
 use bytes::Bytes;
@@ -112,11 +112,11 @@ pub struct App {
     /// What is served now.
     pub served: std::sync::RwLock<Arc<Served>>,
     /// Concurrency limits of resource requests.
-    pub inflight: super::inflight::InFlight,
+    pub inflight: crate::apiserver::filters::inflight::InFlight,
     /// The failing readiness checks last logged, so a change is logged once.
     pub ready_log: std::sync::Mutex<String>,
     /// Namespace lifecycle: creates need a namespace that exists and is not terminating.
-    pub namespaces: Arc<super::namespaces::Namespaces>,
+    pub namespaces: Arc<crate::apiserver::admission::namespace_lifecycle::Namespaces>,
     /// Certificate-based authentication configuration.
     pub auth: Arc<AuthState>,
     /// Bearer token authentication.

@@ -2,7 +2,7 @@
 //! `shared/contract/reference-responses/*.body`): `kind`, `apiVersion`, empty `metadata`,
 //! `status: Failure`, `message`, `reason`, `details`, `code`.
 
-use super::requestinfo::RequestInfo;
+use crate::apiserver::filters::requestinfo::RequestInfo;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{json, Map, Value};

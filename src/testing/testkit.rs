@@ -94,15 +94,15 @@ pub async fn tls_stream(
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in super::tls::parse_certs(ca_pem.as_bytes())? {
+    for c in crate::apiserver::tls::parse_certs(ca_pem.as_bytes())? {
         roots.add(c)?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(super::tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(crate::apiserver::tls::provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
     let mut cfg = match identity {
         Some(id) => {
-            let chain = super::tls::parse_certs(id.cert_pem.as_bytes())?;
+            let chain = crate::apiserver::tls::parse_certs(id.cert_pem.as_bytes())?;
             let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())?;
             builder.with_client_auth_cert(chain, key)?
         }
@@ -238,11 +238,11 @@ impl KubeDouble {
     pub async fn start(data: BTreeMap<String, String>) -> Result<Self, Error> {
         let ca = ca("kube-double-ca")?;
         let leaf = serving_cert(&ca)?;
-        let ck = super::tls::certified_key(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())?;
-        let mut cfg = rustls::ServerConfig::builder_with_provider(super::tls::provider())
+        let ck = crate::apiserver::tls::certified_key(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(crate::apiserver::tls::provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_cert_resolver(super::tls::ServingCert::new(ck));
+            .with_cert_resolver(crate::apiserver::tls::ServingCert::new(ck));
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -388,7 +388,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn configmap_json(data: &BTreeMap<String, String>, rv: u64) -> Value {
     json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": super::authconfig::NAME, "namespace": super::authconfig::NAMESPACE, "resourceVersion": rv.to_string(), "uid": "cm-uid"},
+        "metadata": {"name": crate::apiserver::authn::source::NAME, "namespace": crate::apiserver::authn::source::NAMESPACE, "resourceVersion": rv.to_string(), "uid": "cm-uid"},
         "data": data,
     })
 }
@@ -570,7 +570,7 @@ pub fn write_serving_files(dir: &Path) -> Result<ServingFiles, Error> {
 /// The server's leaf certificate DER from a PEM file (to compare with what a handshake saw).
 pub fn leaf_der(pem_path: &Path) -> Result<CertificateDer<'static>, Error> {
     let pem = std::fs::read(pem_path)?;
-    super::tls::parse_certs(&pem)?
+    crate::apiserver::tls::parse_certs(&pem)?
         .into_iter()
         .next()
         .ok_or_else(|| "no certificate".into())

@@ -1,0 +1,4 @@
+//! The request filter chain.
+
+pub mod inflight;
+pub mod requestinfo;
