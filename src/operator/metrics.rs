@@ -1,7 +1,6 @@
 //! Prometheus metrics of the operator, served on the admin port at `/metrics`.
 
 use crate::operator::error::Error;
-use crate::operator::reconcile::Change;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -85,13 +84,8 @@ impl Metrics {
         }
     }
 
-    /// Records one apply.
-    pub fn count_apply(&self, kind: &str, change: Change) {
-        let change = match change {
-            Change::Created => "created",
-            Change::Updated => "updated",
-            Change::Unchanged => "unchanged",
-        };
+    /// Records one apply; `change` is `created`, `updated` or `unchanged`.
+    pub fn count_apply(&self, kind: &str, change: &str) {
         self.applies
             .get_or_create(&ApplyLabels {
                 kind: kind.to_string(),

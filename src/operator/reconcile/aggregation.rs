@@ -3,8 +3,8 @@
 //! kube-system/extension-apiserver-authentication; without a request-header CA no aggregated
 //! server can authenticate the aggregator.
 
+use super::conditions::{reasons, types, Cond};
 use super::names::KUBE_SYSTEM;
-use super::status::{reasons, types, Cond};
 use crate::pki;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};

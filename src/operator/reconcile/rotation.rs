@@ -29,8 +29,6 @@ pub const REASON_ANNOTATION: &str = "aggregation.dev/ca-rotation-reason";
 /// Time the aggregators (one per kube-apiserver) get to pick up a new caBundle before a leaf
 /// of the new CA is served.
 pub const PUBLISH_SETTLE: Duration = Duration::from_secs(10);
-/// Default minimum time both CAs stay published after the new CA signs the leaf.
-pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(600);
 
 /// Phase of a CA rotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

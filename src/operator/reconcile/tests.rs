@@ -1,10 +1,15 @@
 //! Reconcile flows against the in-memory API server: the exact requests, drift repair,
 //! certificate stability, conflicts, aggregation checks and the finalizer path.
 
+use super::build::BuildOptions;
 use super::*;
 use crate::crd::{ApiVersion, ExtensionApiServerSpec};
+use crate::operator::metrics::Metrics;
 use crate::testing::fake_api::FakeApi;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::Recorder;
 use kube::runtime::events::Reporter;
+use kube::runtime::reflector::Store;
 use serde_json::{json, Value};
 
 const NS: &str = "wardle-system";

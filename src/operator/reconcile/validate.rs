@@ -7,6 +7,10 @@ use crate::pki::{parse_duration, DEFAULT_CA_VALIDITY, DEFAULT_SERVING_VALIDITY};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// Default minimum time both CAs stay published after the new CA signs the leaf (see
+/// [`super::rotation`]); a default of the settings, so it lives with them.
+pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(600);
+
 /// Certificate settings with defaults applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CertSettings {
@@ -34,7 +38,7 @@ impl Default for CertSettings {
             serving_renew_before: None,
             ca_validity: DEFAULT_CA_VALIDITY,
             ca_renew_before: None,
-            ca_overlap: crate::operator::reconcile::rotation::DEFAULT_OVERLAP,
+            ca_overlap: DEFAULT_OVERLAP,
         }
     }
 }
@@ -172,8 +176,7 @@ fn cert_settings(spec: &ExtensionApiServerSpec, problems: &mut Vec<String>) -> C
         |field: &str, value: &Option<String>| value.as_ref().map(|_| duration(field, value, Duration::ZERO));
     let serving_renew_before = optional("servingRenewBefore", &c.serving_renew_before);
     let ca_renew_before = optional("caRenewBefore", &c.ca_renew_before);
-    let ca_overlap =
-        optional("caOverlap", &c.ca_overlap).unwrap_or(crate::operator::reconcile::rotation::DEFAULT_OVERLAP);
+    let ca_overlap = optional("caOverlap", &c.ca_overlap).unwrap_or(DEFAULT_OVERLAP);
     if serving_renew_before.is_some_and(|r| r >= serving_validity) {
         problems.push("spec.certificates.servingRenewBefore must be shorter than servingValidity".into());
     }

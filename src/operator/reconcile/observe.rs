@@ -1,0 +1,184 @@
+//! Observe: read what the cluster shows before anything is written. The aggregation layer's
+//! configuration, the stored certificates, a user's own CA, the published caBundles and (in
+//! the middle of a CA rotation) the leaves the server replicas present. Nothing here writes,
+//! except Events.
+
+use super::aggregation;
+use super::certs::{self, Force};
+use super::conditions::Cond;
+use super::context::Context;
+use super::names::{self, labelled_owner, Names};
+use super::probe;
+use super::rotation::{self, CaState};
+use crate::crd::ExtensionApiServer;
+use crate::operator::error::Result;
+use crate::pki::CertKeyPair;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+
+/// The objects as read before applying, so the applier can tell a create from a repair.
+pub struct Before {
+    /// The CA Secret.
+    pub ca_secret: Option<Secret>,
+    /// The serving-certificate Secret.
+    pub serving_secret: Option<Secret>,
+    /// One APIService per entry of `spec.versions`, in that order.
+    pub api_services: Vec<Option<APIService>>,
+}
+
+/// What the cluster shows today.
+pub struct Observed {
+    /// The `AggregationLayerConfigured` condition.
+    pub aggregation: Cond,
+    /// A valid `aggregation.dev/rotate` request.
+    pub force: Option<Force>,
+    /// An invalid one: why, so it is reported and cleared.
+    pub bad_force: Option<String>,
+    /// The objects as read.
+    pub before: Before,
+    /// The user's own CA (`spec.certificates.caSecretRef`).
+    pub external: Option<CertKeyPair>,
+    /// Whether every APIService of ours publishes exactly the stored bundle.
+    pub published: bool,
+    /// The bundle one of our APIServices publishes now.
+    pub published_bundle: Option<String>,
+    /// What the replicas serve, observed only in the overlap phase of a CA rotation.
+    pub observation: Option<Result<Vec<probe::Observed>, String>>,
+    /// Whether every observed replica serves a leaf of the active CA.
+    pub served_by_active: bool,
+}
+
+/// A problem the user must fix before anything can be applied.
+pub struct Problem {
+    /// The `AggregationLayerConfigured` condition, reported beside the problem.
+    pub aggregation: Cond,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Reads the cluster. The outer error is a failed API call; the inner one a problem with the
+/// user's CA Secret.
+pub async fn observe(ctx: &Context, eas: &ExtensionApiServer, names: &Names) -> Result<Result<Observed, Problem>> {
+    let aggregation = aggregation::check(&ctx.client).await?;
+    if let Some(w) = &aggregation.warning {
+        ctx.publish(
+            eas,
+            EventType::Warning,
+            super::conditions::reasons::FRONT_PROXY_CA_REUSED,
+            w.clone(),
+        )
+        .await;
+    }
+
+    // A manual rotation request; an unknown value is reported and cleared by the caller.
+    let (force, bad_force) = match eas.annotations().get(certs::ROTATE_ANNOTATION) {
+        None => (None, None),
+        Some(v) => match Force::parse(v) {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(e)),
+        },
+    };
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let ca_secret = secrets.get_opt(&names.ca_secret).await?;
+    let serving_secret = secrets.get_opt(&names.serving_secret).await?;
+    let external = match read_external_ca(&secrets, eas).await? {
+        Ok(pair) => pair,
+        Err(message) => {
+            return Ok(Err(Problem {
+                aggregation: aggregation.condition,
+                message,
+            }))
+        }
+    };
+
+    // What the cluster shows today: the published caBundles, and (mid-rotation) the served leaves.
+    let api_services: Api<APIService> = Api::all(ctx.client.clone());
+    let mut existing = Vec::new();
+    for v in &eas.spec.versions {
+        existing.push(
+            api_services
+                .get_opt(&names::api_service_name(&eas.spec.group, &v.name))
+                .await?,
+        );
+    }
+    let stored = CaState::from_secret(ca_secret.as_ref());
+    let stored_bundle = stored.bundle_pem();
+    // Only our APIServices count: one held by someone else (a conflict) is never written, and
+    // must not hold a rotation in Publishing forever.
+    let me = format!("{}/{}", names.namespace, names.owner);
+    let bundle_of = |s: &APIService| {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.ca_bundle.as_ref())
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    let ours: Vec<Option<&APIService>> = existing
+        .iter()
+        .filter(|s| {
+            s.as_ref()
+                .is_none_or(|s| labelled_owner(s.labels()).as_deref() == Some(me.as_str()))
+        })
+        .map(Option::as_ref)
+        .collect();
+    let published = !stored_bundle.is_empty()
+        && ours
+            .iter()
+            .all(|s| s.and_then(bundle_of).is_some_and(|b| b == stored_bundle));
+    let published_bundle = ours.iter().flatten().find_map(|s| bundle_of(s));
+    let mut observation = None;
+    if stored.phase == rotation::Phase::Overlap {
+        let target = probe::ProbeTarget {
+            namespace: names.namespace.clone(),
+            service: names.service.clone(),
+            port_name: "https".into(),
+            server_name: format!("{}.{}.svc", names.service, names.namespace),
+        };
+        observation = Some((ctx.probe)(ctx.client.clone(), target).await);
+    }
+    let served_by_active = match (&observation, &stored.active) {
+        (Some(Ok(obs)), Some(active)) => probe::all_signed_by(obs, &active.cert_pem),
+        _ => false,
+    };
+    Ok(Ok(Observed {
+        aggregation: aggregation.condition,
+        force,
+        bad_force,
+        before: Before {
+            ca_secret,
+            serving_secret,
+            api_services: existing,
+        },
+        external,
+        published,
+        published_bundle,
+        observation,
+        served_by_active,
+    }))
+}
+
+/// Reads the CA named by `spec.certificates.caSecretRef`. The outer error is a failed API call;
+/// the inner one a problem the user must fix.
+async fn read_external_ca(
+    secrets: &Api<Secret>,
+    eas: &ExtensionApiServer,
+) -> Result<Result<Option<CertKeyPair>, String>> {
+    let Some(r) = eas.spec.certificates.as_ref().and_then(|c| c.ca_secret_ref.as_ref()) else {
+        return Ok(Ok(None));
+    };
+    let Some(secret) = secrets.get_opt(&r.name).await? else {
+        return Ok(Err(format!(
+            "spec.certificates.caSecretRef: Secret {} not found in namespace {}",
+            r.name,
+            eas.namespace().unwrap_or_default()
+        )));
+    };
+    Ok(certs::pair_from_secret(&secret).map(Some).ok_or_else(|| {
+        format!(
+            "spec.certificates.caSecretRef: Secret {} must hold tls.crt and tls.key",
+            r.name
+        )
+    }))
+}
