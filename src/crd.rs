@@ -1,5 +1,8 @@
 //! The `ExtensionApiServer` custom resource (`aggregation.dev/v1alpha1`).
 //!
+//! One file of about 530 lines on purpose: it is the whole user-facing schema, read top to
+//! bottom like `kubectl explain`, and `crdgen` renders it into `crds/` as one document.
+//!
 //! Doc comments on these types become the OpenAPI descriptions that
 //! `kubectl explain extensionapiserver.spec` prints, so they are written for users.
 //! Validation that can be expressed in the schema (patterns, ranges, CEL) lives here,
@@ -195,15 +198,8 @@ pub struct EmbeddedStorage {
     pub storage_class_name: Option<String>,
 }
 
-/// Log output format.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format of the bundled server; the same type as its `--log-format` flag.
+pub use crate::telemetry::LogFormat;
 
 /// A resource served by the bundled server.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -539,118 +535,5 @@ pub(crate) fn wardle_spec() -> ExtensionApiServerSpec {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::core::cel::Validator;
-    use serde_json::{json, Value};
-
-    /// The schema as shipped in `crds/`, so the test checks what users install.
-    fn shipped_schema() -> Value {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/",
-            "crds/extensionapiservers.aggregation.dev.yaml"
-        ))
-        .expect("crds/ file exists");
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("CRD parses");
-        serde_json::to_value(
-            crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .unwrap()
-                .open_api_v3_schema
-                .as_ref()
-                .unwrap(),
-        )
-        .unwrap()
-    }
-
-    fn object(spec: Value) -> Value {
-        json!({"apiVersion": "aggregation.dev/v1alpha1", "kind": "ExtensionApiServer",
-               "metadata": {"name": "wardle", "namespace": "wardle-system"}, "spec": spec})
-    }
-
-    fn good() -> Value {
-        json!({"group": "wardle.example.com", "versions": [{"name": "v1alpha1"}], "server": {}})
-    }
-
-    fn cel_errors(spec: Value, old: Option<Value>) -> Vec<String> {
-        let old = old.map(object);
-        match Validator::new().validate(&shipped_schema(), &object(spec), old.as_ref()) {
-            Ok(()) => vec![],
-            Err(errs) => errs.into_vec().into_iter().map(|e| e.message).collect(),
-        }
-    }
-
-    #[test]
-    fn a_good_spec_passes_the_shipped_rules() {
-        assert_eq!(cel_errors(good(), None), Vec::<String>::new());
-        assert_eq!(cel_errors(good(), Some(good())), Vec::<String>::new());
-    }
-
-    #[test]
-    fn both_or_neither_of_server_and_image_is_rejected() {
-        let mut both = good();
-        both["image"] = json!({"image": "example/server:1"});
-        let errs = cel_errors(both, None);
-        assert!(
-            errs.iter().any(|e| e.contains("exactly one of spec.server")),
-            "{errs:?}"
-        );
-        let mut neither = good();
-        neither.as_object_mut().unwrap().remove("server");
-        assert!(cel_errors(neither, None).iter().any(|e| e.contains("exactly one of")));
-    }
-
-    #[test]
-    fn duplicate_versions_and_plurals_are_rejected() {
-        let mut s = good();
-        s["versions"] = json!([{"name": "v1"}, {"name": "v1"}]);
-        assert!(cel_errors(s, None).iter().any(|e| e.contains("same version twice")));
-        let mut s = good();
-        let r = json!({"kind": "Flunder", "plural": "flunders", "versions": [{"name": "v1alpha1"}]});
-        s["server"]["resources"] = json!([r.clone(), r]);
-        assert!(cel_errors(s, None).iter().any(|e| e.contains("share a plural")));
-    }
-
-    #[test]
-    fn group_is_immutable_and_durations_have_floors() {
-        let mut changed = good();
-        changed["group"] = json!("other.example.com");
-        assert!(cel_errors(changed, Some(good()))
-            .iter()
-            .any(|e| e.contains("immutable")));
-        let mut short = good();
-        short["certificates"] = json!({"servingValidity": "30m"});
-        assert!(cel_errors(short, None).iter().any(|e| e.contains("at least 1h")));
-    }
-
-    #[test]
-    fn schema_constrains_names_and_priorities() {
-        let schema = shipped_schema();
-        let spec = &schema["properties"]["spec"]["properties"];
-        assert!(spec["group"]["pattern"].as_str().unwrap().starts_with("^[a-z0-9]"));
-        let v = &spec["versions"]["items"]["properties"];
-        assert_eq!(v["name"]["pattern"], "^v[1-9][0-9]*((alpha|beta)[1-9][0-9]*)?$");
-        assert_eq!(v["groupPriorityMinimum"]["minimum"], 1.0);
-        assert_eq!(v["groupPriorityMinimum"]["maximum"], 20000.0);
-        assert_eq!(v["versionPriority"]["maximum"], 1000.0);
-        assert_eq!(spec["versions"]["minItems"], 1);
-    }
-
-    #[test]
-    fn printer_columns_and_short_name() {
-        use kube::CustomResourceExt;
-        let crd = ExtensionApiServer::crd();
-        assert_eq!(crd.spec.names.short_names, Some(vec!["eas".to_string()]));
-        let cols: Vec<_> = crd.spec.versions[0]
-            .additional_printer_columns
-            .iter()
-            .flatten()
-            .map(|c| c.name.as_str())
-            .collect();
-        assert_eq!(cols, ["Group", "Versions", "Ready", "APIService", "Cert-Expiry", "Age"]);
-        assert!(crd.spec.versions[0].subresources.as_ref().unwrap().status.is_some());
-    }
-}
+#[path = "crd_tests.rs"]
+mod tests;

@@ -1,19 +1,12 @@
 //! Command-line flags of `extension-apiserver`, named like k8s.io/apiserver's where one exists,
 //! each with an `EAS_*` environment fallback (handy in the pod spec and in tests).
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// Flags of the bundled aggregated API server.
 #[derive(Parser, Clone, Debug)]

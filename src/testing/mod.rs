@@ -3,4 +3,5 @@
 //! package's dev-dependency on itself).
 
 pub mod fake_api;
+pub mod kube_double;
 pub mod testkit;

@@ -1,5 +1,7 @@
 //! Reconcile flows against the in-memory API server: the exact requests, drift repair,
 //! certificate stability, conflicts, aggregation checks and the finalizer path.
+//!
+//! Longer than 500 lines because it is a list of independent scenarios sharing one harness.
 
 use super::build::BuildOptions;
 use super::*;
