@@ -2,6 +2,7 @@
 //! Compiled only with the `test-support` feature (integration tests enable it through the
 //! package's dev-dependency on itself).
 
+pub mod certs;
 pub mod fake_api;
 pub mod kube_double;
 pub mod testkit;
