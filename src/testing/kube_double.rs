@@ -2,7 +2,7 @@
 //! it serves the `extension-apiserver-authentication` ConfigMap (list and watch), namespaces
 //! (metadata watch), TokenReview and SubjectAccessReview, and records every request.
 
-use super::testkit::{ca, serving_cert, Error};
+use super::certs::{ca, serving_cert, Error};
 use crate::pki::CertKeyPair;
 use base64::Engine;
 use bytes::Bytes;
