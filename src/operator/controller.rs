@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Servi
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::reflector::{self, reflector, ObjectRef};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,25 +37,39 @@ pub async fn run(
 ) {
     // Only our children are cached: every one carries the managed-by label.
     let ours = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    let controller = Controller::new(
-        Api::<ExtensionApiServer>::all(client.clone()),
-        watcher::Config::default(),
+    // The main reflector is ours, so readiness comes from the watch itself: the initial list is
+    // in the cache when `InitDone` passes. (Waiting on `Store::wait_until_ready` beside the
+    // controller does not work: its one-shot channel wakes only the last of two waiters, so
+    // this task was never woken and `/readyz` stayed false.)
+    let (store, writer) = reflector::store();
+    let main = reflector(
+        writer,
+        watcher(
+            Api::<ExtensionApiServer>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
-    .owns(Api::<Secret>::all(client.clone()), ours.clone())
-    .owns(Api::<ServiceAccount>::all(client.clone()), ours.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), ours.clone())
-    .owns(Api::<Service>::all(client.clone()), ours.clone())
-    .owns(Api::<Deployment>::all(client.clone()), ours.clone())
-    .owns(Api::<PersistentVolumeClaim>::all(client.clone()), ours.clone())
-    .watches(Api::<APIService>::all(client.clone()), ours.clone(), owner_of)
-    .watches(Api::<ClusterRole>::all(client.clone()), ours.clone(), owner_of)
-    .watches(Api::<ClusterRoleBinding>::all(client.clone()), ours.clone(), owner_of)
-    .watches(
-        Api::<RoleBinding>::namespaced(client.clone(), crate::operator::reconcile::names::KUBE_SYSTEM),
-        ours,
-        owner_of,
-    );
-    let store = controller.store();
+    .inspect(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone)) && !ready.swap(true, Ordering::SeqCst) {
+            tracing::info!("caches synced");
+        }
+    })
+    .applied_objects();
+    let controller = Controller::for_stream(main, store.clone())
+        .owns(Api::<Secret>::all(client.clone()), ours.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), ours.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), ours.clone())
+        .owns(Api::<Service>::all(client.clone()), ours.clone())
+        .owns(Api::<Deployment>::all(client.clone()), ours.clone())
+        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), ours.clone())
+        .watches(Api::<APIService>::all(client.clone()), ours.clone(), owner_of)
+        .watches(Api::<ClusterRole>::all(client.clone()), ours.clone(), owner_of)
+        .watches(Api::<ClusterRoleBinding>::all(client.clone()), ours.clone(), owner_of)
+        .watches(
+            Api::<RoleBinding>::namespaced(client.clone(), crate::operator::reconcile::names::KUBE_SYSTEM),
+            ours,
+            owner_of,
+        );
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -64,12 +78,6 @@ pub async fn run(
         clock: system_clock(),
         store: Some(store.clone()),
         probe: crate::operator::reconcile::probe::tls_probe(),
-    });
-    tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            tracing::info!("caches synced");
-            ready.store(true, Ordering::SeqCst);
-        }
     });
     controller
         .graceful_shutdown_on(shutdown)
@@ -81,4 +89,53 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::fake_api::FakeApi;
+    use std::time::{Duration, Instant};
+
+    /// `/readyz` depends on this flag; it must turn true once the initial list is cached, even
+    /// with no ExtensionApiServer at all (no reconcile ever runs then).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ready_once_the_initial_list_is_cached() {
+        let api = FakeApi::default();
+        let ready = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(
+            api.client_with_latency(Duration::from_millis(200)),
+            BuildOptions {
+                default_server_image: "server:test".into(),
+            },
+            Arc::new(Metrics::default()),
+            Reporter {
+                controller: "test".into(),
+                instance: None,
+            },
+            ready.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the controller never reported its caches synced"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let listed = api
+            .take_requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path == "/apis/aggregation.dev/v1alpha1/extensionapiservers");
+        assert!(listed, "ready before the ExtensionApiServers were listed");
+        let _ = stop.send(());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(20), task).await.is_ok(),
+            "controller did not stop"
+        );
+    }
 }

@@ -101,10 +101,21 @@ fn percent_decode(s: &str) -> String {
 
 impl FakeApi {
     pub fn client(&self) -> kube::Client {
+        self.client_with_latency(std::time::Duration::ZERO)
+    }
+
+    /// A client whose every request takes at least `latency`, as over a network: races between
+    /// tasks waiting for the first answers show up only then.
+    pub fn client_with_latency(&self, latency: std::time::Duration) -> kube::Client {
         let me = self.clone();
         let svc = tower::service_fn(move |req: Request<Body>| {
             let me = me.clone();
-            async move { Ok::<_, std::convert::Infallible>(me.handle(req).await) }
+            async move {
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+                Ok::<_, std::convert::Infallible>(me.handle(req).await)
+            }
         });
         kube::Client::new(svc, "default")
     }
