@@ -53,10 +53,12 @@ pub const VERSION: &str = "v1alpha1";
         description = "Whether every APIService is Available",
         json_path = ".status.conditions[?(@.type==\"APIServiceAvailable\")].status"
     ),
+    // A string, not a `date`: kubectl prints a `date` as the time since it, which for a future
+    // expiry is `<invalid>`.
     printcolumn(
         name = "Cert-Expiry",
-        type_ = "date",
-        description = "When the serving certificate expires",
+        type_ = "string",
+        description = "When the serving certificate expires (UTC)",
         json_path = ".status.certificates.serving.notAfter"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
