@@ -18,4 +18,7 @@ pub mod reconcile;
 pub mod serverconfig;
 pub mod storage;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod testing;
 pub mod validate;
