@@ -7,7 +7,7 @@
 
 use eao::crd::KeyAlgorithm;
 use eao::pki;
-use eao::testing::controlplane::{ControlPlane, Credentials};
+use eao::testing::controlplane::{Assets, ControlPlane, Credentials};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
@@ -53,7 +53,11 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(started.elapsed() < TIMEOUT, "{what}: not within {TIMEOUT:?}\n{}", diag());
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{what}: not within {TIMEOUT:?}\n{}",
+            diag()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -97,7 +101,10 @@ async fn kubectl_works_and_namespace_deletion_completes() {
         .delete(name, &DeleteParams::default())
         .await
         .expect("namespace deletion accepted");
-    let ns = namespaces.get(name).await.expect("namespace still there while terminating");
+    let ns = namespaces
+        .get(name)
+        .await
+        .expect("namespace still there while terminating");
     assert!(
         ns.spec
             .as_ref()
@@ -143,7 +150,11 @@ async fn aggregated_server_serves_flunders_through_the_aggregator() {
     // servers it deploys, and a token from TokenRequest.
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
-        .patch(ns, &ssa, &apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})))
+        .patch(
+            ns,
+            &ssa,
+            &apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
+        )
         .await
         .expect("namespace");
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
@@ -246,28 +257,44 @@ async fn aggregated_server_serves_flunders_through_the_aggregator() {
                   "caBundle": base64_std(&ca.cert_pem)}},
     ]});
     let mut cleanup = cp.kubectl();
-    cleanup.args(["delete", "apiservice", "v1alpha1.wardle.example.com", "--ignore-not-found", "--wait=false"]);
+    cleanup.args([
+        "delete",
+        "apiservice",
+        "v1alpha1.wardle.example.com",
+        "--ignore-not-found",
+        "--wait=false",
+    ]);
     let _cleanup = DeleteApiService(cleanup);
     let mut kubectl_apply = cp.kubectl();
     kubectl_apply.args(["apply", "--server-side", "-f", "-"]);
     let out = run(kubectl_apply, Some(&objects.to_string()));
-    assert!(out.status.success(), "Service, EndpointSlice, APIService apply: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "Service, EndpointSlice, APIService apply: {}",
+        text(&out.stderr)
+    );
 
     let apiservices: Api<APIService> = Api::all(client.clone());
     let server_log = server.log().to_path_buf();
+    let last_conditions = std::sync::Mutex::new(String::new());
     eventually(
         "APIService v1alpha1.wardle.example.com Available",
         || {
             format!(
-                "server log {}:\n{}",
+                "conditions: {}\nserver log {}:\n{}",
+                last_conditions.lock().expect("lock"),
                 server_log.display(),
                 eao::testing::netns::tail(&server_log, 30)
             )
         },
         || async {
             let s = apiservices.get("v1alpha1.wardle.example.com").await.ok()?;
-            let available = s.status?.conditions?.into_iter().any(|c| c.type_ == "Available" && c.status == "True");
-            available.then_some(())
+            let conditions = s.status.and_then(|s| s.conditions).unwrap_or_default();
+            *last_conditions.lock().expect("lock") = format!("{conditions:?}");
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True")
+                .then_some(())
         },
     )
     .await;
@@ -300,7 +327,10 @@ async fn aggregated_server_serves_flunders_through_the_aggregator() {
     assert_eq!(got["metadata"]["namespace"], ns);
 
     // And with the kube client, through the aggregator, as a controller would.
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("wardle.example.com", "v1alpha1", "Flunder"), "flunders");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("wardle.example.com", "v1alpha1", "Flunder"),
+        "flunders",
+    );
     let flunders: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     let listed = flunders.list(&Default::default()).await.expect("list flunders");
     let names: Vec<_> = listed.items.iter().filter_map(|o| o.metadata.name.clone()).collect();
@@ -312,4 +342,50 @@ async fn aggregated_server_serves_flunders_through_the_aggregator() {
 fn base64_std(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn owned_control_plane_is_torn_down_when_the_test_panics() {
+    let Some(assets) = Assets::from_env_or_skip("owned_control_plane_is_torn_down_when_the_test_panics") else {
+        return;
+    };
+    // The owned control plane lives in a task that panics; unwinding drops it.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let cp = ControlPlane::start(&assets).await.expect("owned control plane starts");
+        let client = cp.client().await.expect("client");
+        let req = http::Request::get("/readyz").body(Vec::new()).expect("request");
+        assert_eq!(client.request_text(req).await.expect("readyz"), "ok");
+        let _ = tx.send((cp.netns().to_string(), cp.dir().to_path_buf(), cp.pids()));
+        panic!("deliberate panic with a live control plane");
+    });
+    assert!(task.await.expect_err("the task panics").is_panic());
+    let (netns, dir, pids) = rx.await.expect("the task reported its control plane");
+    assert_eq!(pids.len(), 3, "etcd, kube-apiserver, kube-controller-manager: {pids:?}");
+    let namespaces = text(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns list")
+            .stdout,
+    );
+    assert!(!namespaces.contains(&netns), "{netns} deleted: {namespaces}");
+    let links = text(
+        &Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .expect("ip link")
+            .stdout,
+    );
+    assert!(!links.contains(&netns), "host veth {netns} deleted: {links}");
+    if std::env::var_os("EAO_KEEP_CONTROLPLANE").is_none() {
+        assert!(!dir.exists(), "{} removed", dir.display());
+    }
+    for pid in pids {
+        // Killed and reaped by the drop, so the pid no longer exists (barring reuse so soon).
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} is gone"
+        );
+    }
 }

@@ -176,6 +176,7 @@ impl ControlPlane {
     pub async fn start(assets: &Assets) -> Result<ControlPlane, Error> {
         // kube's client and rustls may each look for a process-wide provider.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let started = Instant::now();
         remove_stale_dirs();
         let netns = NetNs::create()?;
         let dir = std::env::temp_dir().join(format!(
@@ -200,6 +201,13 @@ impl ControlPlane {
         if let Some(kcm) = &assets.kube_controller_manager {
             cp.start_controller_manager(kcm)?;
         }
+        // One line per start: how long it took is worth seeing on a slow CI machine.
+        eprintln!(
+            "control plane ready in {:.1}s at {} (files in {})",
+            started.elapsed().as_secs_f64(),
+            cp.url(),
+            cp.dir.display()
+        );
         Ok(cp)
     }
 
@@ -210,8 +218,18 @@ impl ControlPlane {
         let mut etcd = Command::new(&assets.etcd);
         etcd.arg("--data-dir")
             .arg(self.dir.join("etcd"))
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .arg(format!("--initial-cluster=default={peer_url}"))
             // Test data need not survive a power cut; fsync dominates etcd's latency on CI disks.
             .args(["--unsafe-no-fsync", "--log-level", "warn"]);
@@ -366,6 +384,16 @@ impl ControlPlane {
     /// [`Self::spawn_in_netns`].
     pub fn inner_ip(&self) -> Ipv4Addr {
         self.netns.inner()
+    }
+
+    /// Pids of etcd, kube-apiserver and kube-controller-manager (when running).
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(Process::id)
+            .collect()
     }
 
     /// The network namespace's name.
