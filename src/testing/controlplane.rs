@@ -61,8 +61,12 @@ impl Assets {
     pub fn from_env_or_skip(test: &str) -> Option<Assets> {
         let assets = Self::from_env();
         if assets.is_none() {
+            let now = match std::env::var_os("KUBEBUILDER_ASSETS") {
+                Some(v) => format!(" (now {}, which lacks them)", v.to_string_lossy()),
+                None => String::new(),
+            };
             eprintln!(
-                "skipping {test}: set KUBEBUILDER_ASSETS to a directory with etcd and kube-apiserver \
+                "skipping {test}: set KUBEBUILDER_ASSETS to a directory with etcd and kube-apiserver{now} \
                  (e.g. ../shared/k8s/bin or `setup-envtest use -p path`) to run tests against a real control plane"
             );
         }

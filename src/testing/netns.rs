@@ -122,6 +122,14 @@ impl NetNs {
     /// Creates `eao-<pid>-<n>` with a veth pair (host end named like the namespace, inner end
     /// `veth0`), addresses on both ends of a private /30, and `lo` up inside.
     pub fn create() -> Result<Self, Error> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(
+                "the control-plane harness needs root (it creates a network namespace and a veth pair); \
+                        run the tests as root or unset KUBEBUILDER_ASSETS"
+                    .into(),
+            );
+        }
         remove_stale();
         let pid = std::process::id();
         let seq = next_seq();
