@@ -242,20 +242,15 @@ async fn aggregated_server_serves_flunders_through_the_aggregator() {
         .arg(dir.join("data"));
     let mut server = cp.spawn_in_netns(cmd).expect("server starts");
 
-    // Service without selector + the EndpointSlice a kubelet-less cluster needs by hand.
-    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc, "namespace": ns},
-         "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port}]}},
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-         "metadata": {"name": format!("{svc}-1"), "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
-         "addressType": "IPv4",
-         "endpoints": [{"addresses": [cp.inner_ip().to_string()], "conditions": {"ready": true}}],
-         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]},
+    // Service without selector + the EndpointSlice a kubelet-less cluster needs by hand, then
+    // the APIService trusting the server's CA (never insecureSkipTLSVerify).
+    let mut objects = cp.service_for_netns(ns, svc, port);
+    objects["items"].as_array_mut().expect("a List").push(json!(
         {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1alpha1.wardle.example.com"},
          "spec": {"group": "wardle.example.com", "version": "v1alpha1", "groupPriorityMinimum": 1000, "versionPriority": 15,
                   "service": {"name": svc, "namespace": ns, "port": 443},
-                  "caBundle": base64_std(&ca.cert_pem)}},
-    ]});
+                  "caBundle": base64_std(&ca.cert_pem)}}
+    ));
     let mut cleanup = cp.kubectl();
     cleanup.args([
         "delete",

@@ -400,6 +400,27 @@ impl ControlPlane {
             .collect()
     }
 
+    /// A `v1` List with a selector-less Service `namespace/service` (port 443 named `https`) and
+    /// the EndpointSlice that points it at `port` on [`Self::inner_ip`], for a server started
+    /// with [`Self::spawn_in_netns`]; apply it with `kubectl apply -f -` or server-side apply.
+    ///
+    /// The EndpointSlice is required: with `--enable-aggregator-routing=true` kube-apiserver
+    /// 1.36 resolves the Service through EndpointSlices only (with just a `v1` Endpoints object
+    /// the APIService reports `EndpointsNotFound: cannot find endpointslices`), and no
+    /// controller makes one here (the EndpointSlice controllers are off: no kubelet runs).
+    pub fn service_for_netns(&self, namespace: &str, service: &str, port: u16) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": service, "namespace": namespace},
+             "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": format!("{service}-netns"), "namespace": namespace,
+                          "labels": {"kubernetes.io/service-name": service}},
+             "addressType": "IPv4",
+             "endpoints": [{"addresses": [self.inner_ip().to_string()], "conditions": {"ready": true}}],
+             "ports": [{"name": "https", "port": port, "protocol": "TCP"}]},
+        ]})
+    }
+
     /// The network namespace's name.
     pub fn netns(&self) -> &str {
         self.netns.name()
