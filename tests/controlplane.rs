@@ -5,17 +5,15 @@
 //!
 //! Without `KUBEBUILDER_ASSETS` every test prints why it is skipped and passes.
 
-use eao::crd::KeyAlgorithm;
-use eao::pki;
-use eao::testing::controlplane::{Assets, ControlPlane, Credentials};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use eao::testing::aggregated::{AggregatedServer, ServeOptions};
+use eao::testing::controlplane::{Assets, ControlPlane};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{DeleteParams, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Api;
 use serde_json::{json, Value};
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -126,173 +124,28 @@ async fn kubectl_works_and_namespace_deletion_completes() {
     .await;
 }
 
-/// Deletes the APIService when the test ends, also on panic: an unavailable APIService left
-/// behind makes the namespace controller's discovery fail for every later namespace deletion.
-struct DeleteApiService(Command);
-
-impl Drop for DeleteApiService {
-    fn drop(&mut self) {
-        let _ = self.0.stdout(Stdio::null()).stderr(Stdio::null()).status();
-    }
-}
-
 #[tokio::test]
 async fn aggregated_server_serves_flunders_through_the_aggregator() {
     let Some(cp) = ControlPlane::shared("aggregated_server_serves_flunders_through_the_aggregator").await else {
         return;
     };
     let client = cp.client().await.expect("admin client");
-    let (ns, svc, sa) = ("eao-smoke-wardle", "wardle-api", "wardle-server");
-    let ssa = PatchParams::apply("eao-smoke").force();
-    let apply = |v: Value| Patch::Apply(v);
-
-    // The server's identity: a ServiceAccount with exactly the RBAC the operator grants the
-    // servers it deploys, and a token from TokenRequest.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .patch(
-            ns,
-            &ssa,
-            &apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
-        )
-        .await
-        .expect("namespace");
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    sas.patch(
-        sa,
-        &ssa,
-        &apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}})),
+    let ns = "eao-smoke-wardle";
+    // The server runs with a TokenRequest token of a ServiceAccount that has exactly the RBAC
+    // the operator grants its servers, so this also shows that RBAC is enough.
+    let mut server = AggregatedServer::start(
+        cp,
+        ServeOptions {
+            binary: Path::new(env!("CARGO_BIN_EXE_extension-apiserver")),
+            namespace: ns,
+            service: "wardle-api",
+            config_yaml: eao::apiserver::STANDALONE_CONFIG,
+            port: 8443,
+            extra_args: vec![],
+        },
     )
     .await
-    .expect("service account");
-    let subject = json!([{"kind": "ServiceAccount", "name": sa, "namespace": ns}]);
-    let rbac = [
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "eao-smoke-auth-delegator"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": eao::operator::rbac::AUTH_DELEGATOR},
-            "subjects": subject}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": "eao-smoke-auth-reader", "namespace": "kube-system"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": eao::operator::rbac::AUTH_READER},
-            "subjects": subject}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "eao-smoke-server"}, "rules": eao::operator::rbac::bundled_server_rules()}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "eao-smoke-server"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "eao-smoke-server"},
-            "subjects": subject}),
-    ];
-    let mut kubectl_apply = cp.kubectl();
-    kubectl_apply.args(["apply", "--server-side", "-f", "-"]);
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": rbac}).to_string();
-    let out = run(kubectl_apply, Some(&list));
-    assert!(out.status.success(), "RBAC applies: {}", text(&out.stderr));
-    let token = sas
-        .create_token_request(
-            sa,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences: vec![],
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("token request")
-        .status
-        .expect("token in status")
-        .token;
-
-    // Files of the server: serving certificate for the Service name, config, kubeconfig.
-    let dir = cp.dir().join("wardle");
-    std::fs::create_dir_all(&dir).expect("server dir");
-    let now = jiff::Timestamp::now().as_second();
-    let ca = pki::generate_ca("wardle-ca", KeyAlgorithm::EcdsaP256, Duration::from_secs(3600), now).expect("CA");
-    let serving = pki::issue_serving(
-        &ca,
-        &pki::service_dns_names(svc, ns),
-        KeyAlgorithm::EcdsaP256,
-        Duration::from_secs(3600),
-        now,
-    )
-    .expect("serving certificate");
-    std::fs::write(dir.join("tls.crt"), &serving.cert_pem).expect("write cert");
-    std::fs::write(dir.join("tls.key"), &serving.key_pem).expect("write key");
-    std::fs::write(dir.join("config.yaml"), eao::apiserver::STANDALONE_CONFIG).expect("write config");
-    cp.write_kubeconfig(&dir.join("kubeconfig"), &Credentials::Token(token))
-        .expect("server kubeconfig");
-
-    let port = 8443; // the namespace has its own ports
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_extension-apiserver"));
-    cmd.arg("--bind-address")
-        .arg(cp.inner_ip().to_string())
-        .args(["--secure-port", &port.to_string(), "--log-format", "plain"])
-        .arg("--config")
-        .arg(dir.join("config.yaml"))
-        .arg("--tls-cert-file")
-        .arg(dir.join("tls.crt"))
-        .arg("--tls-private-key-file")
-        .arg(dir.join("tls.key"))
-        .arg("--kubeconfig")
-        .arg(dir.join("kubeconfig"))
-        .arg("--data-dir")
-        .arg(dir.join("data"));
-    let mut server = cp.spawn_in_netns(cmd).expect("server starts");
-
-    // Service without selector + the EndpointSlice a kubelet-less cluster needs by hand, then
-    // the APIService trusting the server's CA (never insecureSkipTLSVerify).
-    let mut objects = cp.service_for_netns(ns, svc, port);
-    objects["items"].as_array_mut().expect("a List").push(json!(
-        {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1alpha1.wardle.example.com"},
-         "spec": {"group": "wardle.example.com", "version": "v1alpha1", "groupPriorityMinimum": 1000, "versionPriority": 15,
-                  "service": {"name": svc, "namespace": ns, "port": 443},
-                  "caBundle": base64_std(&ca.cert_pem)}}
-    ));
-    let mut cleanup = cp.kubectl();
-    cleanup.args([
-        "delete",
-        "apiservice",
-        "v1alpha1.wardle.example.com",
-        "--ignore-not-found",
-        "--wait=false",
-    ]);
-    let _cleanup = DeleteApiService(cleanup);
-    let mut kubectl_apply = cp.kubectl();
-    kubectl_apply.args(["apply", "--server-side", "-f", "-"]);
-    let out = run(kubectl_apply, Some(&objects.to_string()));
-    assert!(
-        out.status.success(),
-        "Service, EndpointSlice, APIService apply: {}",
-        text(&out.stderr)
-    );
-
-    let apiservices: Api<APIService> = Api::all(client.clone());
-    let server_log = server.log().to_path_buf();
-    let last_conditions = std::sync::Mutex::new(String::new());
-    eventually(
-        "APIService v1alpha1.wardle.example.com Available",
-        || {
-            format!(
-                "conditions: {}\nserver log {}:\n{}",
-                last_conditions.lock().expect("lock"),
-                server_log.display(),
-                eao::testing::netns::tail(&server_log, 30)
-            )
-        },
-        || async {
-            let s = apiservices.get("v1alpha1.wardle.example.com").await.ok()?;
-            let conditions = s.status.and_then(|s| s.conditions).unwrap_or_default();
-            *last_conditions.lock().expect("lock") = format!("{conditions:?}");
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
+    .unwrap_or_else(|e| panic!("aggregated server: {e}"));
     server.check_running().expect("server still running");
 
     // kubectl through the aggregator: discovery, list, create, read back.
@@ -332,11 +185,6 @@ async fn aggregated_server_serves_flunders_through_the_aggregator() {
     assert_eq!(names, vec!["first".to_string()]);
     assert_eq!(listed.items[0].data["spec"]["reference"], "none");
     server.check_running().expect("server still running");
-}
-
-fn base64_std(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 #[tokio::test]

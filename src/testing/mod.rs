@@ -2,6 +2,7 @@
 //! integration tests and the benchmarks. Compiled only with the `test-support` feature
 //! (integration tests enable it through the package's dev-dependency on itself).
 
+pub mod aggregated;
 pub mod certs;
 pub mod cluster_pki;
 pub mod controlplane;
