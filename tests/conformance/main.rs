@@ -1,0 +1,186 @@
+//! Differential conformance: the same resources are served twice on one real control plane, by
+//! kube-apiserver itself as CRDs (group `diff-crd.example.com`) and by the bundled server through
+//! the aggregator (group `diff.example.com`). Every request of the corpus (`cases.yaml`) goes to
+//! both; the answers, normalized (uids, timestamps, resourceVersions, generated names, continue
+//! tokens and ages masked, the group renamed), must be equal: status code, content type, body
+//! (Status reasons and causes, objects, lists, Tables) and watch events.
+//!
+//! A difference is either fixed or listed in `allowlist.yaml` with a one-line reason. An entry
+//! for a case that no longer differs fails the test too, so the allowlist stays true.
+//!
+//! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
+
+mod crd;
+mod normalize;
+mod runner;
+
+use eao::serverconfig::ServerConfig;
+use eao::testing::aggregated::{AggregatedServer, ServeOptions};
+use eao::testing::controlplane::ControlPlane;
+use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use runner::{Allowlist, Answer, Backend, Case};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const CRD_GROUP: &str = "diff-crd.example.com";
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance");
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(Path::new(DIR).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Installs the CRDs and waits until they are Established.
+async fn install_crds(client: &kube::Client, config: &ServerConfig) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crd::crds(config, CRD_GROUP) {
+        let name = crd["metadata"]["name"].as_str().expect("CRD name").to_string();
+        api.patch(&name, &PatchParams::apply("eao-conformance").force(), &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
+        let established = kube::runtime::conditions::is_crd_established();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            kube::runtime::wait::await_condition(api.clone(), &name, established),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not Established"))
+        .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
+    }
+}
+
+/// Pretty JSON for a report.
+fn show(a: &Answer) -> String {
+    let body = if a.events.is_empty() {
+        serde_json::to_string_pretty(&a.body).unwrap_or_default()
+    } else {
+        serde_json::to_string_pretty(&a.events).unwrap_or_default()
+    };
+    format!("{} {}\n{body}", a.status, a.content_type)
+}
+
+#[tokio::test]
+async fn bundled_server_answers_as_kube_apiserver_does() {
+    let Some(cp) = ControlPlane::shared("bundled_server_answers_as_kube_apiserver_does").await else {
+        return;
+    };
+    let started = Instant::now();
+    let config_yaml = read("config.yaml");
+    let config = ServerConfig::from_yaml(&config_yaml).expect("config.yaml parses");
+    let client = cp.client().await.expect("admin client");
+    install_crds(&client, &config).await;
+    let server = AggregatedServer::start(
+        cp,
+        ServeOptions {
+            binary: Path::new(env!("CARGO_BIN_EXE_extension-apiserver")),
+            namespace: "conformance-system",
+            service: "diff-api",
+            config_yaml: &config_yaml,
+            port: 8450,
+            extra_args: vec![],
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("aggregated server: {e}"));
+
+    let cases: Vec<Case> = serde_yaml::from_str(&read("cases.yaml")).expect("cases.yaml parses");
+    let allowlist: Allowlist = serde_yaml::from_str(&read("allowlist.yaml")).expect("allowlist.yaml parses");
+    let mut names = std::collections::BTreeSet::new();
+    for c in &cases {
+        assert!(names.insert(c.name.clone()), "case {} appears twice", c.name);
+    }
+    for name in allowlist.keys() {
+        assert!(names.contains(name), "allowlist entry {name} names no case");
+    }
+
+    let crd = Backend {
+        group: CRD_GROUP.into(),
+        client: client.clone(),
+    };
+    let ours = Backend {
+        group: config.group.clone(),
+        client: client.clone(),
+    };
+    let groups = [CRD_GROUP, config.group.as_str()];
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let results: Vec<(String, Result<Vec<String>, String>)> = futures::stream::iter(cases.iter().enumerate())
+        .map(|(i, case)| {
+            let (crd, ours, namespaces) = (crd.clone(), ours.clone(), namespaces.clone());
+            async move {
+                let ns = format!("conf-{i}");
+                let created = namespaces
+                    .patch(
+                        &ns,
+                        &PatchParams::apply("eao-conformance"),
+                        &Patch::Apply(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
+                    )
+                    .await;
+                if let Err(e) = created {
+                    return (case.name.clone(), Err(format!("namespace {ns}: {e}")));
+                }
+                let (a, b) = tokio::join!(
+                    runner::run(case, &crd, &ns, &groups),
+                    runner::run(case, &ours, &ns, &groups)
+                );
+                let diffs = match (a, b) {
+                    (Ok(a), Ok(b)) => compare(&a, &b),
+                    (Err(e), _) => Err(format!("CRD side: {e}")),
+                    (_, Err(e)) => Err(format!("bundled side: {e}")),
+                };
+                (case.name.clone(), diffs)
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+
+    let mut failures = Vec::new();
+    let (mut differing, mut allowed) = (0, 0);
+    for (name, result) in &results {
+        match (result, allowlist.get(name)) {
+            (Err(e), _) => failures.push(format!("case {name} could not run: {e}")),
+            (Ok(d), None) if !d.is_empty() => {
+                differing += 1;
+                failures.push(format!("case {name} differs:\n{}", d.join("\n")));
+            }
+            (Ok(d), Some(_)) if !d.is_empty() => {
+                differing += 1;
+                allowed += 1;
+            }
+            (Ok(_), Some(reason)) => failures.push(format!(
+                "case {name} no longer differs; remove it from allowlist.yaml ({reason})"
+            )),
+            (Ok(_), None) => {}
+        }
+    }
+    eprintln!(
+        "conformance: {} cases, {differing} differ ({allowed} allowlisted), {} s",
+        results.len(),
+        started.elapsed().as_secs()
+    );
+    drop(server);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The differences between the two sides' compared answers.
+fn compare(crd: &[(bool, Answer)], ours: &[(bool, Answer)]) -> Result<Vec<String>, String> {
+    if crd.len() != ours.len() {
+        return Err(format!("{} answers from kube-apiserver, {} from ours", crd.len(), ours.len()));
+    }
+    Ok(crd
+        .iter()
+        .zip(ours)
+        .enumerate()
+        .filter(|(_, ((compared, a), (_, b)))| *compared && a != b)
+        .map(|(i, ((_, a), (_, b)))| {
+            format!(
+                "  step {i}: {}\n  --- kube-apiserver (CRD):\n{}\n  --- bundled server:\n{}",
+                a.request,
+                show(a),
+                show(b)
+            )
+        })
+        .collect())
+}
