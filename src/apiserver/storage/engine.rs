@@ -620,13 +620,12 @@ mod tests {
     fn acknowledged_writes_survive_kill_9() {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
+        // The test's name is its module path without the crate, so a moved module still
+        // finds its helper.
+        let module = module_path!().split_once("::").map_or(module_path!(), |(_, m)| m);
+        let helper = format!("{module}::crash_child_helper");
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "storage::engine::tests::crash_child_helper",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", &helper, "--nocapture", "--test-threads=1"])
             .env(CRASH_DIR_ENV, dir.path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
