@@ -2,7 +2,7 @@
 //! operations may together duplicate no more than the request size limit. Without them a 2 KB
 //! patch of repeated `copy /metadata` doubles the object per operation until memory runs out.
 
-use crate::apiserver::router::MAX_BODY_BYTES;
+use crate::apiserver::filters::body_limit::MAX_BODY_BYTES;
 use json_patch::{Patch, PatchOperation};
 use serde_json::Value;
 
