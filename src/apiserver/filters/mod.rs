@@ -1,5 +1,5 @@
 //! The request filter chain, in the spirit of kube-apiserver's `DefaultBuildHandlerChain`:
-//! one file per step, composed here in [`chain`], which reads top to bottom in the order the
+//! one file per step, composed here in `chain`, which reads top to bottom in the order the
 //! steps run. Each step either hands the next what it needs or answers early (`Err`, a
 //! complete response). The order is part of the contract: upgrades are refused before
 //! anything else, oversize bodies before authentication, odd paths only after it, and the
@@ -22,7 +22,7 @@ use http::{Request, Response};
 /// response is large and most requests pass every step.
 pub type Early = Box<Response<Body>>;
 
-/// Answers one request: [`chain`] inside the steps that see every answer, early ones too.
+/// Answers one request: `chain` inside the steps that see every answer, early ones too.
 pub async fn serve(app: &App, req: Request<hyper::body::Incoming>, conn: &ConnInfo) -> Response<Body> {
     let mut labels = metrics::Labels::start(req.method());
     let audit_id = audit_id::of(req.headers());
