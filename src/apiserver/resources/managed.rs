@@ -5,6 +5,7 @@
 //! `managed_tests.rs`.
 
 use super::fields::{self, FieldSet};
+use super::fields_v1;
 use super::{object, Cx};
 use crate::apiserver::apierrors::Status;
 use serde_json::{json, Map, Value};
@@ -49,7 +50,7 @@ impl Entry {
             m.insert("time".into(), json!(t));
         }
         m.insert("fieldsType".into(), json!("FieldsV1"));
-        m.insert("fieldsV1".into(), fields::to_fields_v1(&self.set));
+        m.insert("fieldsV1".into(), fields_v1::to_fields_v1(&self.set));
         if !self.subresource.is_empty() {
             m.insert("subresource".into(), json!(self.subresource));
         }
@@ -67,7 +68,7 @@ impl Entry {
             api_version: s("apiVersion"),
             time: Some(s("time")).filter(|t| !t.is_empty()),
             subresource: s("subresource"),
-            set: fields::from_fields_v1(v.get("fieldsV1").unwrap_or(&Value::Null))?,
+            set: fields_v1::from_fields_v1(v.get("fieldsV1").unwrap_or(&Value::Null))?,
         })
     }
 }

@@ -19,6 +19,7 @@ mod watch;
 // What the verbs share.
 mod consistency;
 mod fields;
+mod fields_v1;
 mod managed;
 mod meta;
 mod object;
