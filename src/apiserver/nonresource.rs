@@ -12,11 +12,6 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
-/// Whether `path` is a health endpoint (answered even before authentication can work).
-pub fn is_health(path: &str) -> bool {
-    matches!(path, "/healthz" | "/livez" | "/readyz")
-}
-
 fn text(code: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = code;

@@ -7,7 +7,7 @@
 use super::Early;
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::authn::{self as auth, UserInfo};
-use crate::apiserver::nonresource::is_health;
+use crate::apiserver::health::is_health;
 use crate::apiserver::router::{App, ConnInfo};
 use http::request::Parts;
 
