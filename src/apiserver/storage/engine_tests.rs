@@ -1,5 +1,5 @@
-//! Unit tests of `engine.rs`: persistence, recovery, compaction, and acknowledged writes
-//! surviving `kill -9`.
+//! Unit tests of `engine.rs`: versions, reopening, pagination, watch resumption, write races,
+//! and acknowledged writes surviving `kill -9`.
 
 use super::*;
 use serde_json::json;
