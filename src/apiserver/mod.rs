@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod filters;
 pub mod health;
 pub mod metrics;
+pub mod nonresource;
 pub mod openapi;
 pub mod options;
 pub mod resources;

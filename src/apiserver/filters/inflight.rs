@@ -4,9 +4,11 @@
 //! `Retry-After`, which every client-go client retries. Watches are long-running and do not
 //! count, as in kube-apiserver.
 
+use super::requestinfo::RequestInfo;
+use super::Early;
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::Body;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::{json, Map};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -32,7 +34,7 @@ impl InFlight {
     }
 
     /// A permit to serve one request, held until it is answered; a 429 when the pool is full.
-    pub fn admit(&self, mutating: bool) -> Result<Option<OwnedSemaphorePermit>, Box<Response<Body>>> {
+    pub fn admit(&self, mutating: bool) -> Result<Option<OwnedSemaphorePermit>, Early> {
         let pool = if mutating { &self.mutating } else { &self.readonly };
         match pool {
             None => Ok(None),
@@ -43,6 +45,21 @@ impl InFlight {
                 .map_err(|_| Box::new(too_many_requests())),
         }
     }
+}
+
+/// Whether `method` writes: such a request counts against the mutating pool, and only its
+/// body is read.
+pub fn is_mutating(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+}
+
+/// The filter, on the resource path: a permit from the pool of the request's kind, or 429.
+/// Watches pass without one.
+pub fn limit(pools: &InFlight, info: &RequestInfo, mutating: bool) -> Result<Option<OwnedSemaphorePermit>, Early> {
+    if info.verb == "watch" {
+        return Ok(None);
+    }
+    pools.admit(mutating)
 }
 
 /// kube-apiserver's answer when a pool is exhausted.

@@ -3,6 +3,9 @@
 //! namespace, resource, subresource and name. Authorization, metrics and routing all read
 //! this one parse, so they can never disagree about what a path means.
 
+use super::Early;
+use crate::apiserver::apierrors::Status;
+use http::request::Parts;
 use percent_encoding::percent_decode_str;
 
 /// Why a path is refused before anything else looks at it.
@@ -175,6 +178,16 @@ impl RequestInfo {
         }
         Ok(info)
     }
+}
+
+/// The filter: the attributes of the request, parsed once for every later step; a refused
+/// path is a 404 (after authentication, so unauthenticated clients learn nothing from it).
+pub fn resolve(parts: &Parts) -> Result<RequestInfo, Early> {
+    let query = parts.uri.query().unwrap_or_default();
+    RequestInfo::parse(parts.method.as_str(), parts.uri.path(), query).map_err(|e| {
+        tracing::debug!(error = %e, "refused path");
+        Box::new(Status::not_found_path().into_response())
+    })
 }
 
 /// `metadata.name=<n>` (or `==`) as the only requirement of a field selector.

@@ -1,0 +1,105 @@
+//! PUT of a whole object (optimistic concurrency on `resourceVersion`), and the write path
+//! every modification shares: [`StorageHandler::write_update`] merges with update semantics
+//! (patch uses it too), [`StorageHandler::write_prepared`] stores a finished object
+//! (server-side apply uses it), completing a delete when the last finalizer goes.
+
+use super::{json_response, managed, object, value_response, Cx, StorageHandler};
+use crate::apiserver::apierrors::Status;
+use crate::apiserver::body::Body;
+use crate::apiserver::storage::Preconditions;
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+impl StorageHandler {
+    pub(super) async fn update(&self, cx: &Cx, body: &[u8]) -> Result<Response<Body>, Status> {
+        managed::validate_options(cx, "UpdateOptions", false)?;
+        let v = object::decode(cx, body)?;
+        if object::name_of(&v) != cx.name {
+            return Err(Status::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({})",
+                object::name_of(&v),
+                cx.name
+            )));
+        }
+        let rv = match v.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            Some(s) if !s.is_empty() => s.parse::<u64>().map_err(|_| cx.conflict(&cx.name, Status::STALE))?,
+            _ => {
+                return Err(Status::invalid(
+                    &cx.group,
+                    &cx.res.kind,
+                    &cx.name,
+                    &[(
+                        "metadata.resourceVersion".into(),
+                        "Invalid value: 0x0: must be specified for an update".into(),
+                    )],
+                ))
+            }
+        };
+        let old = self
+            .storage
+            .get(&cx.key(&cx.name))
+            .ok_or_else(|| cx.not_found(&cx.name))?;
+        if old.rv != rv {
+            return Err(cx.conflict(&cx.name, Status::STALE));
+        }
+        self.write_update(cx, &old.value(), v, rv).await
+    }
+
+    /// Merges `new` onto `old` with update semantics and writes it if `old` is still at `rv`.
+    pub(super) async fn write_update(
+        &self,
+        cx: &Cx,
+        old: &Value,
+        mut new: Value,
+        rv: u64,
+    ) -> Result<Response<Body>, Status> {
+        // Both sides as kube-apiserver would see them (it prunes and defaults what it reads
+        // from storage too), so a default added to the schema later is not a spec change.
+        let mut old = old.clone();
+        // Compared and written at the request's version (versions differ only in apiVersion).
+        cx.at_version(&mut old);
+        cx.at_version(&mut new);
+        cx.prune_and_default(&mut old);
+        cx.prune_request(&mut new)?;
+        let mut next = object::prepare_update(cx, &old, new, cx.has_status())?;
+        // The whole object, also for /status: kube validates what would be stored.
+        cx.validate(&next, Some(&old))?;
+        managed::track_update(cx, Some(&old), &mut next);
+        self.write_prepared(cx, next, rv).await
+    }
+
+    /// Writes the prepared `next` if the stored object is still at `rv`.
+    pub(super) async fn write_prepared(&self, cx: &Cx, next: Value, rv: u64) -> Result<Response<Body>, Status> {
+        let key = cx.key(&cx.name);
+        let pre = Preconditions {
+            resource_version: Some(rv),
+            uid: None,
+        };
+        // An update that drops the last finalizer of a deleting object completes the delete.
+        if object::is_deleting(&next) && object::finalizers(&next).is_empty() {
+            if cx.dry_run() {
+                return Ok(value_response(StatusCode::OK, &next));
+            }
+            let obj = self
+                .storage
+                .delete(&key, pre)
+                .await
+                .map_err(|e| cx.storage_err(&cx.name, e))?;
+            let mut last = obj.value();
+            cx.at_version(&mut last);
+            if let Some(m) = last.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.insert("finalizers".into(), json!([]));
+            }
+            return Ok(value_response(StatusCode::OK, &last));
+        }
+        if cx.dry_run() {
+            return Ok(value_response(StatusCode::OK, &next));
+        }
+        let obj = self
+            .storage
+            .update(&key, next, pre)
+            .await
+            .map_err(|e| cx.storage_err(&cx.name, e))?;
+        Ok(json_response(StatusCode::OK, obj.json.clone()))
+    }
+}
