@@ -5,8 +5,8 @@
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::{full, Body};
 use crate::apiserver::discovery::{self, DiscoveryFormat, Doc};
-use crate::apiserver::filters::requestinfo::{query_pairs, RequestInfo};
 use crate::apiserver::health;
+use crate::apiserver::request::{query_pairs, RequestInfo};
 use crate::apiserver::router::App;
 use bytes::Bytes;
 use http::request::Parts;

@@ -11,13 +11,13 @@ use super::openapi::OpenApi;
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::authn::source::AuthState;
 use crate::apiserver::authn::{self as auth, TokenAuthenticator, UserInfo};
-use crate::apiserver::filters::requestinfo::RequestInfo;
-use crate::apiserver::filters::Early;
+use crate::apiserver::body::Early;
+use crate::apiserver::request::RequestInfo;
 use crate::crd::{ResourceScope, ServedResource};
 use crate::serverconfig::ServerConfig;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, Method, Response};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -107,7 +107,7 @@ pub struct App {
     /// What is served now.
     pub served: std::sync::RwLock<Arc<Served>>,
     /// Concurrency limits of resource requests.
-    pub inflight: crate::apiserver::filters::inflight::InFlight,
+    pub inflight: crate::apiserver::concurrency::InFlight,
     /// The failing readiness checks last logged, so a change is logged once.
     pub ready_log: std::sync::Mutex<String>,
     /// Namespace lifecycle: creates need a namespace that exists and is not terminating.
@@ -152,11 +152,6 @@ impl App {
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.draining.load(Ordering::Relaxed) || *self.shutdown.borrow()
-    }
-
-    /// Answers one request on a connection described by `conn`.
-    pub async fn handle(&self, req: Request<hyper::body::Incoming>, conn: &ConnInfo) -> Response<Body> {
-        crate::apiserver::filters::serve(self, req, conn).await
     }
 
     /// Dispatch of a resource request: the declared resource it addresses; 404 when there is

@@ -37,9 +37,13 @@ async fn install_crds(client: &kube::Client, config: &ServerConfig) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in crd::crds(config, CRD_GROUP) {
         let name = crd["metadata"]["name"].as_str().expect("CRD name").to_string();
-        api.patch(&name, &PatchParams::apply("eao-conformance").force(), &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
+        api.patch(
+            &name,
+            &PatchParams::apply("eao-conformance").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
         let established = kube::runtime::conditions::is_crd_established();
         tokio::time::timeout(
             Duration::from_secs(60),
@@ -114,7 +118,9 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
                     .patch(
                         &ns,
                         &PatchParams::apply("eao-conformance"),
-                        &Patch::Apply(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
+                        &Patch::Apply(
+                            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                        ),
                     )
                     .await;
                 if let Err(e) = created {
@@ -167,7 +173,11 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
 /// The differences between the two sides' compared answers.
 fn compare(crd: &[(bool, Answer)], ours: &[(bool, Answer)]) -> Result<Vec<String>, String> {
     if crd.len() != ours.len() {
-        return Err(format!("{} answers from kube-apiserver, {} from ours", crd.len(), ours.len()));
+        return Err(format!(
+            "{} answers from kube-apiserver, {} from ours",
+            crd.len(),
+            ours.len()
+        ));
     }
     Ok(crd
         .iter()

@@ -33,7 +33,9 @@ fn mask(v: &mut Value, what: &str) {
 
 fn normalize_object(map: &mut Map<String, Value>, groups: &[&str]) {
     // A generated name is its generateName plus five random characters.
-    if let (Some(Value::String(prefix)), Some(Value::String(name))) = (map.get("generateName").cloned(), map.get("name")) {
+    if let (Some(Value::String(prefix)), Some(Value::String(name))) =
+        (map.get("generateName").cloned(), map.get("name"))
+    {
         if name.starts_with(&prefix) && name.len() == prefix.len() + 5 {
             map.insert("name".into(), Value::String(format!("{prefix}<random>")));
         }

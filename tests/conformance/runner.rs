@@ -192,11 +192,7 @@ async fn run_step(
     }
     let req = request(step, &backend.group, ns, vars)?;
     let line = format!("{} {}", step.method, step.path);
-    let resp = backend
-        .client
-        .send(req)
-        .await
-        .map_err(|e| format!("{line}: {e}"))?;
+    let resp = backend.client.send(req).await.map_err(|e| format!("{line}: {e}"))?;
     let status = resp.status().as_u16();
     let content_type = resp
         .headers()

@@ -3,11 +3,11 @@
 //! a 403 with the message k8s.io/apiserver's `responsewriters.Forbidden` writes, so clients
 //! and tests see the same text from us as from kube-apiserver.
 
-use super::requestinfo::RequestInfo;
 use super::Early;
 use crate::apiserver::apierrors::{details, qualified, Status};
 use crate::apiserver::authn::UserInfo;
 use crate::apiserver::authz::Authorizer;
+use crate::apiserver::request::RequestInfo;
 use http::StatusCode;
 
 /// The filter: `Ok` when allowed; 403 when denied, 500 when no decision could be made.

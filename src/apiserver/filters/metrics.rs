@@ -2,9 +2,9 @@
 //! resource. Until the path is parsed the verb is the lower-cased HTTP method and the
 //! resource empty; from the [`RequestInfo`] on, they are the parsed ones.
 
-use super::requestinfo::RequestInfo;
 use crate::apiserver::body::Body;
 use crate::apiserver::metrics::Metrics;
+use crate::apiserver::request::RequestInfo;
 use http::{Method, Response};
 use std::time::Instant;
 

@@ -18,9 +18,7 @@ use crate::apiserver::body::Body;
 use crate::apiserver::router::{App, ConnInfo, ResourceRequest};
 use http::{Request, Response};
 
-/// An early answer: the chain stops there and this is the response. Boxed because a
-/// response is large and most requests pass every step.
-pub type Early = Box<Response<Body>>;
+pub use crate::apiserver::body::Early;
 
 /// Answers one request: `chain` inside the steps that see every answer, early ones too.
 pub async fn serve(app: &App, req: Request<hyper::body::Incoming>, conn: &ConnInfo) -> Response<Body> {

@@ -30,7 +30,7 @@ mod select;
 use super::body::{full, Body};
 use crate::apiserver::admission::namespace_lifecycle::Namespaces;
 use crate::apiserver::apierrors::Status;
-use crate::apiserver::filters::requestinfo::query_pairs;
+use crate::apiserver::request::query_pairs;
 use crate::apiserver::router::{ResourceHandler, ResourceRequest};
 use crate::apiserver::storage::{StorageError, Store};
 use crate::crd::ServedResource;
@@ -316,7 +316,7 @@ impl Cx {
         } else if f.trim().is_empty() {
             format!("metadata.name={}", self.name)
         } else {
-            if crate::apiserver::filters::requestinfo::exact_name(f).is_some_and(|n| n != self.name) {
+            if crate::apiserver::request::exact_name(f).is_some_and(|n| n != self.name) {
                 return Err(Status::bad_request(
                     "fieldSelector metadata.name doesn't match requested name",
                 ));
