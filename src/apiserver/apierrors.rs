@@ -215,12 +215,14 @@ impl Status {
         }
     }
 
-    /// 415 for a body media type this resource does not take.
-    pub fn unsupported_media_type(content_type: &str) -> Self {
+    /// 415 for a body media type this request does not take; `accepted` lists those it does.
+    pub fn unsupported_media_type(accepted: &str) -> Self {
         Status {
             code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             reason: "UnsupportedMediaType",
-            message: format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type:?})"),
+            message: format!(
+                "the body of the request was in an unknown format - accepted media types include: {accepted}"
+            ),
             details: None,
         }
     }

@@ -5,8 +5,9 @@
 //! tokens and ages masked, the group renamed), must be equal: status code, content type, body
 //! (Status reasons and causes, objects, lists, Tables) and watch events.
 //!
-//! A difference is either fixed or listed in `allowlist.yaml` with a one-line reason. An entry
-//! for a case that no longer differs fails the test too, so the allowlist stays true.
+//! A difference is either fixed or listed in `allowlist.yaml` with a one-line reason, keyed by
+//! `<case>#<step>` (steps count from 0, nested watch steps in the order they run). An entry for
+//! a step that no longer differs fails the test too, so the allowlist stays true.
 //!
 //! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
 
@@ -95,8 +96,9 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
     for c in &cases {
         assert!(names.insert(c.name.clone()), "case {} appears twice", c.name);
     }
-    for name in allowlist.keys() {
-        assert!(names.contains(name), "allowlist entry {name} names no case");
+    for key in allowlist.keys() {
+        let case = key.split('#').next().unwrap_or_default();
+        assert!(names.contains(case), "allowlist entry {key} names no case");
     }
 
     let crd = Backend {
@@ -109,7 +111,7 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
     };
     let groups = [CRD_GROUP, config.group.as_str()];
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let results: Vec<(String, Result<Vec<String>, String>)> = futures::stream::iter(cases.iter().enumerate())
+    let results: Vec<(String, Result<Vec<(usize, String)>, String>)> = futures::stream::iter(cases.iter().enumerate())
         .map(|(i, case)| {
             let (crd, ours, namespaces) = (crd.clone(), ours.clone(), namespaces.clone());
             async move {
@@ -143,26 +145,36 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
         .await;
 
     let mut failures = Vec::new();
-    let (mut differing, mut allowed) = (0, 0);
+    let (mut steps, mut differing, mut allowed) = (0, 0, 0);
     for (name, result) in &results {
-        match (result, allowlist.get(name)) {
-            (Err(e), _) => failures.push(format!("case {name} could not run: {e}")),
-            (Ok(d), None) if !d.is_empty() => {
-                differing += 1;
-                failures.push(format!("case {name} differs:\n{}", d.join("\n")));
+        let diffs = match result {
+            Ok(d) => d,
+            Err(e) => {
+                failures.push(format!("case {name} could not run: {e}"));
+                continue;
             }
-            (Ok(d), Some(_)) if !d.is_empty() => {
-                differing += 1;
+        };
+        steps += cases.iter().find(|c| &c.name == name).map_or(0, runner::count_steps);
+        for (step, text) in diffs {
+            differing += 1;
+            if allowlist.contains_key(&format!("{name}#{step}")) {
                 allowed += 1;
+            } else {
+                failures.push(format!("case {name} differs:\n{text}"));
             }
-            (Ok(_), Some(reason)) => failures.push(format!(
-                "case {name} no longer differs; remove it from allowlist.yaml ({reason})"
-            )),
-            (Ok(_), None) => {}
+        }
+        for key in allowlist.keys().filter(|k| k.split('#').next() == Some(name.as_str())) {
+            let step: Option<usize> = key.split('#').nth(1).and_then(|s| s.parse().ok());
+            if !diffs.iter().any(|(s, _)| Some(*s) == step) {
+                failures.push(format!(
+                    "{key} no longer differs; remove it from allowlist.yaml ({})",
+                    allowlist[key]
+                ));
+            }
         }
     }
     eprintln!(
-        "conformance: {} cases, {differing} differ ({allowed} allowlisted), {} s",
+        "conformance: {} cases, {steps} compared steps, {differing} steps differ ({allowed} allowlisted), {} s",
         results.len(),
         started.elapsed().as_secs()
     );
@@ -170,8 +182,8 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// The differences between the two sides' compared answers.
-fn compare(crd: &[(bool, Answer)], ours: &[(bool, Answer)]) -> Result<Vec<String>, String> {
+/// The differences between the two sides' compared answers, by step.
+fn compare(crd: &[(bool, Answer)], ours: &[(bool, Answer)]) -> Result<Vec<(usize, String)>, String> {
     if crd.len() != ours.len() {
         return Err(format!(
             "{} answers from kube-apiserver, {} from ours",
@@ -185,12 +197,13 @@ fn compare(crd: &[(bool, Answer)], ours: &[(bool, Answer)]) -> Result<Vec<String
         .enumerate()
         .filter(|(_, ((compared, a), (_, b)))| *compared && a != b)
         .map(|(i, ((_, a), (_, b)))| {
-            format!(
+            let text = format!(
                 "  step {i}: {}\n  --- kube-apiserver (CRD):\n{}\n  --- bundled server:\n{}",
                 a.request,
                 show(a),
                 show(b)
-            )
+            );
+            (i, text)
         })
         .collect())
 }

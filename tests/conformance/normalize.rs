@@ -9,7 +9,7 @@ pub fn normalize(v: &mut Value, groups: &[&str]) {
     match v {
         Value::Object(map) => normalize_object(map, groups),
         Value::Array(items) => items.iter_mut().for_each(|i| normalize(i, groups)),
-        Value::String(s) => *s = replace_groups(s, groups),
+        Value::String(s) => *s = mask_text(&replace_groups(s, groups)),
         _ => {}
     }
 }
@@ -21,6 +21,34 @@ pub fn replace_groups(s: &str, groups: &[&str]) -> String {
     let mut out = s.to_string();
     for g in sorted {
         out = out.replace(g, "GROUP");
+    }
+    out
+}
+
+/// Masks uids and resourceVersions inside messages ("UID in record (…)", "too old resource
+/// version: 1 (217)"), which differ between servers like the fields that hold them.
+fn mask_text(s: &str) -> String {
+    static PATTERNS: std::sync::OnceLock<Vec<(regex::Regex, &'static str)>> = std::sync::OnceLock::new();
+    let patterns = PATTERNS.get_or_init(|| {
+        [
+            (
+                r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                "<uuid>",
+            ),
+            (r"ResourceVersion in record \(\d+\)", "ResourceVersion in record (<rv>)"),
+            (
+                r"too old resource version: (\d+) \(\d+\)",
+                "too old resource version: $1 (<rv>)",
+            ),
+            (r"ResourceVersion: \d+", "ResourceVersion: <rv>"),
+        ]
+        .into_iter()
+        .filter_map(|(p, r)| regex::Regex::new(p).ok().map(|re| (re, r)))
+        .collect()
+    });
+    let mut out = s.to_string();
+    for (re, with) in patterns {
+        out = re.replace_all(&out, *with).into_owned();
     }
     out
 }

@@ -265,5 +265,13 @@ async fn run_step(
     Ok(())
 }
 
-/// The allowlist: case name → why its difference is accepted.
+/// How many answers a case records (nested watch steps included).
+pub fn count_steps(case: &Case) -> usize {
+    fn count(steps: &[Step]) -> usize {
+        steps.iter().map(|s| 1 + count(&s.then)).sum()
+    }
+    count(&case.steps)
+}
+
+/// The allowlist: `<case>#<step>` → why that step's difference is accepted.
 pub type Allowlist = BTreeMap<String, String>;

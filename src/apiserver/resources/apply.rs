@@ -249,7 +249,7 @@ fn conflict(mut conflicts: Vec<(String, String)>) -> Status {
     conflicts.sort();
     let causes: Vec<Value> = conflicts
         .iter()
-        .map(|(m, p)| json!({"type": "FieldManagerConflict", "message": format!("conflict with {m}"), "field": p}))
+        .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m}"), "field": p}))
         .collect();
     let message = if let [(m, p)] = conflicts.as_slice() {
         format!("Apply failed with 1 conflict: conflict with {m}: {p}")

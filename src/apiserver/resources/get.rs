@@ -11,7 +11,7 @@ impl StorageHandler {
             .storage
             .get(&cx.key(&cx.name))
             .ok_or_else(|| cx.not_found(&cx.name))?;
-        if let Some(v) = output::one(cx, cx.form, &obj.value()) {
+        if let Some(v) = output::one(cx, cx.form, &obj.value())? {
             return Ok(value_response(StatusCode::OK, &v));
         }
         Ok(json_response(StatusCode::OK, cx.bytes_of(&obj)))

@@ -12,12 +12,14 @@ impl StorageHandler {
     pub(super) async fn list(&self, cx: &Cx) -> Result<Response<Body>, Status> {
         let exact = consistency::check_list(cx, self.storage.as_ref()).await?;
         let sel = cx.selector()?;
+        // kube reads limit as an int64 and pages only when it is positive.
         let limit = match cx.q("limit") {
-            "" | "0" => None,
-            l => Some(
-                l.parse::<usize>()
-                    .map_err(|_| Status::bad_request(format!("invalid limit {l:?}")))?,
-            ),
+            "" => None,
+            l => match l.parse::<i64>() {
+                Ok(n) if n > 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                Ok(_) => None,
+                Err(_) => return Err(Status::bad_request(format!("invalid limit {l:?}"))),
+            },
         };
         let cont = Some(cx.q("continue")).filter(|c| !c.is_empty());
         let page = self
@@ -42,8 +44,12 @@ impl StorageHandler {
         } else {
             page.items.iter().map(|o| o.value()).collect()
         };
-        if let Some(v) = output::list(cx, cx.form, &values, meta.clone()) {
+        if let Some(v) = output::list(cx, cx.form, &values, meta.clone())? {
             return Ok(value_response(StatusCode::OK, &v));
+        }
+        // A plain list always says `continue`, empty on the last page, as the CRD handler's does.
+        if meta.get("continue").is_none() {
+            meta["continue"] = json!("");
         }
         // Items are stored serialized; splice them in rather than re-parse every object.
         let mut out = Vec::with_capacity(page.items.iter().map(|o| o.json.len() + 1).sum::<usize>() + 256);

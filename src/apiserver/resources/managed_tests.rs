@@ -24,6 +24,7 @@ fn cx(manager: &str, status_sub: bool) -> Cx {
         form: super::super::output::Form::Object,
         manager: manager.into(),
         warnings: Default::default(),
+        content_type: "application/json".into(),
     }
 }
 
@@ -238,6 +239,7 @@ fn managers_and_options() {
         "kubectl"
     );
     assert_eq!(default_manager("mine", "kubectl/v1"), "mine");
+    assert_eq!(default_manager("", ""), "unknown", "as kube-apiserver records it");
     assert_eq!(default_manager("", "a\tb/c"), "ab");
     assert_eq!(default_manager("", &"x".repeat(200)).len(), 128);
     let mut c = cx("", false);

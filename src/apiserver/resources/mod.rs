@@ -26,6 +26,7 @@ mod object;
 mod output;
 mod schema;
 mod select;
+mod table;
 
 use super::body::{full, Body};
 use crate::apiserver::admission::namespace_lifecycle::Namespaces;
@@ -137,6 +138,8 @@ pub(crate) struct Cx {
     pub version_prefix: String,
     /// Who this write's fields belong to (`fieldManager`, else the User-Agent's product).
     pub manager: String,
+    /// The request body's media type, as sent.
+    pub content_type: String,
 }
 
 impl Cx {
@@ -171,6 +174,12 @@ impl Cx {
             form: output::negotiate(&req.headers),
             warnings: Default::default(),
             manager,
+            content_type: req
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
         }
     }
 
@@ -274,8 +283,10 @@ impl Cx {
                 return Ok(());
             }
         }
+        let version = self.api_version.rsplit('/').next().unwrap_or_default();
+        let kind = &self.res.kind;
         Err(Status::bad_request(format!(
-            "strict decoding error: {}",
+            "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
             fields.join(", ")
         )))
     }

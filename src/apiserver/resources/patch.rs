@@ -27,7 +27,11 @@ impl StorageHandler {
             "application/merge-patch+json" => true,
             "application/json-patch+json" => false,
             "application/apply-patch+yaml" => return self.apply(cx, &req.body).await,
-            _ => return Err(Status::unsupported_media_type(ct)),
+            _ => {
+                return Err(Status::unsupported_media_type(
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                ))
+            }
         };
         managed::validate_options(cx, "PatchOptions", false)?;
         let patch: Value =
@@ -54,7 +58,15 @@ impl StorageHandler {
             match &json_patch {
                 None => json_patch::merge(&mut new, &patch),
                 Some(p) => apply(&mut new, p).map_err(|e| {
-                    Status::invalid(&cx.group, &cx.res.kind, &cx.name, &[("patch".into(), e.to_string())])
+                    // kube answers a failed operation with a bare 422 and no causes; what
+                    // failed goes to the log.
+                    tracing::debug!(error = %e, name = %cx.name, "JSON patch failed");
+                    Status {
+                        code: http::StatusCode::UNPROCESSABLE_ENTITY,
+                        reason: "Invalid",
+                        message: "the server rejected our request due to an error in our request".into(),
+                        details: Some(serde_json::Map::new()),
+                    }
                 })?,
             }
             object::check_patched(cx, &new)?;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 impl StorageHandler {
     pub(super) async fn update(&self, cx: &Cx, body: &[u8]) -> Result<Response<Body>, Status> {
         managed::validate_options(cx, "UpdateOptions", false)?;
-        let v = object::decode(cx, body)?;
+        let v = object::decode_request(cx, body)?;
         if object::name_of(&v) != cx.name {
             return Err(Status::bad_request(format!(
                 "the name of the object ({}) does not match the name on the URL ({})",
@@ -21,24 +21,45 @@ impl StorageHandler {
                 cx.name
             )));
         }
-        let rv = match v.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-            Some(s) if !s.is_empty() => s.parse::<u64>().map_err(|_| cx.conflict(&cx.name, Status::STALE))?,
-            _ => {
-                return Err(Status::invalid(
-                    &cx.group,
-                    &cx.res.kind,
-                    &cx.name,
-                    &[(
-                        "metadata.resourceVersion".into(),
-                        "Invalid value: 0x0: must be specified for an update".into(),
-                    )],
-                ))
-            }
-        };
+        // Custom resources are never created by PUT: a missing object is 404 before anything
+        // else is looked at, as the CRD handler answers.
         let old = self
             .storage
             .get(&cx.key(&cx.name))
             .ok_or_else(|| cx.not_found(&cx.name))?;
+        // A uid in the body is a precondition, checked by storage before anything else.
+        if let Some(uid) = v
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+        {
+            if uid != old.uid {
+                let key = match cx.namespace.as_str() {
+                    "" => format!("/registry/{}/{}/{}", cx.group, cx.res.plural, cx.name),
+                    ns => format!("/registry/{}/{}/{ns}/{}", cx.group, cx.res.plural, cx.name),
+                };
+                let why = format!(
+                    "StorageError: invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    old.uid
+                );
+                return Err(cx.conflict(&cx.name, &why));
+            }
+        }
+        let rv = match v.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            Some(s) if !s.is_empty() => s.parse::<u64>().map_err(|_| cx.conflict(&cx.name, Status::STALE))?,
+            _ => {
+                // kube names the resource (not the kind) in this one message.
+                return Err(Status::invalid(
+                    &cx.group,
+                    &cx.res.plural,
+                    &cx.name,
+                    &[(
+                        "metadata.resourceVersion".into(),
+                        "Invalid value: 0: must be specified for an update".into(),
+                    )],
+                ));
+            }
+        };
         if old.rv != rv {
             return Err(cx.conflict(&cx.name, Status::STALE));
         }
@@ -85,10 +106,12 @@ impl StorageHandler {
                 .delete(&key, pre)
                 .await
                 .map_err(|e| cx.storage_err(&cx.name, e))?;
-            let mut last = obj.value();
+            // The answer is the object as this update left it (kube returns what it deleted
+            // after applying the update), at the version of the deletion.
+            let mut last = next;
             cx.at_version(&mut last);
             if let Some(m) = last.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.insert("finalizers".into(), json!([]));
+                m.insert("resourceVersion".into(), json!(obj.rv.to_string()));
             }
             return Ok(value_response(StatusCode::OK, &last));
         }
