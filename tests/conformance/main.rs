@@ -6,7 +6,8 @@
 //! (Status reasons and causes, objects, lists, Tables) and watch events.
 //!
 //! A difference is either fixed or listed in `allowlist.yaml` with a one-line reason, keyed by
-//! `<case>#<step>` (steps count from 0, nested watch steps in the order they run). An entry for
+//! `<case>#<step>` (answers count from 0 in the order they are recorded; a watch's own answer
+//! comes after the steps it encloses). An entry for
 //! a step that no longer differs fails the test too, so the allowlist stays true.
 //!
 //! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
@@ -111,7 +112,7 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
     };
     let groups = [CRD_GROUP, config.group.as_str()];
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let results: Vec<(String, Result<Vec<(usize, String)>, String>)> = futures::stream::iter(cases.iter().enumerate())
+    let results: Vec<(String, CaseResult)> = futures::stream::iter(cases.iter().enumerate())
         .map(|(i, case)| {
             let (crd, ours, namespaces) = (crd.clone(), ours.clone(), namespaces.clone());
             async move {
@@ -182,8 +183,11 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// A case's differing steps (index, report), or why it could not run.
+type CaseResult = Result<Vec<(usize, String)>, String>;
+
 /// The differences between the two sides' compared answers, by step.
-fn compare(crd: &[(bool, Answer)], ours: &[(bool, Answer)]) -> Result<Vec<(usize, String)>, String> {
+fn compare(crd: &[(bool, Answer)], ours: &[(bool, Answer)]) -> CaseResult {
     if crd.len() != ours.len() {
         return Err(format!(
             "{} answers from kube-apiserver, {} from ours",

@@ -145,7 +145,7 @@ fn apply_conflicts_unless_forced() {
         "Apply failed with 1 conflict: conflict with \"other\" using g/v1: .spec.size"
     );
     let causes = &err.details.as_ref().expect("details")["causes"];
-    assert_eq!(causes[0]["type"], "FieldManagerConflict");
+    assert_eq!(causes[0]["reason"], "FieldManagerConflict");
     assert_eq!(causes[0]["field"], ".spec.size");
     // Applying the value that is there already is no conflict.
     assert!(apply_update(&c, &edited, &obj(json!({"size": 2})), false).is_ok());
