@@ -275,8 +275,11 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
         "metrics.service.enabled=true",
     ]);
     c.kubectl_ok(&["rollout", "status", &format!("deployment/{OPERATOR}"), "-n", OP_NS, "--timeout=120s"]);
-    let pods = c.names(&["get", "pods", "-n", OP_NS]);
-    assert_eq!(pods.len(), 1, "the old operator pod is gone after the rollout: {pods:?}");
+    // The old pod is stopped (SIGTERM: it gives up the Lease) and its deletion confirmed.
+    c.eventually("only the new operator pod remains", || {
+        (c.names(&["get", "pods", "-n", OP_NS]).len() == 1).then_some(())
+    })
+    .await;
     // The metrics Service gets an EndpointSlice pointing at the new pod's admin port.
     c.eventually("the metrics Service has a ready endpoint on port 8081", || {
         let v = c.json(&["get", "endpointslices", "-n", OP_NS, "-l", &format!("kubernetes.io/service-name={OPERATOR}-metrics")]);
@@ -311,6 +314,9 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
         .await;
     c.operator = None;
     let leftovers = |c: &Cluster| {
+        // What the control plane itself puts in every namespace (kube-root-ca.crt, the default
+        // ServiceAccount, and whatever else this distribution publishes), as seen in `default`.
+        let everywhere = c.names(&["get", "configmaps,serviceaccounts", "-n", "default"]);
         let mut found = Vec::new();
         for (args, what) in [
             (vec!["get", "apiservices", "-l", OWNER_LABELS], "APIServices"),
@@ -327,8 +333,7 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
             (vec!["get", "clusterroles,clusterrolebindings", "-l", &format!("app.kubernetes.io/instance={RELEASE}")], "chart RBAC"),
         ] {
             for n in c.names(&args) {
-                // What Kubernetes itself puts in every namespace.
-                if n == "configmap/kube-root-ca.crt" || n == "serviceaccount/default" {
+                if everywhere.contains(&n) {
                     continue;
                 }
                 found.push(format!("{what}: {n}"));
@@ -336,10 +341,19 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
         }
         found
     };
-    c.eventually("nothing is left behind (garbage collection may take a moment)", || {
-        leftovers(&c).is_empty().then_some(())
-    })
-    .await;
+    let waited = Instant::now();
+    loop {
+        let found = leftovers(&c);
+        if found.is_empty() {
+            break;
+        }
+        assert!(
+            waited.elapsed() < TIMEOUT,
+            "left behind after {TIMEOUT:?} (garbage collection included): {found:#?}\n{}",
+            c.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // crds.keep (the default) keeps the CRD, and with it nothing else.
     assert_eq!(
         c.names(&["get", "crd", "extensionapiservers.aggregation.dev"]),

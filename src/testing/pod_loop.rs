@@ -42,6 +42,8 @@ struct Runner {
     slices: BTreeMap<String, serde_json::Value>,
     last_heartbeat: Option<Instant>,
     runner_id: String,
+    /// Every pod this runner bound, until its deletion is confirmed.
+    known: BTreeSet<String>,
 }
 
 pub(super) async fn run(ctx: Ctx, mut stop: tokio::sync::oneshot::Receiver<()>) {
@@ -52,7 +54,8 @@ pub(super) async fn run(ctx: Ctx, mut stop: tokio::sync::oneshot::Receiver<()>) 
             return;
         }
     };
-    let runner_id = format!("{}-{}", ctx.deployment, crate::testing::netns::next_seq());
+    // Short: it is a label value (at most 63 characters) and part of EndpointSlice names.
+    let runner_id = format!("runner-{}", crate::testing::netns::next_seq());
     let mut r = Runner {
         ctx,
         client,
@@ -60,6 +63,7 @@ pub(super) async fn run(ctx: Ctx, mut stop: tokio::sync::oneshot::Receiver<()>) 
         slices: BTreeMap::new(),
         last_heartbeat: None,
         runner_id,
+        known: BTreeSet::new(),
     };
     loop {
         if let Err(e) = r.tick().await {
@@ -127,6 +131,7 @@ impl Runner {
                 let _ = pods_api.delete(&name, &dp).await;
             }
         }
+        self.known.retain(|n| names.contains(n));
         let gone: Vec<String> = self.pods.keys().filter(|n| !names.contains(*n)).cloned().collect();
         for name in gone {
             self.stop_pod(&name, 0).await;
@@ -138,6 +143,7 @@ impl Runner {
             match bound.as_deref() {
                 None => {
                     status::bind(&pods_api, &name).await?;
+                    self.known.insert(name);
                     continue; // started next tick, from the bound Pod
                 }
                 Some(NODE_NAME) => {}
@@ -164,9 +170,19 @@ impl Runner {
     /// The Pods of the Deployment: matching its selector and owned by one of its ReplicaSets.
     async fn current_pods(&self) -> Result<Vec<Pod>, Error> {
         let ns = &self.ctx.namespace;
+        // Pods this runner started stay its own after their Deployment is gone (helm uninstall):
+        // like kubelet, it stops them and confirms their deletion.
+        let on_node = ListParams::default().fields(&format!("spec.nodeName={NODE_NAME}"));
+        let mut pods: Vec<Pod> = Api::<Pod>::namespaced(self.client.clone(), ns)
+            .list(&on_node)
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| self.known.contains(&p.name_any()))
+            .collect();
         let d: Option<Deployment> = Api::namespaced(self.client.clone(), ns).get_opt(&self.ctx.deployment).await?;
         let Some(d) = d else {
-            return Ok(Vec::new());
+            return Ok(pods);
         };
         let labels = d
             .spec
@@ -184,13 +200,14 @@ impl Runner {
             .filter(|rs| rs.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
             .filter_map(|rs| rs.metadata.uid)
             .collect();
-        Ok(Api::<Pod>::namespaced(self.client.clone(), ns)
-            .list(&lp)
-            .await?
-            .items
-            .into_iter()
-            .filter(|p| p.owner_references().iter().any(|o| sets.contains(&o.uid)))
-            .collect())
+        let owned = Api::<Pod>::namespaced(self.client.clone(), ns).list(&lp).await?.items;
+        for p in owned {
+            let mine = p.owner_references().iter().any(|o| sets.contains(&o.uid));
+            if mine && !pods.iter().any(|q| q.name_any() == p.name_any()) {
+                pods.push(p);
+            }
+        }
+        Ok(pods)
     }
 
     /// Prepares the volumes of a newly bound pod; the process starts in `supervise`.

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,8 +260,8 @@ pub struct Endpoint<'a> {
 }
 
 /// The EndpointSlices the EndpointSlice controller would publish for the Services of
-/// `namespace` that select any of `endpoints` (one slice per Service, named
-/// `<service>-<runner>`), as server-side-apply bodies.
+/// `namespace` that select any of `endpoints` (named `<service>-<runner>-<n>`, one per set of
+/// ports), as server-side-apply bodies.
 pub async fn desired_slices(
     client: &Client,
     namespace: &str,
@@ -288,32 +289,38 @@ pub async fn desired_slices(
         if selected.is_empty() {
             continue;
         }
-        let first = selected[0];
-        let ports: Vec<Value> = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let target = p.target_port.clone().unwrap_or(IntOrString::Int(p.port));
-                let port = resolve_port(first.container, &target)?;
-                Some(json!({"name": p.name.clone().unwrap_or_default(), "port": port,
-                            "protocol": p.protocol.clone().unwrap_or_else(|| "TCP".into())}))
-            })
-            .collect();
-        let eps: Vec<Value> = selected
-            .iter()
-            .map(|e| {
-                json!({"addresses": [e.ip.to_string()], "nodeName": NODE_NAME,
-                   "conditions": {"ready": e.ready, "serving": e.ready, "terminating": false},
-                   "targetRef": {"kind": "Pod", "namespace": namespace, "name": e.pod.metadata.name,
-                                 "uid": e.pod.metadata.uid}})
-            })
-            .collect();
-        slices.push(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("{name}-{runner}"), "namespace": namespace,
-                         "labels": {"kubernetes.io/service-name": name, SLICE_LABEL: runner,
-                                    "endpointslice.kubernetes.io/managed-by": MANAGER}},
-            "addressType": "IPv4", "endpoints": eps, "ports": ports}));
+        // Pods of different templates may resolve a named targetPort differently; like the
+        // EndpointSlice controller, one slice per distinct set of ports.
+        let mut by_ports: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+        for e in selected {
+            let ports: Vec<Value> = spec
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    let target = p.target_port.clone().unwrap_or(IntOrString::Int(p.port));
+                    let port = resolve_port(e.container, &target)?;
+                    Some(json!({"name": p.name.clone().unwrap_or_default(), "port": port,
+                                "protocol": p.protocol.clone().unwrap_or_else(|| "TCP".into())}))
+                })
+                .collect();
+            let endpoint = json!({"addresses": [e.ip.to_string()], "nodeName": NODE_NAME,
+               "conditions": {"ready": e.ready, "serving": e.ready, "terminating": false},
+               "targetRef": {"kind": "Pod", "namespace": namespace, "name": e.pod.metadata.name,
+                             "uid": e.pod.metadata.uid}});
+            by_ports
+                .entry(Value::Array(ports.clone()).to_string())
+                .or_insert_with(|| (ports, Vec::new()))
+                .1
+                .push(endpoint);
+        }
+        for (i, (ports, eps)) in by_ports.into_values().enumerate() {
+            slices.push(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{name}-{runner}-{i}"), "namespace": namespace,
+                             "labels": {"kubernetes.io/service-name": name, SLICE_LABEL: runner,
+                                        "endpointslice.kubernetes.io/managed-by": MANAGER}},
+                "addressType": "IPv4", "endpoints": eps, "ports": ports}));
+        }
     }
     Ok(slices)
 }
