@@ -81,7 +81,12 @@ impl Cluster {
     fn diagnostics(&self) -> String {
         let get = |args: &[&str]| {
             let out = self.kubectl(args);
-            format!("$ kubectl {}\n{}{}", args.join(" "), text(&out.stdout), text(&out.stderr))
+            format!(
+                "$ kubectl {}\n{}{}",
+                args.join(" "),
+                text(&out.stdout),
+                text(&out.stderr)
+            )
         };
         let mut d = String::new();
         if let Some(op) = &self.operator {
@@ -90,8 +95,22 @@ impl Cluster {
         if let Some(s) = &self.server {
             d.push_str(&format!("server:\n{}\n", s.log_tail(30)));
         }
-        d.push_str(&get(&["get", "deploy,rs,pods,endpointslices", "-n", OP_NS, "-o", "wide"]));
-        d.push_str(&get(&["get", "deploy,rs,pods,endpointslices", "-n", EAS_NS, "-o", "wide"]));
+        d.push_str(&get(&[
+            "get",
+            "deploy,rs,pods,endpointslices",
+            "-n",
+            OP_NS,
+            "-o",
+            "wide",
+        ]));
+        d.push_str(&get(&[
+            "get",
+            "deploy,rs,pods,endpointslices",
+            "-n",
+            EAS_NS,
+            "-o",
+            "wide",
+        ]));
         d.push_str(&get(&["get", "eas", "-A", "-o", "yaml"]));
         d.push_str(&get(&["get", "apiservices", "-l", OWNER_LABELS]));
         d
@@ -205,16 +224,31 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
     // 1. helm install, as the README says. The image does not exist; the pod runner runs the
     //    local binaries for it. Plain logs read better in failure messages.
     c.helm_ok(&[
-        "install", RELEASE, chart, "-n", OP_NS, "--create-namespace", "--set", "logFormat=plain",
+        "install",
+        RELEASE,
+        chart,
+        "-n",
+        OP_NS,
+        "--create-namespace",
+        "--set",
+        "logFormat=plain",
     ]);
-    let d = deployment(cp, OP_NS, OPERATOR).await.expect("the chart made the operator Deployment");
+    let d = deployment(cp, OP_NS, OPERATOR)
+        .await
+        .expect("the chart made the operator Deployment");
     let op_binary = env!("CARGO_BIN_EXE_extension-apiserver-operator");
-    c.operator = Some(
-        RunningPod::start(cp, &d, options(op_binary, &[], OPERATOR_BINARY)).expect("operator pod runner"),
-    );
+    c.operator =
+        Some(RunningPod::start(cp, &d, options(op_binary, &[], OPERATOR_BINARY)).expect("operator pod runner"));
     // Rollout status succeeds only when the Deployment controller sees the pod Ready, i.e. the
     // operator's /readyz answered the chart's readinessProbe.
-    c.kubectl_ok(&["rollout", "status", &format!("deployment/{OPERATOR}"), "-n", OP_NS, "--timeout=120s"]);
+    c.kubectl_ok(&[
+        "rollout",
+        "status",
+        &format!("deployment/{OPERATOR}"),
+        "-n",
+        OP_NS,
+        "--timeout=120s",
+    ]);
     let d = deployment(cp, OP_NS, OPERATOR).await.expect("operator Deployment");
     let status = d.status.clone().unwrap_or_default();
     assert_eq!(status.available_replicas, Some(1), "{status:?}");
@@ -228,11 +262,18 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
     );
 
     // 2. The wardle example: the operator renders the server; it runs from that Deployment.
-    c.kubectl_ok(&["apply", "-f", root().join("examples/wardle.yaml").to_str().expect("path")]);
+    c.kubectl_ok(&[
+        "apply",
+        "-f",
+        root().join("examples/wardle.yaml").to_str().expect("path"),
+    ]);
     let server_deployment = c
         .eventually("the operator creates the wardle Deployment", || {
             let out = c.kubectl(&["get", "deployment", "wardle", "-n", EAS_NS, "-o", "json"]);
-            out.status.success().then(|| serde_json::from_slice::<Deployment>(&out.stdout).ok()).flatten()
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Deployment>(&out.stdout).ok())
+                .flatten()
         })
         .await;
     let server_binary = env!("CARGO_BIN_EXE_extension-apiserver");
@@ -244,14 +285,24 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
         )
         .expect("server pod runner"),
     );
-    c.kubectl_ok(&["wait", "--for=condition=Ready", "eas/wardle", "-n", EAS_NS, "--timeout=120s"]);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "eas/wardle",
+        "-n",
+        EAS_NS,
+        "--timeout=120s",
+    ]);
     let out = c.kubectl_ok(&["get", "flunders", "-A"]);
     assert!(out.contains("No resources found"), "{out}\n{}", c.diagnostics());
     // The server answers writes too, with the RBAC the operator granted it (admission reads
     // Flunders and Fischers through its own ServiceAccount).
     let created = {
         let mut cmd = cp.kubectl();
-        cmd.args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("kubectl apply");
         use std::io::Write;
         child
@@ -264,17 +315,55 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
             .expect("write");
         child.wait_with_output().expect("kubectl apply finishes")
     };
-    assert!(created.status.success(), "apply flunder: {}\n{}", text(&created.stderr), c.diagnostics());
-    assert_eq!(c.names(&["get", "flunders", "-n", EAS_NS]), ["flunder.wardle.example.com/first"]);
+    assert!(
+        created.status.success(),
+        "apply flunder: {}\n{}",
+        text(&created.stderr),
+        c.diagnostics()
+    );
+    assert_eq!(
+        c.names(&["get", "flunders", "-n", EAS_NS]),
+        ["flunder.wardle.example.com/first"]
+    );
+
+    // A crash: the runner restarts the container as kubelet would, the pod reports the
+    // restart, and the emptyDir data directory (the embedded store) outlives the container.
+    c.server.as_ref().expect("server runner").kill_containers();
+    c.eventually("the restarted server container is ready again", || {
+        let v = c.json(&["get", "pods", "-n", EAS_NS]);
+        let status = &v["items"][0]["status"]["containerStatuses"][0];
+        (status["restartCount"] == 1 && status["ready"] == true).then_some(())
+    })
+    .await;
+    c.eventually("the Flunder is served again after the restart", || {
+        let out = c.kubectl(&["get", "flunders", "-n", EAS_NS, "-o", "name"]);
+        (out.status.success() && text(&out.stdout).trim() == "flunder.wardle.example.com/first").then_some(())
+    })
+    .await;
 
     // 3. helm upgrade with changed values rolls the operator (a new pod template). The admin
     //    port changes too: the runner's pods share one network namespace, and the surge pod
     //    must not collide with the pod it replaces (a kubelet would give each its own).
     c.helm_ok(&[
-        "upgrade", RELEASE, chart, "-n", OP_NS, "--reuse-values", "--set", "adminPort=8081", "--set",
+        "upgrade",
+        RELEASE,
+        chart,
+        "-n",
+        OP_NS,
+        "--reuse-values",
+        "--set",
+        "adminPort=8081",
+        "--set",
         "metrics.service.enabled=true",
     ]);
-    c.kubectl_ok(&["rollout", "status", &format!("deployment/{OPERATOR}"), "-n", OP_NS, "--timeout=120s"]);
+    c.kubectl_ok(&[
+        "rollout",
+        "status",
+        &format!("deployment/{OPERATOR}"),
+        "-n",
+        OP_NS,
+        "--timeout=120s",
+    ]);
     // The old pod is stopped (SIGTERM: it gives up the Lease) and its deletion confirmed.
     c.eventually("only the new operator pod remains", || {
         (c.names(&["get", "pods", "-n", OP_NS]).len() == 1).then_some(())
@@ -282,20 +371,35 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
     .await;
     // The metrics Service gets an EndpointSlice pointing at the new pod's admin port.
     c.eventually("the metrics Service has a ready endpoint on port 8081", || {
-        let v = c.json(&["get", "endpointslices", "-n", OP_NS, "-l", &format!("kubernetes.io/service-name={OPERATOR}-metrics")]);
+        let v = c.json(&[
+            "get",
+            "endpointslices",
+            "-n",
+            OP_NS,
+            "-l",
+            &format!("kubernetes.io/service-name={OPERATOR}-metrics"),
+        ]);
         let items = v["items"].as_array().cloned().unwrap_or_default();
         items
             .iter()
             .any(|s| {
                 s["ports"][0]["port"] == 8081
-                    && s["endpoints"].as_array().is_some_and(|e| e.iter().any(|e| e["conditions"]["ready"] == true))
+                    && s["endpoints"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|e| e["conditions"]["ready"] == true))
             })
             .then_some(())
     })
     .await;
     // The upgraded operator reconciles: a spec change reaches the APIService.
     c.kubectl_ok(&[
-        "patch", "eas", "wardle", "-n", EAS_NS, "--type=json", "-p",
+        "patch",
+        "eas",
+        "wardle",
+        "-n",
+        EAS_NS,
+        "--type=json",
+        "-p",
         r#"[{"op":"replace","path":"/spec/versions/0/versionPriority","value":16}]"#,
     ]);
     c.eventually("the upgraded operator updates the APIService", || {
@@ -303,15 +407,24 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
         (v["spec"]["versionPriority"] == 16).then_some(())
     })
     .await;
-    c.kubectl_ok(&["wait", "--for=condition=Ready", "eas/wardle", "-n", EAS_NS, "--timeout=120s"]);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "eas/wardle",
+        "-n",
+        EAS_NS,
+        "--timeout=120s",
+    ]);
 
     // 4. Uninstall: the ExtensionApiServer first (its finalizer needs the operator), then the
     //    release. Nothing the operator or the chart made may remain.
     c.kubectl_ok(&["delete", "eas", "wardle", "-n", EAS_NS, "--timeout=120s"]);
     c.server = None;
     c.helm_ok(&["uninstall", RELEASE, "-n", OP_NS, "--wait", "--timeout=120s"]);
-    c.eventually("the operator pods are deleted", || c.names(&["get", "pods", "-n", OP_NS]).is_empty().then_some(()))
-        .await;
+    c.eventually("the operator pods are deleted", || {
+        c.names(&["get", "pods", "-n", OP_NS]).is_empty().then_some(())
+    })
+    .await;
     c.operator = None;
     let leftovers = |c: &Cluster| {
         // What the control plane itself puts in every namespace (kube-root-ca.crt, the default
@@ -320,17 +433,41 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
         let mut found = Vec::new();
         for (args, what) in [
             (vec!["get", "apiservices", "-l", OWNER_LABELS], "APIServices"),
-            (vec!["get", "clusterroles,clusterrolebindings", "-l", OWNER_LABELS], "cluster RBAC"),
-            (vec!["get", "rolebindings", "-n", "kube-system", "-l", OWNER_LABELS], "kube-system RoleBinding"),
             (
-                vec!["get", "deploy,rs,pods,svc,endpointslices,secrets,configmaps,serviceaccounts,pvc", "-n", EAS_NS],
+                vec!["get", "clusterroles,clusterrolebindings", "-l", OWNER_LABELS],
+                "cluster RBAC",
+            ),
+            (
+                vec!["get", "rolebindings", "-n", "kube-system", "-l", OWNER_LABELS],
+                "kube-system RoleBinding",
+            ),
+            (
+                vec![
+                    "get",
+                    "deploy,rs,pods,svc,endpointslices,secrets,configmaps,serviceaccounts,pvc",
+                    "-n",
+                    EAS_NS,
+                ],
                 "wardle-system children",
             ),
             (
-                vec!["get", "deploy,rs,pods,svc,endpointslices,secrets,configmaps,serviceaccounts,roles,rolebindings", "-n", OP_NS],
+                vec![
+                    "get",
+                    "deploy,rs,pods,svc,endpointslices,secrets,configmaps,serviceaccounts,roles,rolebindings",
+                    "-n",
+                    OP_NS,
+                ],
                 "release objects",
             ),
-            (vec!["get", "clusterroles,clusterrolebindings", "-l", &format!("app.kubernetes.io/instance={RELEASE}")], "chart RBAC"),
+            (
+                vec![
+                    "get",
+                    "clusterroles,clusterrolebindings",
+                    "-l",
+                    &format!("app.kubernetes.io/instance={RELEASE}"),
+                ],
+                "chart RBAC",
+            ),
         ] {
             for n in c.names(&args) {
                 if everywhere.contains(&n) {

@@ -140,12 +140,12 @@ impl RunningPod {
         };
         let thread = std::thread::Builder::new()
             .name(format!("pod-runner-{name}"))
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            .spawn(
+                move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt.block_on(pod_loop::run(ctx, stop_rx)),
                     Err(e) => eprintln!("pod runner for {ns}/{name}: no runtime: {e}"),
-                }
-            })?;
+                },
+            )?;
         Ok(RunningPod {
             deployment: label,
             shared,
@@ -265,6 +265,8 @@ fn backoff(restarts: u32) -> Duration {
 
 /// Time in the status format.
 fn now() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
 }
-

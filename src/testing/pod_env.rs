@@ -165,7 +165,11 @@ pub async fn container_env(
         match object_data(client, &ns, secret, &name).await? {
             Some(data) => {
                 for (k, v) in data {
-                    set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned());
+                    set(
+                        &mut env,
+                        format!("{prefix}{k}"),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    );
                 }
             }
             None if optional => {}
@@ -197,11 +201,7 @@ pub async fn container_env(
 
 /// `command` + `args` with `$(VAR)` expanded from `env` (kubelet expands both; an image's
 /// entrypoint is not expanded, and is `image_entrypoint` when the container has no `command`).
-pub fn container_argv(
-    container: &Container,
-    env: &[(String, String)],
-    image_entrypoint: &[String],
-) -> Vec<String> {
+pub fn container_argv(container: &Container, env: &[(String, String)], image_entrypoint: &[String]) -> Vec<String> {
     let lookup = |n: &str| env.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let mut argv: Vec<String> = match &container.command {
         Some(c) if !c.is_empty() => c.iter().map(|s| expand(s, &lookup)).collect(),
@@ -244,6 +244,35 @@ pub fn rewrite_paths(s: &str, mounts: &[(String, PathBuf)]) -> String {
         i += ch_len;
     }
     out
+}
+
+/// A kubeconfig with the control plane's URL, the CA and token files of the pod's
+/// kube-api-access volume (`tokenFile` is re-read by clients, as the in-cluster token is).
+pub(crate) fn write_kubeconfig(
+    cp: &super::controlplane::ControlPlane,
+    path: &std::path::Path,
+    sa_dir: Option<&std::path::Path>,
+) -> Result<(), Error> {
+    let (ca, user) = match sa_dir {
+        Some(d) => (
+            d.join("ca.crt").display().to_string(),
+            format!("    tokenFile: {}\n", d.join("token").display()),
+        ),
+        // automountServiceAccountToken: false: no credentials, as in a real pod.
+        None => {
+            let ca = path.with_extension("ca.crt");
+            std::fs::write(&ca, &cp.ca().cert_pem)?;
+            (ca.display().to_string(), "    {}\n".to_string())
+        }
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: cluster\n  cluster:\n    server: {}\n    \
+         certificate-authority: {ca}\nusers:\n- name: pod\n  user:\n{user}contexts:\n- name: pod\n  context:\n    \
+         cluster: cluster\n    user: pod\ncurrent-context: pod\n",
+        cp.url()
+    );
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The loop of [`super::RunningPod`]: once a second it binds, starts, probes, reports and stops
 //! the pods of its Deployment (see the parent module for what it emulates and why).
 
-use super::{backoff, container_report, endpoint, now, Container, PodRunnerOptions, PodReport, RunPod, Shared};
+use super::{backoff, container_report, endpoint, now, Container, PodReport, PodRunnerOptions, RunPod, Shared};
 use crate::testing::controlplane::ControlPlane;
 use crate::testing::netns::{Error, Process};
 use crate::testing::pod_env::{container_argv, container_env, rewrite_paths, PodFields};
@@ -50,7 +50,11 @@ pub(super) async fn run(ctx: Ctx, mut stop: tokio::sync::oneshot::Receiver<()>) 
     let client = match ctx.cp.client().await {
         Ok(c) => c,
         Err(e) => {
-            ctx.shared.lock().unwrap_or_else(|e| e.into_inner()).errors.push(format!("no client: {e}"));
+            ctx.shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .errors
+                .push(format!("no client: {e}"));
             return;
         }
     };
@@ -157,7 +161,8 @@ impl Runner {
             }
             if kill {
                 if let Some(rp) = self.pods.get_mut(&name) {
-                    if let Some(mut proc) = rp.container.process.take() {
+                    // Killed in place: `supervise` sees the exit and counts the restart.
+                    if let Some(proc) = rp.container.process.as_mut() {
                         proc.kill();
                     }
                 }
@@ -180,7 +185,9 @@ impl Runner {
             .into_iter()
             .filter(|p| self.known.contains(&p.name_any()))
             .collect();
-        let d: Option<Deployment> = Api::namespaced(self.client.clone(), ns).get_opt(&self.ctx.deployment).await?;
+        let d: Option<Deployment> = Api::namespaced(self.client.clone(), ns)
+            .get_opt(&self.ctx.deployment)
+            .await?;
         let Some(d) = d else {
             return Ok(pods);
         };
@@ -305,7 +312,11 @@ impl Runner {
                 }
             }
         }
-        let now_state = (rp.container.process.is_some(), rp.container.ready, rp.container.restarts);
+        let now_state = (
+            rp.container.process.is_some(),
+            rp.container.ready,
+            rp.container.restarts,
+        );
         let (ready, restarts) = (now_state.0 && now_state.1, now_state.2);
         let log = rp.container.log.clone();
         if rp.reported != Some(now_state) {
@@ -360,8 +371,12 @@ impl Runner {
             let name = slice["metadata"]["name"].as_str().unwrap_or_default().to_string();
             keep.insert(name.clone());
             if self.slices.get(&name) != Some(&slice) {
-                api.patch(&name, &PatchParams::apply(status::MANAGER).force(), &Patch::Apply(&slice))
-                    .await?;
+                api.patch(
+                    &name,
+                    &PatchParams::apply(status::MANAGER).force(),
+                    &Patch::Apply(&slice),
+                )
+                .await?;
                 self.slices.insert(name, slice);
             }
         }
@@ -413,7 +428,11 @@ async fn start_container(ctx: &Ctx, client: &Client, rp: &RunPod, pod_ip: IpAddr
     let mut mounts = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
         if m.sub_path.as_ref().is_some_and(|s| !s.is_empty()) {
-            return Err(format!("volumeMount {} uses subPath, which the pod runner does not support", m.name).into());
+            return Err(format!(
+                "volumeMount {} uses subPath, which the pod runner does not support",
+                m.name
+            )
+            .into());
         }
         let dir = rp
             .volumes
@@ -425,10 +444,13 @@ async fn start_container(ctx: &Ctx, client: &Client, rp: &RunPod, pod_ip: IpAddr
     // The equivalent of in-cluster configuration, from the kube-api-access volume.
     let kubeconfig = pod_dir.join("kubeconfig");
     let sa_dir = mounts.iter().find(|(m, _)| m == SA_MOUNT).map(|(_, d)| d.clone());
-    write_kubeconfig(ctx.cp, &kubeconfig, sa_dir.as_deref())?;
+    crate::testing::pod_env::write_kubeconfig(ctx.cp, &kubeconfig, sa_dir.as_deref())?;
     let url = ctx.cp.addr();
     let base = vec![
-        ("PATH".to_string(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())),
+        (
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        ),
         ("HOSTNAME".to_string(), pod.name_any()),
         ("KUBERNETES_SERVICE_HOST".to_string(), url.ip().to_string()),
         ("KUBERNETES_SERVICE_PORT".to_string(), url.port().to_string()),
@@ -441,9 +463,11 @@ async fn start_container(ctx: &Ctx, client: &Client, rp: &RunPod, pod_ip: IpAddr
     let mut env = container_env(client, pod, container, &fields, base).await?;
     let argv = container_argv(container, &env, &ctx.opts.image_entrypoint);
     let image_binary = argv.first().ok_or("no command and no image entrypoint")?;
-    let local = ctx.opts.binaries.get(image_binary).ok_or_else(|| {
-        format!("no local binary for the image's {image_binary} (PodRunnerOptions::binaries)")
-    })?;
+    let local = ctx
+        .opts
+        .binaries
+        .get(image_binary)
+        .ok_or_else(|| format!("no local binary for the image's {image_binary} (PodRunnerOptions::binaries)"))?;
     for name in std::iter::once("KUBECONFIG".to_string()).chain(local.kubeconfig_env.iter().cloned()) {
         env.retain(|(k, _)| *k != name);
         env.push((name, kubeconfig.display().to_string()));
@@ -456,29 +480,4 @@ async fn start_container(ctx: &Ctx, client: &Client, rp: &RunPod, pod_ip: IpAddr
         .envs(env.iter().map(|(k, v)| (k, rewrite_paths(v, &mounts))))
         .current_dir(&pod_dir);
     Process::spawn(&pod.name_any(), cmd, &rp.container.log)
-}
-
-/// A kubeconfig with the control plane's URL, the CA and token files of the pod's
-/// kube-api-access volume (`tokenFile` is re-read by clients, as the in-cluster token is).
-fn write_kubeconfig(cp: &ControlPlane, path: &std::path::Path, sa_dir: Option<&std::path::Path>) -> Result<(), Error> {
-    let (ca, user) = match sa_dir {
-        Some(d) => (
-            d.join("ca.crt").display().to_string(),
-            format!("    tokenFile: {}\n", d.join("token").display()),
-        ),
-        // automountServiceAccountToken: false: no credentials, as in a real pod.
-        None => {
-            let ca = path.with_extension("ca.crt");
-            std::fs::write(&ca, &cp.ca().cert_pem)?;
-            (ca.display().to_string(), "    {}\n".to_string())
-        }
-    };
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: cluster\n  cluster:\n    server: {}\n    \
-         certificate-authority: {ca}\nusers:\n- name: pod\n  user:\n{user}contexts:\n- name: pod\n  context:\n    \
-         cluster: cluster\n    user: pod\ncurrent-context: pod\n",
-        cp.url()
-    );
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(())
 }

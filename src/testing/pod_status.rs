@@ -23,7 +23,10 @@ pub const MANAGER: &str = "eao-test-kubelet";
 pub const SLICE_LABEL: &str = "eao.test/pod-runner";
 
 fn now() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
 }
 
 /// Creates the Node when missing and posts its heartbeat: `Ready=True` in its status and a
@@ -107,7 +110,11 @@ pub async fn report(
     let ready = c.running && c.ready;
     let flag = |b: bool| if b { "True" } else { "False" };
     // Keep each condition's transition time while its status is unchanged.
-    let previous = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let previous = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
     let t = now();
     let cond = |type_: &str, status: &str| {
         let since = previous
@@ -204,7 +211,8 @@ pub async fn probe_once(container: &Container, probe: &Probe, ip: IpAddr) -> Res
     let addr = SocketAddr::new(ip, port);
     let path = get.path.clone().unwrap_or_else(|| "/".into());
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.36\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.36\r\nConnection: close\r\n\r\n");
     let https = get.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
     let exchange = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;

@@ -127,29 +127,65 @@ impl PodVolumes {
         } else if let Some(c) = &v.config_map {
             let mode = c.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
             let optional = c.optional.unwrap_or(false);
-            add_keys(client, ns, false, &c.name, c.items.as_deref(), mode, optional, &mut files).await?;
+            add_keys(
+                client,
+                ns,
+                false,
+                &c.name,
+                c.items.as_deref(),
+                mode,
+                optional,
+                &mut files,
+            )
+            .await?;
         } else if let Some(d) = &v.downward_api {
             let mode = d.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
             for item in d.items.iter().flatten() {
                 let value = downward_value(pod, pod_ip, item.field_ref.as_ref().map(|f| f.field_path.as_str()))?;
-                files.insert(item.path.clone(), (value.into_bytes(), item.mode.map_or(mode, |m| m as u32)));
+                files.insert(
+                    item.path.clone(),
+                    (value.into_bytes(), item.mode.map_or(mode, |m| m as u32)),
+                );
             }
         } else if let Some(p) = &v.projected {
             let mode = p.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
             for src in p.sources.iter().flatten() {
                 if let Some(s) = &src.secret {
                     let optional = s.optional.unwrap_or(false);
-                    add_keys(client, ns, true, &s.name, s.items.as_deref(), mode, optional, &mut files).await?;
+                    add_keys(
+                        client,
+                        ns,
+                        true,
+                        &s.name,
+                        s.items.as_deref(),
+                        mode,
+                        optional,
+                        &mut files,
+                    )
+                    .await?;
                 }
                 if let Some(c) = &src.config_map {
                     let optional = c.optional.unwrap_or(false);
-                    add_keys(client, ns, false, &c.name, c.items.as_deref(), mode, optional, &mut files).await?;
+                    add_keys(
+                        client,
+                        ns,
+                        false,
+                        &c.name,
+                        c.items.as_deref(),
+                        mode,
+                        optional,
+                        &mut files,
+                    )
+                    .await?;
                 }
                 if let Some(d) = &src.downward_api {
                     for item in d.items.iter().flatten() {
                         let path = item.field_ref.as_ref().map(|f| f.field_path.as_str());
                         let value = downward_value(pod, pod_ip, path)?;
-                        files.insert(item.path.clone(), (value.into_bytes(), item.mode.map_or(mode, |m| m as u32)));
+                        files.insert(
+                            item.path.clone(),
+                            (value.into_bytes(), item.mode.map_or(mode, |m| m as u32)),
+                        );
                     }
                 }
                 if let Some(t) = &src.service_account_token {
@@ -270,10 +306,7 @@ fn downward_value(pod: &Pod, pod_ip: &str, path: Option<&str>) -> Result<String,
 /// Writes `files` into `dir` in the atomic-writer layout and removes the previous generation.
 pub fn write_atomic(dir: &Path, files: &Files) -> std::io::Result<()> {
     use std::os::unix::fs::symlink;
-    let stamp = format!(
-        "..{}",
-        jiff::Timestamp::now().strftime("%Y_%m_%d_%H_%M_%S.%f")
-    );
+    let stamp = format!("..{}", jiff::Timestamp::now().strftime("%Y_%m_%d_%H_%M_%S.%f"));
     let generation = dir.join(&stamp);
     std::fs::create_dir_all(&generation)?;
     for (path, (content, mode)) in files {
