@@ -10,7 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -44,6 +44,9 @@ struct Args {
     #[arg(long, env = "EAO_SERVER_IMAGE", default_value = concat!("extension-apiserver-operator:", env!("CARGO_PKG_VERSION")))]
     server_image: String,
 }
+
+/// How often the leader renews its Lease and a standby tries to take it.
+const RENEW_INTERVAL: Duration = Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -116,15 +119,36 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 name: args.lease_name.clone(),
                 identity: identity.clone(),
                 lease_duration: Duration::from_secs(15),
-                renew_interval: Duration::from_secs(5),
+                renew_interval: RENEW_INTERVAL,
             },
         ))
     });
     if let Some(e) = &elector {
-        tokio::select! {
-            _ = e.acquire() => {},
-            _ = stopped() => return Ok(()),
+        // A replica standing by is ready (see admin.rs) while it can see that another replica
+        // holds the Lease. Otherwise a rolling update, which stops the old pod only once the new
+        // one is ready (the chart's single replica gets maxUnavailable 0), would wait forever
+        // for a pod that waits for the old pod's Lease.
+        loop {
+            match e.try_acquire_or_renew().await {
+                Ok(true) => break,
+                Ok(false) => {
+                    if !ready.swap(true, Ordering::SeqCst) {
+                        tracing::info!(lease = %args.lease_name, "another replica leads; standing by");
+                    }
+                }
+                Err(err) => {
+                    ready.store(false, Ordering::SeqCst);
+                    tracing::warn!(error = %err, "leader election failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RENEW_INTERVAL) => {},
+                _ = stopped() => return Ok(()),
+            }
         }
+        tracing::info!(lease = %args.lease_name, %identity, "became leader");
+        // Leading: ready again once the controller's caches are synced.
+        ready.store(false, Ordering::SeqCst);
         // Losing the Lease stops the controller: a successor may already be writing.
         let e = e.clone();
         let stop_tx = stop_tx.clone();

@@ -9,4 +9,8 @@ pub mod controlplane;
 pub mod fake_api;
 pub mod kube_double;
 pub mod netns;
+pub mod pod;
+pub mod pod_env;
+pub mod pod_status;
+pub mod pod_volumes;
 pub mod testkit;

@@ -1,0 +1,502 @@
+//! The install path on a real control plane, as README "Quickstart on a cluster" and the chart's
+//! NOTES.txt describe it: `helm install` the chart, the operator rolls out, `kubectl apply -f
+//! examples/wardle.yaml`, the ExtensionApiServer turns Ready and the wardle API answers, `helm
+//! upgrade` rolls the operator, and deleting the ExtensionApiServer plus `helm uninstall` leave
+//! nothing behind.
+//!
+//! The operator and the bundled server run from the Deployments the chart and the operator
+//! render, through `eao::testing::pod::RunningPod` (a stand-in kubelet): with their
+//! ServiceAccounts' tokens, so the chart's least-privilege RBAC and the RBAC the operator grants
+//! its server are what is tested, and the Deployments' status comes from kube-controller-manager.
+//!
+//! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
+
+use eao::testing::controlplane::{kubectl_path, ControlPlane};
+use eao::testing::pod::{LocalBinary, PodRunnerOptions, RunningPod};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RELEASE: &str = "eao";
+const OP_NS: &str = "eao-system";
+const OPERATOR: &str = "eao-extension-apiserver-operator";
+const EAS_NS: &str = "wardle-system";
+const TIMEOUT: Duration = Duration::from_secs(120);
+const OPERATOR_BINARY: &str = "/usr/local/bin/extension-apiserver-operator";
+const OWNER_LABELS: &str = "aggregation.dev/owner-namespace=wardle-system,aggregation.dev/owner-name=wardle";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn helm_path() -> PathBuf {
+    match std::env::var_os("HELM") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => root().join(".tools/bin/helm"),
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn run(mut cmd: Command) -> Output {
+    let desc = format!("{cmd:?}");
+    cmd.stdin(Stdio::null());
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"))
+}
+
+/// The test's view of the cluster and the pods it runs, for commands and diagnostics.
+struct Cluster {
+    cp: &'static ControlPlane,
+    operator: Option<RunningPod>,
+    server: Option<RunningPod>,
+}
+
+impl Cluster {
+    fn kubectl(&self, args: &[&str]) -> Output {
+        let mut c = self.cp.kubectl();
+        c.args(args);
+        run(c)
+    }
+
+    fn helm(&self, args: &[&str]) -> Output {
+        let home = self.cp.dir().join("helm");
+        let mut c = Command::new(helm_path());
+        c.args(args)
+            .arg("--kubeconfig")
+            .arg(self.cp.kubeconfig())
+            // Keep helm's cache and config out of the user's home.
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        run(c)
+    }
+
+    /// Everything a failure message should show.
+    fn diagnostics(&self) -> String {
+        let get = |args: &[&str]| {
+            let out = self.kubectl(args);
+            format!(
+                "$ kubectl {}\n{}{}",
+                args.join(" "),
+                text(&out.stdout),
+                text(&out.stderr)
+            )
+        };
+        let mut d = String::new();
+        if let Some(op) = &self.operator {
+            d.push_str(&format!("operator:\n{}\n", op.log_tail(40)));
+        }
+        if let Some(s) = &self.server {
+            d.push_str(&format!("server:\n{}\n", s.log_tail(30)));
+        }
+        d.push_str(&get(&[
+            "get",
+            "deploy,rs,pods,endpointslices",
+            "-n",
+            OP_NS,
+            "-o",
+            "wide",
+        ]));
+        d.push_str(&get(&[
+            "get",
+            "deploy,rs,pods,endpointslices",
+            "-n",
+            EAS_NS,
+            "-o",
+            "wide",
+        ]));
+        d.push_str(&get(&["get", "eas", "-A", "-o", "yaml"]));
+        d.push_str(&get(&["get", "apiservices", "-l", OWNER_LABELS]));
+        d
+    }
+
+    /// Runs kubectl and fails with the diagnostics unless it succeeds.
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}{}\n{}",
+            args.join(" "),
+            text(&out.stdout),
+            text(&out.stderr),
+            self.diagnostics()
+        );
+        text(&out.stdout) + &text(&out.stderr)
+    }
+
+    fn helm_ok(&self, args: &[&str]) -> String {
+        let out = self.helm(args);
+        assert!(
+            out.status.success(),
+            "helm {} failed: {}{}\n{}",
+            args.join(" "),
+            text(&out.stdout),
+            text(&out.stderr),
+            self.diagnostics()
+        );
+        text(&out.stdout)
+    }
+
+    /// Polls `check` (blocking) until it returns `Some`, or fails with `what` and diagnostics.
+    async fn eventually<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "{what}: not within {TIMEOUT:?}\n{}",
+                self.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Names of the objects `kubectl get <args> -o name` lists.
+    fn names(&self, args: &[&str]) -> Vec<String> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "name"]);
+        self.kubectl_ok(&all)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("No resources"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.kubectl(&all);
+        assert!(out.status.success(), "kubectl {all:?}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("kubectl prints JSON")
+    }
+}
+
+fn options(local: &str, kubeconfig_env: &[&str], image_binary: &str) -> PodRunnerOptions {
+    PodRunnerOptions {
+        binaries: BTreeMap::from([(
+            image_binary.to_string(),
+            LocalBinary {
+                path: PathBuf::from(local),
+                kubeconfig_env: kubeconfig_env.iter().map(|s| s.to_string()).collect(),
+            },
+        )]),
+        image_entrypoint: vec![OPERATOR_BINARY.to_string()],
+    }
+}
+
+async fn deployment(cp: &ControlPlane, ns: &str, name: &str) -> Option<Deployment> {
+    let client = cp.client().await.expect("admin client");
+    Api::<Deployment>::namespaced(client, ns)
+        .get_opt(name)
+        .await
+        .expect("get deployment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_wardle_upgrade_and_uninstall() {
+    let Some(cp) = ControlPlane::shared("helm_install_wardle_upgrade_and_uninstall").await else {
+        return;
+    };
+    assert!(
+        helm_path().is_file(),
+        "helm not found at {}: run `make tools`",
+        helm_path().display()
+    );
+    assert!(kubectl_path().is_file(), "kubectl not found: run `make tools`");
+    let started = Instant::now();
+    let mut c = Cluster {
+        cp,
+        operator: None,
+        server: None,
+    };
+    let chart = root().join("charts/extension-apiserver-operator");
+    let chart = chart.to_str().expect("UTF-8 path");
+
+    // 1. helm install, as the README says. The image does not exist; the pod runner runs the
+    //    local binaries for it. Plain logs read better in failure messages.
+    c.helm_ok(&[
+        "install",
+        RELEASE,
+        chart,
+        "-n",
+        OP_NS,
+        "--create-namespace",
+        "--set",
+        "logFormat=plain",
+    ]);
+    let d = deployment(cp, OP_NS, OPERATOR)
+        .await
+        .expect("the chart made the operator Deployment");
+    let op_binary = env!("CARGO_BIN_EXE_extension-apiserver-operator");
+    c.operator =
+        Some(RunningPod::start(cp, &d, options(op_binary, &[], OPERATOR_BINARY)).expect("operator pod runner"));
+    // Rollout status succeeds only when the Deployment controller sees the pod Ready, i.e. the
+    // operator's /readyz answered the chart's readinessProbe.
+    c.kubectl_ok(&[
+        "rollout",
+        "status",
+        &format!("deployment/{OPERATOR}"),
+        "-n",
+        OP_NS,
+        "--timeout=120s",
+    ]);
+    let d = deployment(cp, OP_NS, OPERATOR).await.expect("operator Deployment");
+    let status = d.status.clone().unwrap_or_default();
+    assert_eq!(status.available_replicas, Some(1), "{status:?}");
+    assert!(
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Available" && c.status == "True"),
+        "{status:?}"
+    );
+
+    // 2. The wardle example: the operator renders the server; it runs from that Deployment.
+    c.kubectl_ok(&[
+        "apply",
+        "-f",
+        root().join("examples/wardle.yaml").to_str().expect("path"),
+    ]);
+    let server_deployment = c
+        .eventually("the operator creates the wardle Deployment", || {
+            let out = c.kubectl(&["get", "deployment", "wardle", "-n", EAS_NS, "-o", "json"]);
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Deployment>(&out.stdout).ok())
+                .flatten()
+        })
+        .await;
+    let server_binary = env!("CARGO_BIN_EXE_extension-apiserver");
+    c.server = Some(
+        RunningPod::start(
+            cp,
+            &server_deployment,
+            options(server_binary, &["EAS_KUBECONFIG"], eao::serverconfig::SERVER_BINARY),
+        )
+        .expect("server pod runner"),
+    );
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "eas/wardle",
+        "-n",
+        EAS_NS,
+        "--timeout=120s",
+    ]);
+    let out = c.kubectl_ok(&["get", "flunders", "-A"]);
+    assert!(out.contains("No resources found"), "{out}\n{}", c.diagnostics());
+    // The server answers writes too, with the RBAC the operator granted it (admission reads
+    // Flunders and Fischers through its own ServiceAccount).
+    let created = {
+        let mut cmd = cp.kubectl();
+        cmd.args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl apply");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(
+                b"apiVersion: wardle.example.com/v1alpha1\nkind: Flunder\nmetadata:\n  name: first\n  namespace: wardle-system\nspec:\n  reference: none\n",
+            )
+            .expect("write");
+        child.wait_with_output().expect("kubectl apply finishes")
+    };
+    assert!(
+        created.status.success(),
+        "apply flunder: {}\n{}",
+        text(&created.stderr),
+        c.diagnostics()
+    );
+    assert_eq!(
+        c.names(&["get", "flunders", "-n", EAS_NS]),
+        ["flunder.wardle.example.com/first"]
+    );
+
+    // A crash: the runner restarts the container as kubelet would, the pod reports the
+    // restart, and the emptyDir data directory (the embedded store) outlives the container.
+    c.server.as_ref().expect("server runner").kill_containers();
+    c.eventually("the restarted server container is ready again", || {
+        let v = c.json(&["get", "pods", "-n", EAS_NS]);
+        let status = &v["items"][0]["status"]["containerStatuses"][0];
+        (status["restartCount"] == 1 && status["ready"] == true).then_some(())
+    })
+    .await;
+    c.eventually("the Flunder is served again after the restart", || {
+        let out = c.kubectl(&["get", "flunders", "-n", EAS_NS, "-o", "name"]);
+        (out.status.success() && text(&out.stdout).trim() == "flunder.wardle.example.com/first").then_some(())
+    })
+    .await;
+
+    // 3. helm upgrade with changed values rolls the operator (a new pod template). The admin
+    //    port changes too: the runner's pods share one network namespace, and the surge pod
+    //    must not collide with the pod it replaces (a kubelet would give each its own).
+    c.helm_ok(&[
+        "upgrade",
+        RELEASE,
+        chart,
+        "-n",
+        OP_NS,
+        "--reuse-values",
+        "--set",
+        "adminPort=8081",
+        "--set",
+        "metrics.service.enabled=true",
+    ]);
+    c.kubectl_ok(&[
+        "rollout",
+        "status",
+        &format!("deployment/{OPERATOR}"),
+        "-n",
+        OP_NS,
+        "--timeout=120s",
+    ]);
+    // The old pod is stopped (SIGTERM: it gives up the Lease) and its deletion confirmed.
+    c.eventually("only the new operator pod remains", || {
+        (c.names(&["get", "pods", "-n", OP_NS]).len() == 1).then_some(())
+    })
+    .await;
+    // The metrics Service gets an EndpointSlice pointing at the new pod's admin port.
+    c.eventually("the metrics Service has a ready endpoint on port 8081", || {
+        let v = c.json(&[
+            "get",
+            "endpointslices",
+            "-n",
+            OP_NS,
+            "-l",
+            &format!("kubernetes.io/service-name={OPERATOR}-metrics"),
+        ]);
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .any(|s| {
+                s["ports"][0]["port"] == 8081
+                    && s["endpoints"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|e| e["conditions"]["ready"] == true))
+            })
+            .then_some(())
+    })
+    .await;
+    // The upgraded operator reconciles: a spec change reaches the APIService.
+    c.kubectl_ok(&[
+        "patch",
+        "eas",
+        "wardle",
+        "-n",
+        EAS_NS,
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/versions/0/versionPriority","value":16}]"#,
+    ]);
+    c.eventually("the upgraded operator updates the APIService", || {
+        let v = c.json(&["get", "apiservice", "v1alpha1.wardle.example.com"]);
+        (v["spec"]["versionPriority"] == 16).then_some(())
+    })
+    .await;
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "eas/wardle",
+        "-n",
+        EAS_NS,
+        "--timeout=120s",
+    ]);
+
+    // 4. Uninstall: the ExtensionApiServer first (its finalizer needs the operator), then the
+    //    release. Nothing the operator or the chart made may remain.
+    c.kubectl_ok(&["delete", "eas", "wardle", "-n", EAS_NS, "--timeout=120s"]);
+    c.server = None;
+    c.helm_ok(&["uninstall", RELEASE, "-n", OP_NS, "--wait", "--timeout=120s"]);
+    c.eventually("the operator pods are deleted", || {
+        c.names(&["get", "pods", "-n", OP_NS]).is_empty().then_some(())
+    })
+    .await;
+    c.operator = None;
+    let leftovers = |c: &Cluster| {
+        // What the control plane itself puts in every namespace (kube-root-ca.crt, the default
+        // ServiceAccount, and whatever else this distribution publishes), as seen in `default`.
+        let everywhere = c.names(&["get", "configmaps,serviceaccounts", "-n", "default"]);
+        let mut found = Vec::new();
+        for (args, what) in [
+            (vec!["get", "apiservices", "-l", OWNER_LABELS], "APIServices"),
+            (
+                vec!["get", "clusterroles,clusterrolebindings", "-l", OWNER_LABELS],
+                "cluster RBAC",
+            ),
+            (
+                vec!["get", "rolebindings", "-n", "kube-system", "-l", OWNER_LABELS],
+                "kube-system RoleBinding",
+            ),
+            (
+                vec![
+                    "get",
+                    "deploy,rs,pods,svc,endpointslices,secrets,configmaps,serviceaccounts,pvc",
+                    "-n",
+                    EAS_NS,
+                ],
+                "wardle-system children",
+            ),
+            (
+                vec![
+                    "get",
+                    "deploy,rs,pods,svc,endpointslices,secrets,configmaps,serviceaccounts,roles,rolebindings",
+                    "-n",
+                    OP_NS,
+                ],
+                "release objects",
+            ),
+            (
+                vec![
+                    "get",
+                    "clusterroles,clusterrolebindings",
+                    "-l",
+                    &format!("app.kubernetes.io/instance={RELEASE}"),
+                ],
+                "chart RBAC",
+            ),
+        ] {
+            for n in c.names(&args) {
+                if everywhere.contains(&n) {
+                    continue;
+                }
+                found.push(format!("{what}: {n}"));
+            }
+        }
+        found
+    };
+    let waited = Instant::now();
+    loop {
+        let found = leftovers(&c);
+        if found.is_empty() {
+            break;
+        }
+        assert!(
+            waited.elapsed() < TIMEOUT,
+            "left behind after {TIMEOUT:?} (garbage collection included): {found:#?}\n{}",
+            c.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // crds.keep (the default) keeps the CRD, and with it nothing else.
+    assert_eq!(
+        c.names(&["get", "crd", "extensionapiservers.aggregation.dev"]),
+        ["customresourcedefinition.apiextensions.k8s.io/extensionapiservers.aggregation.dev"]
+    );
+    assert!(c.names(&["get", "eas", "-A"]).is_empty());
+    c.kubectl_ok(&["delete", "namespace", EAS_NS, OP_NS, "--timeout=120s"]);
+    eprintln!("install path passed in {:.1}s", started.elapsed().as_secs_f64());
+}
