@@ -91,8 +91,12 @@ impl StorageHandler {
     async fn serve(&self, req: ResourceRequest) -> Response<Body> {
         {
             let cx = Cx::new(&self.group, &req);
+            let encoding = match output::negotiate(&req.headers) {
+                Ok((_, e)) => e,
+                Err(s) => return s.into_response(),
+            };
             if let Err(s) = write_options_valid(&req.query) {
-                return s.into_response();
+                return output::encode(encoding, s.into_response()).await;
             }
             let r = match req.info.verb.as_str() {
                 "get" => self.get(&cx),
@@ -105,7 +109,7 @@ impl StorageHandler {
                 "deletecollection" => self.delete_collection(&cx, &req.body).await,
                 v => Err(Status::method_not_supported(&self.group, &req.info.resource, v)),
             };
-            let mut r = r.unwrap_or_else(Status::into_response);
+            let mut r = output::encode(encoding, r.unwrap_or_else(Status::into_response)).await;
             let mut warnings = cx.warnings.lock().map(|w| w.clone()).unwrap_or_default();
             // A patch retried after a lost write race reports its fields once.
             let mut seen = std::collections::HashSet::new();
@@ -171,7 +175,7 @@ impl Cx {
             name: req.info.name.clone(),
             status_sub: req.info.subresource == "status",
             query,
-            form: output::negotiate(&req.headers),
+            form: output::negotiate(&req.headers).map_or(output::Form::Object, |(f, _)| f),
             warnings: Default::default(),
             manager,
             content_type: req

@@ -20,13 +20,20 @@ pub type Cause = (String, String);
 /// kube's CRD validation ratcheting (on by default since 1.30) does, so an object stored
 /// before its schema was tightened can still be labelled or have its status written.
 pub fn validate_update(obj: &Value, old: Option<&Value>, schema: &Value) -> Vec<Cause> {
-    let mut v = Validator { causes: Vec::new() };
+    let mut v = Validator {
+        causes: Vec::new(),
+        duplicates: Vec::new(),
+    };
     v.node(obj, schema, "", true, old);
+    v.causes.append(&mut v.duplicates);
     v.causes
 }
 
 struct Validator {
     causes: Vec<Cause>,
+    /// List-type set/map duplicates: kube finds them in a pass after schema validation, so
+    /// they come after every other cause.
+    duplicates: Vec<Cause>,
 }
 
 fn join(path: &str, k: &str) -> String {
@@ -329,6 +336,38 @@ impl Validator {
                 };
                 self.node(x, it, &format!("{path}[{i}]"), false, o);
             }
+            self.list_duplicates(a, s, &keys, path);
+        }
+    }
+
+    /// `x-kubernetes-list-type: set` items and `map` keys must be unique, as kube's
+    /// `ValidateListSetsAndMaps` reports them: each repeat is a `Duplicate value` at its index.
+    fn list_duplicates(&mut self, a: &[Value], s: &Value, keys: &[&str], path: &str) {
+        let mut seen = std::collections::HashSet::new();
+        match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("set") => {
+                for (i, x) in a.iter().enumerate() {
+                    if !seen.insert(x.to_string()) {
+                        let message = format!("Duplicate value: {}", go_value(x));
+                        self.duplicates.push((format!("{path}[{i}]"), message));
+                    }
+                }
+            }
+            Some("map") if !keys.is_empty() => {
+                for (i, x) in a.iter().enumerate() {
+                    let key: Map<String, Value> = keys
+                        .iter()
+                        .filter_map(|k| x.get(*k).map(|v| (k.to_string(), v.clone())))
+                        .collect();
+                    // The repeated key, shown as JSON (kube marshals it for the message).
+                    let shown = Value::Object(key).to_string();
+                    if !seen.insert(shown.clone()) {
+                        self.duplicates
+                            .push((format!("{path}[{i}]"), format!("Duplicate value: {shown}")));
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -392,3 +431,12 @@ impl Validator {
 #[cfg(test)]
 #[path = "validation_tests.rs"]
 mod tests;
+
+/// A value as Go's `%#v` prints what JSON decoded into: strings quoted, numbers and booleans
+/// bare.
+fn go_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
