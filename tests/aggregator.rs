@@ -1537,10 +1537,13 @@ async fn namespace_deletion_removes_the_objects_and_waits_for_finalizers() {
             assert_eq!(remaining.len(), 1);
             let conditions = cx
                 .eventually("the namespace reports the remaining finalizer", || async {
+                    // Counted after the deletion of the rest: one object remains.
                     let c = namespace_conditions(cx, &ns).await?;
-                    c.iter()
-                        .any(|l| l.starts_with("NamespaceFinalizersRemaining True"))
-                        .then_some(c)
+                    let settled = c.iter().any(|l| l.starts_with("NamespaceFinalizersRemaining True"))
+                        && c.iter().any(|l| {
+                            l.starts_with("NamespaceContentRemaining True") && l.ends_with("has 1 resource instances")
+                        });
+                    settled.then_some(c)
                 })
                 .await;
             let phase = cx
