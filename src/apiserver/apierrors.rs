@@ -2,7 +2,6 @@
 //! `shared/contract/reference-responses/*.body`): `kind`, `apiVersion`, empty `metadata`,
 //! `status: Failure`, `message`, `reason`, `details`, `code`.
 
-use crate::apiserver::filters::requestinfo::RequestInfo;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{json, Map, Value};
@@ -65,30 +64,6 @@ impl Status {
         }
     }
 
-    /// 403 for a denied request, with the message k8s' `responsewriters.Forbidden` builds.
-    pub fn forbidden(user: &str, info: &RequestInfo, reason: &str) -> Self {
-        let mut msg = forbidden_message(user, info);
-        if !reason.is_empty() {
-            msg = format!("{msg}: {reason}");
-        }
-        let (group, resource) = if info.is_resource_request {
-            (info.api_group.as_str(), info.resource.as_str())
-        } else {
-            ("", "")
-        };
-        let message = match (resource.is_empty(), info.name.is_empty()) {
-            (true, _) => format!("forbidden: {msg}"),
-            (false, true) => format!("{} is forbidden: {msg}", qualified(resource, group)),
-            (false, false) => format!("{} \"{}\" is forbidden: {msg}", qualified(resource, group), info.name),
-        };
-        Status {
-            code: StatusCode::FORBIDDEN,
-            reason: "Forbidden",
-            message,
-            details: Some(details(&info.name, group, resource)),
-        }
-    }
-
     /// 404 for a path nothing is served at.
     pub fn not_found_path() -> Self {
         Status {
@@ -119,6 +94,26 @@ impl Status {
                 qualified(resource, group)
             ),
             details: Some(details("", group, resource)),
+        }
+    }
+
+    /// 405 for a method a path does not serve, as kube-apiserver's mux answers it.
+    pub fn method_not_allowed() -> Self {
+        Status {
+            code: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "MethodNotAllowed",
+            message: "the server does not allow this method on the requested resource".into(),
+            details: None,
+        }
+    }
+
+    /// 406 when none of `types` (a comma-separated list) is acceptable to the client.
+    pub fn not_acceptable(types: &str) -> Self {
+        Status {
+            code: StatusCode::NOT_ACCEPTABLE,
+            reason: "NotAcceptable",
+            message: format!("only the following media types are accepted: {types}"),
+            details: None,
         }
     }
 
@@ -220,12 +215,14 @@ impl Status {
         }
     }
 
-    /// 415 for a body media type this resource does not take.
-    pub fn unsupported_media_type(content_type: &str) -> Self {
+    /// 415 for a body media type this request does not take; `accepted` lists those it does.
+    pub fn unsupported_media_type(accepted: &str) -> Self {
         Status {
             code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             reason: "UnsupportedMediaType",
-            message: format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type:?})"),
+            message: format!(
+                "the body of the request was in an unknown format - accepted media types include: {accepted}"
+            ),
             details: None,
         }
     }
@@ -242,7 +239,7 @@ impl Status {
 }
 
 /// `resource.group` (or just `resource` for the core group), as `GroupResource.String()`.
-fn qualified(resource: &str, group: &str) -> String {
+pub(crate) fn qualified(resource: &str, group: &str) -> String {
     if group.is_empty() {
         resource.to_string()
     } else {
@@ -274,7 +271,7 @@ fn cause_reason(message: &str) -> &'static str {
 }
 
 /// `StatusDetails` with Go's omitempty behaviour.
-fn details(name: &str, group: &str, kind: &str) -> Map<String, Value> {
+pub(crate) fn details(name: &str, group: &str, kind: &str) -> Map<String, Value> {
     let mut d = Map::new();
     for (k, v) in [("name", name), ("group", group), ("kind", kind)] {
         if !v.is_empty() {
@@ -284,65 +281,9 @@ fn details(name: &str, group: &str, kind: &str) -> Map<String, Value> {
     d
 }
 
-/// `responsewriters.forbiddenMessage` of k8s.io/apiserver.
-fn forbidden_message(user: &str, info: &RequestInfo) -> String {
-    if !info.is_resource_request {
-        return format!("User {user:?} cannot {} path {:?}", info.verb, info.path);
-    }
-    let mut resource = info.resource.clone();
-    if !info.subresource.is_empty() {
-        resource = format!("{resource}/{}", info.subresource);
-    }
-    if !info.namespace.is_empty() {
-        format!(
-            "User {user:?} cannot {} resource {resource:?} in API group {:?} in the namespace {:?}",
-            info.verb, info.api_group, info.namespace
-        )
-    } else {
-        format!(
-            "User {user:?} cannot {} resource {resource:?} in API group {:?} at the cluster scope",
-            info.verb, info.api_group
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forbidden_matches_reference_shape() {
-        let info = RequestInfo::parse(
-            "GET",
-            "/apis/wardle.example.com/v1alpha1/namespaces/default/flunders",
-            "",
-        )
-        .expect("valid path");
-        let got = Status::forbidden("nobody", &info, "").to_json();
-        let want = json!({
-          "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-          "message": "flunders.wardle.example.com is forbidden: User \"nobody\" cannot list resource \"flunders\" in API group \"wardle.example.com\" in the namespace \"default\"",
-          "reason": "Forbidden", "details": {"group": "wardle.example.com", "kind": "flunders"}, "code": 403
-        });
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn forbidden_non_resource_and_named() {
-        let info = RequestInfo::parse("GET", "/metrics", "").expect("valid");
-        let got = Status::forbidden("system:anonymous", &info, "").to_json();
-        assert_eq!(
-            got["message"],
-            "forbidden: User \"system:anonymous\" cannot get path \"/metrics\""
-        );
-        assert_eq!(got["details"], json!({}));
-        let info = RequestInfo::parse("DELETE", "/apis/g.io/v1/fischers/a", "").expect("valid");
-        let got = Status::forbidden("u", &info, "no RBAC").to_json();
-        assert_eq!(
-            got["message"],
-            "fischers.g.io \"a\" is forbidden: User \"u\" cannot delete resource \"fischers\" in API group \"g.io\" at the cluster scope: no RBAC"
-        );
-    }
 
     #[test]
     fn invalid_lists_causes_with_their_types() {

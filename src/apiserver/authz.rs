@@ -6,7 +6,7 @@
 
 use super::cache::TtlCache;
 use crate::apiserver::authn::UserInfo;
-use crate::apiserver::filters::requestinfo::RequestInfo;
+use crate::apiserver::request::RequestInfo;
 use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };

@@ -18,3 +18,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn empty() -> Body {
     Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
 }
+
+/// An early answer: the filter chain stops there and this is the response. Boxed because a
+/// response is large and most requests pass every step.
+pub type Early = Box<http::Response<Body>>;

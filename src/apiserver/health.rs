@@ -1,5 +1,10 @@
 //! `/healthz`, `/livez` and `/readyz`, answered in kube-apiserver's plain-text style.
 
+/// Whether `path` is a health endpoint (answered even before authentication can work).
+pub fn is_health(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz")
+}
+
 /// One named readiness check and why it fails, if it does.
 pub type Check<'a> = (&'a str, Option<String>);
 

@@ -9,12 +9,15 @@ pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod cache;
+pub mod concurrency;
 pub mod discovery;
 pub mod filters;
 pub mod health;
 pub mod metrics;
+pub mod nonresource;
 pub mod openapi;
 pub mod options;
+pub mod request;
 pub mod resources;
 pub mod router;
 pub mod storage;
@@ -272,7 +275,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     let app = Arc::new(App {
         metrics: metrics::Metrics::new(cfg.resources.iter().map(|r| r.plural.clone())),
         served: std::sync::RwLock::new(router::Served::new(cfg)),
-        inflight: filters::inflight::InFlight::new(args.max_requests_inflight, args.max_mutating_requests_inflight),
+        inflight: concurrency::InFlight::new(args.max_requests_inflight, args.max_mutating_requests_inflight),
         ready_log: Default::default(),
         namespaces,
         auth: auth_state,
@@ -376,7 +379,7 @@ async fn accept_loop(
             let svc = service_fn(move |req| {
                 let app = app.clone();
                 let conn = conn.clone();
-                async move { Ok::<_, Infallible>(app.handle(req, &conn).await) }
+                async move { Ok::<_, Infallible>(filters::serve(&app, req, &conn).await) }
             });
             let served = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
             if let Err(e) = watcher.watch(served).await {

@@ -49,7 +49,7 @@ pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<Option<u64>, Statu
         other => {
             return Err(invalid(
                 "resourceVersionMatch",
-                &format!("Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""),
+                &format!("Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""),
             ))
         }
     };

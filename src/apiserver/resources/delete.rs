@@ -9,12 +9,26 @@ use crate::apiserver::storage::{Preconditions, StorageError};
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
+/// The garbage collector's finalizers.
+const ORPHAN: &str = "orphan";
+const FOREGROUND: &str = "foregroundDeletion";
+
+/// An explicit propagation choice (`propagationPolicy`, or the older `orphanDependents`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Propagation {
+    /// None given: the object's own GC finalizers decide.
+    #[default]
+    Unset,
+    Orphan,
+    Foreground,
+    Background,
+}
+
 /// What a DELETE body asks for.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct DeleteOptions {
     pub pre: Preconditions,
-    /// The finalizer the garbage collector acts on: `orphan` or `foregroundDeletion`.
-    pub gc_finalizer: Option<&'static str>,
+    pub propagation: Propagation,
     pub dry_run: bool,
     /// `orphanDependents: false`, the one case kube-apiserver answers 202 for an object that
     /// finalizers keep (other clients were built on 200 and kube kept it for them).
@@ -42,20 +56,23 @@ pub(super) fn parse(body: &[u8]) -> Result<DeleteOptions, Status> {
     };
     let orphan = v.get("orphanDependents").and_then(Value::as_bool);
     let policy = v.get("propagationPolicy").and_then(Value::as_str);
-    let gc_finalizer = match (orphan, policy) {
+    let propagation = match (orphan, policy) {
         (Some(_), Some(p)) => {
             return Err(invalid(
                 "propagationPolicy",
                 format!("Invalid value: {p:?}: orphanDependents and deletionPropagation cannot be both set"),
             ))
         }
-        (Some(true), None) | (None, Some("Orphan")) => Some("orphan"),
-        (None, Some("Foreground")) => Some("foregroundDeletion"),
-        (Some(false), None) | (None, Some("Background")) | (None, None) => None,
+        (Some(true), None) | (None, Some("Orphan")) => Propagation::Orphan,
+        (None, Some("Foreground")) => Propagation::Foreground,
+        (Some(false), None) | (None, Some("Background")) => Propagation::Background,
+        (None, None) => Propagation::Unset,
         (None, Some(p)) => {
             return Err(invalid(
                 "propagationPolicy",
-                format!("Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""),
+                format!(
+                    "Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                ),
             ))
         }
     };
@@ -74,10 +91,37 @@ pub(super) fn parse(body: &[u8]) -> Result<DeleteOptions, Status> {
             resource_version: rv,
             uid: p.get("uid").and_then(Value::as_str).map(str::to_string),
         },
-        gc_finalizer,
+        propagation,
         dry_run,
         accepted_if_kept: orphan == Some(false),
     })
+}
+
+/// The finalizers after a delete, as kube's `deletionFinalizersForGarbageCollection` computes
+/// them: the garbage collector's two are taken out, then `orphan` or `foregroundDeletion` put
+/// back at the end as the explicit policy, or else the object's own choice, says. This runs on
+/// every DELETE, so a repeated one can switch or strip them.
+fn with_gc_finalizers(finalizers: &[String], propagation: Propagation) -> Vec<String> {
+    let has = |f: &str| finalizers.iter().any(|x| x == f);
+    let (orphan, foreground) = match propagation {
+        Propagation::Orphan => (true, false),
+        Propagation::Foreground => (false, true),
+        Propagation::Background => (false, false),
+        // Validation keeps both from being set; orphan is checked first, as in kube.
+        Propagation::Unset => (has(ORPHAN), !has(ORPHAN) && has(FOREGROUND)),
+    };
+    let mut out: Vec<String> = finalizers
+        .iter()
+        .filter(|f| *f != ORPHAN && *f != FOREGROUND)
+        .cloned()
+        .collect();
+    if orphan {
+        out.push(ORPHAN.into());
+    }
+    if foreground {
+        out.push(FOREGROUND.into());
+    }
+    out
 }
 
 /// `cx` with the body's dryRun folded in, so either place counts.
@@ -94,8 +138,16 @@ impl StorageHandler {
         let opts = parse(body)?;
         let cx = with_dry_run(cx, &opts);
         let (mut value, gone) = self.delete_one(&cx, &cx.name, &opts).await?;
+        if gone {
+            // An object deleted at once is answered with a Success Status naming it, as the
+            // CRD handler answers (one that finalizers keep is answered with the object).
+            let uid = value.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": cx.name, "group": cx.group, "kind": cx.res.plural, "uid": uid}});
+            return Ok(value_response(StatusCode::OK, &status));
+        }
         cx.at_version(&mut value);
-        let code = if !gone && opts.accepted_if_kept {
+        let code = if opts.accepted_if_kept {
             StatusCode::ACCEPTED
         } else {
             StatusCode::OK
@@ -110,26 +162,23 @@ impl StorageHandler {
         let pre = &opts.pre;
         for _ in 0..PATCH_RETRIES {
             let cur = self.storage.get(&key).ok_or_else(|| cx.not_found(name))?;
+            // Precondition failures name the kind, as kube's delete words them.
             if let Some(uid) = &pre.uid {
                 if cur.uid != *uid {
-                    return Err(cx.conflict(
-                        name,
-                        &format!(
-                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                            cur.uid
-                        ),
-                    ));
+                    let why = format!(
+                        "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
+                        cur.uid
+                    );
+                    return Err(Status::conflict(&cx.group, &cx.res.kind, name, &why));
                 }
             }
             if let Some(rv) = pre.resource_version {
                 if cur.rv != rv {
-                    return Err(cx.conflict(
-                        name,
-                        &format!(
-                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                            cur.rv
-                        ),
-                    ));
+                    let why = format!(
+                        "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
+                        cur.rv
+                    );
+                    return Err(Status::conflict(&cx.group, &cx.res.kind, name, &why));
                 }
             }
             let mut v = cur.value();
@@ -137,23 +186,24 @@ impl StorageHandler {
                 resource_version: Some(cur.rv),
                 uid: None,
             };
-            let mut finalizers = object::finalizers(&v);
-            if object::is_deleting(&v) {
-                // Already on its way; a repeated DELETE changes nothing.
-                if !finalizers.is_empty() {
-                    return Ok((v, false));
-                }
-            } else if let Some(f) = opts.gc_finalizer {
-                // The garbage collector deletes or orphans the dependents, then removes it.
-                if !finalizers.iter().any(|x| x == f) {
-                    finalizers.push(f.to_string());
-                }
+            let before = object::finalizers(&v);
+            let finalizers = with_gc_finalizers(&before, opts.propagation);
+            let deleting = object::is_deleting(&v);
+            if deleting && finalizers == before && !finalizers.is_empty() {
+                // Already on its way and nothing to switch: a repeated DELETE changes nothing.
+                return Ok((v, false));
             }
             if !finalizers.is_empty() {
                 if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
                     m.insert("finalizers".into(), json!(finalizers));
-                    m.insert("deletionTimestamp".into(), json!(object::now()));
-                    m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                    if !deleting {
+                        m.insert("deletionTimestamp".into(), json!(object::now()));
+                        m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                        // Marking for deletion is a change of the object: generation moves, so
+                        // controllers that filter on it see the deletion.
+                        let generation = m.get("generation").and_then(Value::as_i64).unwrap_or(0);
+                        m.insert("generation".into(), json!(generation + 1));
+                    }
                 }
                 if cx.dry_run() {
                     return Ok((v, false));
@@ -203,7 +253,7 @@ impl StorageHandler {
         let list = json!({
             "kind": cx.list_kind(),
             "apiVersion": cx.api_version,
-            "metadata": {"resourceVersion": self.storage.current_rv().to_string()},
+            "metadata": {"resourceVersion": self.storage.current_rv().to_string(), "continue": ""},
             "items": items,
         });
         Ok(value_response(StatusCode::OK, &list))
@@ -221,12 +271,13 @@ mod tests {
             .expect("gc delete");
         assert_eq!(o.pre.uid.as_deref(), Some("u"));
         assert_eq!(o.pre.resource_version, Some(7));
-        assert_eq!(o.gc_finalizer, None);
-        let f = |b: &[u8]| parse(b).expect("valid").gc_finalizer;
-        assert_eq!(f(br#"{"propagationPolicy":"Foreground"}"#), Some("foregroundDeletion"));
-        assert_eq!(f(br#"{"propagationPolicy":"Orphan"}"#), Some("orphan"));
-        assert_eq!(f(br#"{"orphanDependents":true}"#), Some("orphan"));
-        assert_eq!(f(br#"{"orphanDependents":false}"#), None);
+        assert_eq!(o.propagation, Propagation::Background);
+        let f = |b: &[u8]| parse(b).expect("valid").propagation;
+        assert_eq!(f(br#"{"propagationPolicy":"Foreground"}"#), Propagation::Foreground);
+        assert_eq!(f(br#"{"propagationPolicy":"Orphan"}"#), Propagation::Orphan);
+        assert_eq!(f(br#"{"orphanDependents":true}"#), Propagation::Orphan);
+        assert_eq!(f(br#"{"orphanDependents":false}"#), Propagation::Background);
+        assert_eq!(f(b"{}"), Propagation::Unset);
         assert!(
             parse(br#"{"dryRun":["All"],"gracePeriodSeconds":0}"#)
                 .expect("dry")
@@ -245,5 +296,27 @@ mod tests {
             parse(br#"{"dryRun":["Some"]}"#).expect_err("bad").code,
             StatusCode::UNPROCESSABLE_ENTITY
         );
+    }
+
+    #[test]
+    fn gc_finalizers_follow_the_latest_delete() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let hold = v(&["example.com/hold"]);
+        assert_eq!(
+            with_gc_finalizers(&hold, Propagation::Foreground),
+            v(&["example.com/hold", FOREGROUND])
+        );
+        let fg = v(&["example.com/hold", FOREGROUND]);
+        assert_eq!(
+            with_gc_finalizers(&fg, Propagation::Orphan),
+            v(&["example.com/hold", ORPHAN])
+        );
+        assert_eq!(with_gc_finalizers(&fg, Propagation::Background), hold);
+        assert_eq!(
+            with_gc_finalizers(&fg, Propagation::Unset),
+            fg,
+            "no policy keeps the object's choice"
+        );
+        assert!(with_gc_finalizers(&[], Propagation::Background).is_empty());
     }
 }

@@ -1,32 +1,45 @@
 //! The storage-backed [`ResourceHandler`]: kube-apiserver's custom-resource semantics over
-//! [`Storage`]. Keys are `/<plural>/<namespace>/<name>` (namespace empty for cluster scope),
-//! so every list is a key prefix.
+//! [`Storage`](crate::apiserver::storage::Storage). Keys are `/<plural>/<namespace>/<name>`
+//! (namespace empty for cluster scope), so every list is a key prefix.
+//!
+//! Each verb has its own file; this one keeps the handler, the dispatch by verb, and what
+//! every verb uses: the per-request context `Cx` (query, output form, schema, errors) and
+//! the JSON responses.
 
+// One file per verb.
 mod apply;
-mod consistency;
+mod create;
 mod delete;
+mod get;
+mod list;
+mod patch;
+mod update;
+mod watch;
+
+// What the verbs share.
+mod consistency;
 mod fields;
+mod fields_v1;
 mod managed;
 mod meta;
 mod object;
 mod output;
-mod patch;
 mod schema;
 mod select;
-mod watch;
+mod table;
 
 use super::body::{full, Body};
 use crate::apiserver::admission::namespace_lifecycle::Namespaces;
 use crate::apiserver::apierrors::Status;
-use crate::apiserver::filters::requestinfo::query_pairs;
+use crate::apiserver::request::query_pairs;
 use crate::apiserver::router::{ResourceHandler, ResourceRequest};
-use crate::apiserver::storage::{Preconditions, StorageError, Store};
+use crate::apiserver::storage::{StorageError, Store};
 use crate::crd::ServedResource;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{header, HeaderValue, Response, StatusCode};
 use select::Selector;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -125,6 +138,8 @@ pub(crate) struct Cx {
     pub version_prefix: String,
     /// Who this write's fields belong to (`fieldManager`, else the User-Agent's product).
     pub manager: String,
+    /// The request body's media type, as sent.
+    pub content_type: String,
 }
 
 impl Cx {
@@ -159,6 +174,12 @@ impl Cx {
             form: output::negotiate(&req.headers),
             warnings: Default::default(),
             manager,
+            content_type: req
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
         }
     }
 
@@ -262,8 +283,10 @@ impl Cx {
                 return Ok(());
             }
         }
+        let version = self.api_version.rsplit('/').next().unwrap_or_default();
+        let kind = &self.res.kind;
         Err(Status::bad_request(format!(
-            "strict decoding error: {}",
+            "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
             fields.join(", ")
         )))
     }
@@ -304,7 +327,7 @@ impl Cx {
         } else if f.trim().is_empty() {
             format!("metadata.name={}", self.name)
         } else {
-            if crate::apiserver::filters::requestinfo::exact_name(f).is_some_and(|n| n != self.name) {
+            if crate::apiserver::request::exact_name(f).is_some_and(|n| n != self.name) {
                 return Err(Status::bad_request(
                     "fieldSelector metadata.name doesn't match requested name",
                 ));
@@ -372,254 +395,4 @@ pub(crate) fn json_response(code: StatusCode, body: impl Into<Bytes>) -> Respons
 
 fn value_response(code: StatusCode, v: &Value) -> Response<Body> {
     json_response(code, serde_json::to_vec(v).unwrap_or_default())
-}
-
-impl StorageHandler {
-    fn get(&self, cx: &Cx) -> Result<Response<Body>, Status> {
-        let obj = self
-            .storage
-            .get(&cx.key(&cx.name))
-            .ok_or_else(|| cx.not_found(&cx.name))?;
-        if let Some(v) = output::one(cx, cx.form, &obj.value()) {
-            return Ok(value_response(StatusCode::OK, &v));
-        }
-        Ok(json_response(StatusCode::OK, cx.bytes_of(&obj)))
-    }
-
-    async fn list(&self, cx: &Cx) -> Result<Response<Body>, Status> {
-        let exact = consistency::check_list(cx, self.storage.as_ref()).await?;
-        let sel = cx.selector()?;
-        let limit = match cx.q("limit") {
-            "" | "0" => None,
-            l => Some(
-                l.parse::<usize>()
-                    .map_err(|_| Status::bad_request(format!("invalid limit {l:?}")))?,
-            ),
-        };
-        let cont = Some(cx.q("continue")).filter(|c| !c.is_empty());
-        let page = self
-            .storage
-            .list(&cx.prefix(), limit, cont, |o| sel.matches(o))
-            .map_err(|e| match e {
-                StorageError::Gone { .. } => Status::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."),
-                e => cx.storage_err("", e),
-            })?;
-        if let Some(want) = exact.filter(|w| *w != page.rv) {
-            return Err(consistency::exact_gone(want, page.rv));
-        }
-        let mut meta = json!({"resourceVersion": page.rv.to_string()});
-        if let Some(c) = &page.continue_token {
-            meta["continue"] = json!(c);
-        }
-        if let Some(n) = page.remaining {
-            meta["remainingItemCount"] = json!(n);
-        }
-        let values: Vec<Value> = if cx.form == output::Form::Object {
-            Vec::new()
-        } else {
-            page.items.iter().map(|o| o.value()).collect()
-        };
-        if let Some(v) = output::list(cx, cx.form, &values, meta.clone()) {
-            return Ok(value_response(StatusCode::OK, &v));
-        }
-        // Items are stored serialized; splice them in rather than re-parse every object.
-        let mut out = Vec::with_capacity(page.items.iter().map(|o| o.json.len() + 1).sum::<usize>() + 256);
-        out.extend_from_slice(
-            format!(
-                "{{\"kind\":{},\"apiVersion\":{},\"metadata\":{},\"items\":[",
-                json!(cx.list_kind()),
-                json!(cx.api_version),
-                meta
-            )
-            .as_bytes(),
-        );
-        for (i, o) in page.items.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&cx.bytes_of(o));
-        }
-        out.extend_from_slice(b"]}");
-        Ok(json_response(StatusCode::OK, out))
-    }
-
-    async fn create(&self, cx: &Cx, body: &[u8]) -> Result<Response<Body>, Status> {
-        if cx.status_sub {
-            return Err(Status::method_not_supported(
-                &cx.group,
-                &format!("{}/status", cx.res.plural),
-                "create",
-            ));
-        }
-        managed::validate_options(cx, "CreateOptions", false)?;
-        let mut v = object::decode(cx, body)?;
-        cx.prune_request(&mut v)?;
-        object::prepare_create(cx, &mut v)?;
-        cx.validate(&v, None)?;
-        managed::track_update(cx, None, &mut v);
-        let name = object::name_of(&v);
-        self.namespaces
-            .admit_create(&cx.namespace, &cx.group, &cx.res.plural, &name)
-            .await?;
-        if cx.dry_run() {
-            if self.storage.get(&cx.key(&name)).is_some() {
-                return Err(Status::already_exists(&cx.group, &cx.res.plural, &name));
-            }
-            return Ok(value_response(StatusCode::CREATED, &v));
-        }
-        let obj = self
-            .storage
-            .create(&cx.key(&name), v)
-            .await
-            .map_err(|e| cx.storage_err(&name, e))?;
-        Ok(json_response(StatusCode::CREATED, obj.json.clone()))
-    }
-
-    async fn update(&self, cx: &Cx, body: &[u8]) -> Result<Response<Body>, Status> {
-        managed::validate_options(cx, "UpdateOptions", false)?;
-        let v = object::decode(cx, body)?;
-        if object::name_of(&v) != cx.name {
-            return Err(Status::bad_request(format!(
-                "the name of the object ({}) does not match the name on the URL ({})",
-                object::name_of(&v),
-                cx.name
-            )));
-        }
-        let rv = match v.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-            Some(s) if !s.is_empty() => s.parse::<u64>().map_err(|_| cx.conflict(&cx.name, Status::STALE))?,
-            _ => {
-                return Err(Status::invalid(
-                    &cx.group,
-                    &cx.res.kind,
-                    &cx.name,
-                    &[(
-                        "metadata.resourceVersion".into(),
-                        "Invalid value: 0x0: must be specified for an update".into(),
-                    )],
-                ))
-            }
-        };
-        let old = self
-            .storage
-            .get(&cx.key(&cx.name))
-            .ok_or_else(|| cx.not_found(&cx.name))?;
-        if old.rv != rv {
-            return Err(cx.conflict(&cx.name, Status::STALE));
-        }
-        self.write_update(cx, &old.value(), v, rv).await
-    }
-
-    /// Merges `new` onto `old` with update semantics and writes it if `old` is still at `rv`.
-    async fn write_update(&self, cx: &Cx, old: &Value, mut new: Value, rv: u64) -> Result<Response<Body>, Status> {
-        // Both sides as kube-apiserver would see them (it prunes and defaults what it reads
-        // from storage too), so a default added to the schema later is not a spec change.
-        let mut old = old.clone();
-        // Compared and written at the request's version (versions differ only in apiVersion).
-        cx.at_version(&mut old);
-        cx.at_version(&mut new);
-        cx.prune_and_default(&mut old);
-        cx.prune_request(&mut new)?;
-        let mut next = object::prepare_update(cx, &old, new, cx.has_status())?;
-        // The whole object, also for /status: kube validates what would be stored.
-        cx.validate(&next, Some(&old))?;
-        managed::track_update(cx, Some(&old), &mut next);
-        self.write_prepared(cx, next, rv).await
-    }
-
-    /// Writes the prepared `next` if the stored object is still at `rv`.
-    async fn write_prepared(&self, cx: &Cx, next: Value, rv: u64) -> Result<Response<Body>, Status> {
-        let key = cx.key(&cx.name);
-        let pre = Preconditions {
-            resource_version: Some(rv),
-            uid: None,
-        };
-        // An update that drops the last finalizer of a deleting object completes the delete.
-        if object::is_deleting(&next) && object::finalizers(&next).is_empty() {
-            if cx.dry_run() {
-                return Ok(value_response(StatusCode::OK, &next));
-            }
-            let obj = self
-                .storage
-                .delete(&key, pre)
-                .await
-                .map_err(|e| cx.storage_err(&cx.name, e))?;
-            let mut last = obj.value();
-            cx.at_version(&mut last);
-            if let Some(m) = last.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.insert("finalizers".into(), json!([]));
-            }
-            return Ok(value_response(StatusCode::OK, &last));
-        }
-        if cx.dry_run() {
-            return Ok(value_response(StatusCode::OK, &next));
-        }
-        let obj = self
-            .storage
-            .update(&key, next, pre)
-            .await
-            .map_err(|e| cx.storage_err(&cx.name, e))?;
-        Ok(json_response(StatusCode::OK, obj.json.clone()))
-    }
-
-    async fn patch(&self, cx: &Cx, req: &ResourceRequest) -> Result<Response<Body>, Status> {
-        let ct = req
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let kind = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        let merge = match kind.as_str() {
-            "application/merge-patch+json" => true,
-            "application/json-patch+json" => false,
-            "application/apply-patch+yaml" => return self.apply(cx, &req.body).await,
-            _ => return Err(Status::unsupported_media_type(ct)),
-        };
-        managed::validate_options(cx, "PatchOptions", false)?;
-        let patch: Value =
-            serde_json::from_slice(&req.body).map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
-        let json_patch: Option<json_patch::Patch> = if merge {
-            None
-        } else {
-            Some(
-                serde_json::from_value(patch.clone())
-                    .map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?,
-            )
-        };
-        // Read-modify-write; a concurrent writer makes the store refuse and we re-read.
-        for _ in 0..PATCH_RETRIES {
-            let old = self
-                .storage
-                .get(&cx.key(&cx.name))
-                .ok_or_else(|| cx.not_found(&cx.name))?;
-            // Patched as kube-apiserver would read it: pruned and defaulted.
-            let mut old_v = old.value();
-            cx.at_version(&mut old_v);
-            cx.prune_and_default(&mut old_v);
-            let mut new = old_v.clone();
-            match &json_patch {
-                None => json_patch::merge(&mut new, &patch),
-                Some(p) => patch::apply(&mut new, p).map_err(|e| {
-                    Status::invalid(&cx.group, &cx.res.kind, &cx.name, &[("patch".into(), e.to_string())])
-                })?,
-            }
-            object::check_patched(cx, &new)?;
-            object::check_depth(&new)?;
-            // A patch naming a resourceVersion is a precondition, as in kube-apiserver.
-            let rv = match new.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                Some(s) if s != old.rv.to_string() => return Err(cx.conflict(&cx.name, Status::STALE)),
-                _ => old.rv,
-            };
-            match self.write_update(cx, &old_v, new, rv).await {
-                Err(s) if s.reason == "Conflict" && merge_retryable(&patch) => continue,
-                r => return r,
-            }
-        }
-        Err(cx.conflict(&cx.name, Status::STALE))
-    }
-}
-
-/// Whether a patch may be re-applied to a newer object after a lost race: only when it does not
-/// pin the resourceVersion itself (then the conflict is the client's).
-fn merge_retryable(patch: &Value) -> bool {
-    patch.pointer("/metadata/resourceVersion").is_none()
 }

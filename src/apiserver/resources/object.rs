@@ -5,7 +5,31 @@ use super::Cx;
 use crate::apiserver::apierrors::Status;
 use serde_json::{json, Map, Value};
 
-/// Parses a request body as an object of the URL's type.
+/// The body of a create or update as JSON: JSON as sent, YAML converted (kubectl and
+/// client-go may send either), any other media type 415 as kube-apiserver answers.
+fn body_as_json<'a>(cx: &Cx, body: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, Status> {
+    let media = cx.content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        "" | "application/json" | "*/*" => Ok(std::borrow::Cow::Borrowed(body)),
+        "application/yaml" => {
+            let v: Value = serde_yaml::from_slice(body).map_err(|e| {
+                Status::bad_request(format!(
+                    "the object provided is unrecognized (must be of type {}): couldn't get version/kind; yaml parse error: {e}",
+                    cx.res.kind
+                ))
+            })?;
+            Ok(std::borrow::Cow::Owned(serde_json::to_vec(&v).unwrap_or_default()))
+        }
+        _ => Err(Status::unsupported_media_type("application/json, application/yaml")),
+    }
+}
+
+/// Parses the body of a create or update (JSON or YAML) as an object of the URL's type.
+pub fn decode_request(cx: &Cx, body: &[u8]) -> Result<Value, Status> {
+    decode(cx, &body_as_json(cx, body)?)
+}
+
+/// Parses JSON as an object of the URL's type.
 pub fn decode(cx: &Cx, body: &[u8]) -> Result<Value, Status> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         let snippet: String = String::from_utf8_lossy(body).chars().take(100).collect();
@@ -27,11 +51,23 @@ pub fn decode(cx: &Cx, body: &[u8]) -> Result<Value, Status> {
     if kind.is_empty() {
         return Err(Status::bad_request("Object 'Kind' is missing in the request body"));
     }
-    if api_version != cx.api_version || kind != cx.res.kind {
+    if api_version != cx.api_version {
         return Err(Status::bad_request(format!(
-            "the API version in the data ({api_version}) and kind ({kind}) do not match the expected {} {}",
-            cx.api_version, cx.res.kind
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            cx.api_version
         )));
+    }
+    if kind != cx.res.kind {
+        // Decoded, then refused by validation: 422 on `kind`, named as the body names it.
+        return Err(Status::invalid(
+            &cx.group,
+            kind,
+            &name_of(&v),
+            &[(
+                "kind".into(),
+                format!("Invalid value: {kind:?}: must be {}", cx.res.kind),
+            )],
+        ));
     }
     if let Some(ns) = v.pointer("/metadata/namespace").and_then(Value::as_str) {
         if !ns.is_empty() && !cx.namespace.is_empty() && ns != cx.namespace {
@@ -152,7 +188,7 @@ pub fn uuid() -> String {
 }
 
 /// The 5-character suffix of `generateName`, from the alphabet of `utilrand.String`.
-fn name_suffix() -> String {
+pub fn name_suffix() -> String {
     const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     random_bytes::<5>()
         .iter()

@@ -2,7 +2,8 @@
 //! and `as=PartialObjectMetadata[List]` (what kube-controller-manager's metadata informers ask
 //! for). Protobuf is never produced; JSON answers every offer.
 
-use super::Cx;
+use super::{table, Cx};
+use crate::apiserver::apierrors::Status;
 use http::HeaderMap;
 use serde_json::{json, Value};
 
@@ -44,74 +45,37 @@ pub fn partial(obj: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
 }
 
-/// A simple `.a.b` JSONPath, which is what printer columns use in practice.
-fn lookup<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
-    let mut cur = obj;
-    for seg in path.trim_start_matches('.').split('.').filter(|s| !s.is_empty()) {
-        cur = cur.get(seg)?;
-    }
-    Some(cur)
-}
-
-fn table(cx: &Cx, items: &[Value], list_meta: Value) -> Value {
-    table_with(cx, items, list_meta, true)
-}
-
-/// A Table; `columns: false` leaves `columnDefinitions` null, which is how kube-apiserver sends
-/// every watch event after the first (kubectl keeps the first event's columns).
-pub fn table_with(cx: &Cx, items: &[Value], list_meta: Value, with_columns: bool) -> Value {
-    let columns = cx
-        .res
-        .versions
-        .iter()
-        .find(|v| format!("{}/{}", cx.group, v.name) == cx.api_version)
-        .map(|v| v.additional_printer_columns.clone())
-        .unwrap_or_default();
-    let mut defs = vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
-    ];
-    for c in &columns {
-        defs.push(json!({"name": c.name, "type": c.type_, "format": c.format.clone().unwrap_or_default(), "description": c.description.clone().unwrap_or_default(), "priority": c.priority}));
-    }
-    defs.push(json!({"name": "Age", "type": "date", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0}));
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|o| {
-            let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
-            for c in &columns {
-                cells.push(lookup(o, &c.json_path).cloned().unwrap_or(Value::Null));
-            }
-            cells.push(o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null));
-            json!({"cells": cells, "object": partial(o)})
-        })
-        .collect();
-    let defs = if with_columns { json!(defs) } else { Value::Null };
-    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": defs, "rows": rows})
-}
-
 /// One object in `form`; `None` for plain objects (served as stored).
-pub fn one(cx: &Cx, form: Form, obj: &Value) -> Option<Value> {
-    match form {
+pub fn one(cx: &Cx, form: Form, obj: &Value) -> Result<Option<Value>, Status> {
+    Ok(match form {
         Form::Object => None,
         Form::Metadata => Some(partial(obj)),
-        Form::Table => Some(table(
+        Form::Table => Some(table::table(
             cx,
             std::slice::from_ref(obj),
             json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}),
+            true,
+            table::include_object(cx.q("includeObject"))?,
         )),
-    }
+    })
 }
 
 /// A list page in `form`; `None` for plain lists.
-pub fn list(cx: &Cx, form: Form, items: &[Value], list_meta: Value) -> Option<Value> {
-    match form {
+pub fn list(cx: &Cx, form: Form, items: &[Value], list_meta: Value) -> Result<Option<Value>, Status> {
+    Ok(match form {
         Form::Object => None,
         Form::Metadata => Some(json!({
             "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta,
             "items": items.iter().map(partial).collect::<Vec<_>>(),
         })),
-        Form::Table => Some(table(cx, items, list_meta)),
-    }
+        Form::Table => Some(table::table(
+            cx,
+            items,
+            list_meta,
+            true,
+            table::include_object(cx.q("includeObject"))?,
+        )),
+    })
 }
 
 #[cfg(test)]

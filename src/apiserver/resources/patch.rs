@@ -1,10 +1,95 @@
-//! JSON Patch (RFC 6902) with kube-apiserver's limits: at most 10,000 operations, and `copy`
-//! operations may together duplicate no more than the request size limit. Without them a 2 KB
-//! patch of repeated `copy /metadata` doubles the object per operation until memory runs out.
+//! PATCH: JSON merge patch and JSON Patch (RFC 6902), applied read-modify-write onto the
+//! object as kube-apiserver would read it, re-read and retried after a lost write race;
+//! `application/apply-patch+yaml` is server-side apply (see [`super::apply`]).
+//!
+//! JSON Patch has kube-apiserver's limits: at most 10,000 operations, and `copy` operations
+//! may together duplicate no more than the request size limit. Without them a 2 KB patch of
+//! repeated `copy /metadata` doubles the object per operation until memory runs out.
 
-use crate::apiserver::router::MAX_BODY_BYTES;
+use super::{managed, object, Cx, StorageHandler, PATCH_RETRIES};
+use crate::apiserver::apierrors::Status;
+use crate::apiserver::body::Body;
+use crate::apiserver::filters::body_limit::MAX_BODY_BYTES;
+use crate::apiserver::router::ResourceRequest;
+use http::{header, Response};
 use json_patch::{Patch, PatchOperation};
 use serde_json::Value;
+
+impl StorageHandler {
+    pub(super) async fn patch(&self, cx: &Cx, req: &ResourceRequest) -> Result<Response<Body>, Status> {
+        let ct = req
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let kind = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let merge = match kind.as_str() {
+            "application/merge-patch+json" => true,
+            "application/json-patch+json" => false,
+            "application/apply-patch+yaml" => return self.apply(cx, &req.body).await,
+            _ => {
+                return Err(Status::unsupported_media_type(
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                ))
+            }
+        };
+        managed::validate_options(cx, "PatchOptions", false)?;
+        let patch: Value =
+            serde_json::from_slice(&req.body).map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
+        let json_patch: Option<json_patch::Patch> = if merge {
+            None
+        } else {
+            Some(
+                serde_json::from_value(patch.clone())
+                    .map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?,
+            )
+        };
+        // Read-modify-write; a concurrent writer makes the store refuse and we re-read.
+        for _ in 0..PATCH_RETRIES {
+            let old = self
+                .storage
+                .get(&cx.key(&cx.name))
+                .ok_or_else(|| cx.not_found(&cx.name))?;
+            // Patched as kube-apiserver would read it: pruned and defaulted.
+            let mut old_v = old.value();
+            cx.at_version(&mut old_v);
+            cx.prune_and_default(&mut old_v);
+            let mut new = old_v.clone();
+            match &json_patch {
+                None => json_patch::merge(&mut new, &patch),
+                Some(p) => apply(&mut new, p).map_err(|e| {
+                    // kube answers a failed operation with a bare 422 and no causes; what
+                    // failed goes to the log.
+                    tracing::debug!(error = %e, name = %cx.name, "JSON patch failed");
+                    Status {
+                        code: http::StatusCode::UNPROCESSABLE_ENTITY,
+                        reason: "Invalid",
+                        message: "the server rejected our request due to an error in our request".into(),
+                        details: Some(serde_json::Map::new()),
+                    }
+                })?,
+            }
+            object::check_patched(cx, &new)?;
+            object::check_depth(&new)?;
+            // A patch naming a resourceVersion is a precondition, as in kube-apiserver.
+            let rv = match new.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+                Some(s) if s != old.rv.to_string() => return Err(cx.conflict(&cx.name, Status::STALE)),
+                _ => old.rv,
+            };
+            match self.write_update(cx, &old_v, new, rv).await {
+                Err(s) if s.reason == "Conflict" && merge_retryable(&patch) => continue,
+                r => return r,
+            }
+        }
+        Err(cx.conflict(&cx.name, Status::STALE))
+    }
+}
+
+/// Whether a patch may be re-applied to a newer object after a lost race: only when it does not
+/// pin the resourceVersion itself (then the conflict is the client's).
+fn merge_retryable(patch: &Value) -> bool {
+    patch.pointer("/metadata/resourceVersion").is_none()
+}
 
 /// kube-apiserver's `maxJSONPatchOperations`.
 pub const MAX_OPERATIONS: usize = 10_000;

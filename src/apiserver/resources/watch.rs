@@ -3,6 +3,7 @@
 //! behind) are ERROR events carrying a Status, as kube-apiserver sends them.
 
 use super::output::{self, Form};
+use super::table;
 use super::Cx;
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::{Body, BoxError};
@@ -34,6 +35,45 @@ fn error_line(s: &Status) -> Bytes {
     line("ERROR", &serde_json::to_vec(&s.to_json()).unwrap_or_default())
 }
 
+/// kube's `validateWatchOptions`: watch-list parameters go together.
+fn check_options(cx: &Cx) -> Result<(), Status> {
+    let send_initial = cx.query.get("sendInitialEvents").map(|v| truthy(v));
+    let rvm = cx.q("resourceVersionMatch");
+    let mut causes: Vec<(String, String)> = Vec::new();
+    let field = || "resourceVersionMatch".to_string();
+    if send_initial.is_some() && rvm != "NotOlderThan" {
+        causes.push((
+            field(),
+            "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+        ));
+    }
+    if !rvm.is_empty() {
+        if send_initial.is_none() {
+            causes.push((
+                field(),
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided".into(),
+            ));
+        }
+        if rvm != "NotOlderThan" {
+            causes.push((
+                field(),
+                format!("Unsupported value: {rvm:?}: supported values: \"NotOlderThan\""),
+            ));
+        }
+        if rvm == "NotOlderThan" && send_initial == Some(true) && !truthy(cx.q("allowWatchBookmarks")) {
+            causes.push((
+                "allowWatchBookmarks".into(),
+                "Forbidden: allowWatchBookmarks must be set to true when sendInitialEvents is true".into(),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::invalid("meta.k8s.io", "ListOptions", "", &causes))
+    }
+}
+
 fn truthy(v: &str) -> bool {
     matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
@@ -41,6 +81,8 @@ fn truthy(v: &str) -> bool {
 /// Encodes events in the form the client asked for.
 struct Render {
     cx: Cx,
+    /// What Table rows carry.
+    include: table::IncludeObject,
     /// Table watches carry column definitions in their first event only.
     columns_sent: bool,
 }
@@ -52,7 +94,7 @@ impl Render {
             Form::Metadata => line(type_, &to_vec(&output::partial(&o.value()))),
             Form::Table => {
                 let meta = json!({"resourceVersion": o.rv.to_string()});
-                let t = output::table_with(&self.cx, &[o.value()], meta, !self.columns_sent);
+                let t = table::table(&self.cx, &[o.value()], meta, !self.columns_sent, self.include);
                 self.columns_sent = true;
                 line(type_, &to_vec(&t))
             }
@@ -109,6 +151,13 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
         Ok(s) => s,
         Err(s) => return s.into_response(),
     };
+    let include = match table::include_object(cx.q("includeObject")) {
+        Ok(i) => i,
+        Err(s) => return s.into_response(),
+    };
+    if let Err(s) = check_options(cx) {
+        return s.into_response();
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let bookmarks = truthy(cx.q("allowWatchBookmarks"));
     let timeout = cx
@@ -120,9 +169,12 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
         .unwrap_or(DEFAULT_TIMEOUT);
     let prefix = cx.prefix();
     let rv_param = cx.q("resourceVersion").to_string();
-    let send_initial = truthy(cx.q("sendInitialEvents"));
+    // `sendInitialEvents` given: it alone decides whether the current state comes first.
+    let send_initial_param = cx.query.get("sendInitialEvents").map(|v| truthy(v));
+    let send_initial = send_initial_param == Some(true);
     let mut render = Render {
         cx: cx.clone(),
+        include,
         columns_sent: false,
     };
 
@@ -140,7 +192,7 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
     // The version bookmarks report: the initial list's when one was sent, so a bookmark never
     // takes a reflector back behind the state it already has.
     let mut last_rv = start.unwrap_or(0);
-    let stream = if start.is_none() || send_initial {
+    let stream = if send_initial || (start.is_none() && send_initial_param.is_none()) {
         match storage.list(&prefix, None, None, |o| sel.matches(o)) {
             Ok(page) => {
                 last_rv = page.rv;
@@ -153,7 +205,8 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
             Err(e) => Err(e),
         }
     } else {
-        storage.watch(&prefix, start)
+        // From the given version, or (sendInitialEvents=false without one) from now.
+        storage.watch(&prefix, Some(start.unwrap_or_else(|| storage.current_rv())))
     };
 
     tokio::spawn(async move {

@@ -1,0 +1,19 @@
+//! GET of one object, in the form the client negotiated (object, table or metadata).
+
+use super::{json_response, output, value_response, Cx, StorageHandler};
+use crate::apiserver::apierrors::Status;
+use crate::apiserver::body::Body;
+use http::{Response, StatusCode};
+
+impl StorageHandler {
+    pub(super) fn get(&self, cx: &Cx) -> Result<Response<Body>, Status> {
+        let obj = self
+            .storage
+            .get(&cx.key(&cx.name))
+            .ok_or_else(|| cx.not_found(&cx.name))?;
+        if let Some(v) = output::one(cx, cx.form, &obj.value())? {
+            return Ok(value_response(StatusCode::OK, &v));
+        }
+        Ok(json_response(StatusCode::OK, cx.bytes_of(&obj)))
+    }
+}

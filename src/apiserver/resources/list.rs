@@ -1,0 +1,74 @@
+//! LIST: a page of a collection (label and field selectors, `limit`/`continue`), at the
+//! consistency the `resourceVersion` parameters ask for (see [`super::consistency`]).
+
+use super::{consistency, json_response, output, value_response, Cx, StorageHandler};
+use crate::apiserver::apierrors::Status;
+use crate::apiserver::body::Body;
+use crate::apiserver::storage::StorageError;
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+impl StorageHandler {
+    pub(super) async fn list(&self, cx: &Cx) -> Result<Response<Body>, Status> {
+        let exact = consistency::check_list(cx, self.storage.as_ref()).await?;
+        let sel = cx.selector()?;
+        // kube reads limit as an int64 and pages only when it is positive.
+        let limit = match cx.q("limit") {
+            "" => None,
+            l => match l.parse::<i64>() {
+                Ok(n) if n > 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                Ok(_) => None,
+                Err(_) => return Err(Status::bad_request(format!("invalid limit {l:?}"))),
+            },
+        };
+        let cont = Some(cx.q("continue")).filter(|c| !c.is_empty());
+        let page = self
+            .storage
+            .list(&cx.prefix(), limit, cont, |o| sel.matches(o))
+            .map_err(|e| match e {
+                StorageError::Gone { .. } => Status::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."),
+                e => cx.storage_err("", e),
+            })?;
+        if let Some(want) = exact.filter(|w| *w != page.rv) {
+            return Err(consistency::exact_gone(want, page.rv));
+        }
+        let mut meta = json!({"resourceVersion": page.rv.to_string()});
+        if let Some(c) = &page.continue_token {
+            meta["continue"] = json!(c);
+        }
+        if let Some(n) = page.remaining {
+            meta["remainingItemCount"] = json!(n);
+        }
+        let values: Vec<Value> = if cx.form == output::Form::Object {
+            Vec::new()
+        } else {
+            page.items.iter().map(|o| o.value()).collect()
+        };
+        if let Some(v) = output::list(cx, cx.form, &values, meta.clone())? {
+            return Ok(value_response(StatusCode::OK, &v));
+        }
+        // A plain list always says `continue`, empty on the last page, as the CRD handler's does.
+        if meta.get("continue").is_none() {
+            meta["continue"] = json!("");
+        }
+        // Items are stored serialized; splice them in rather than re-parse every object.
+        let mut out = Vec::with_capacity(page.items.iter().map(|o| o.json.len() + 1).sum::<usize>() + 256);
+        out.extend_from_slice(
+            format!(
+                "{{\"kind\":{},\"apiVersion\":{},\"metadata\":{},\"items\":[",
+                json!(cx.list_kind()),
+                json!(cx.api_version),
+                meta
+            )
+            .as_bytes(),
+        );
+        for (i, o) in page.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&cx.bytes_of(o));
+        }
+        out.extend_from_slice(b"]}");
+        Ok(json_response(StatusCode::OK, out))
+    }
+}
