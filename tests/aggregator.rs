@@ -1487,6 +1487,28 @@ async fn namespace_deletion_removes_the_objects_and_waits_for_finalizers() {
         return;
     };
     let cx = &cx;
+    // The namespace controller deletes each namespaced resource with deletecollection when
+    // discovery lists that verb (else one by one): both servers list it.
+    let out = cx
+        .same(
+            "resources with deletecollection",
+            |side| {
+                [
+                    "api-resources",
+                    "--verbs=deletecollection",
+                    "--namespaced=true",
+                    "-o",
+                    "name",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([format!("--api-group={}", side.group())])
+                .collect()
+            },
+            |_| None,
+        )
+        .await;
+    assert_eq!(out.stdout.trim(), "flunders.wardle.example.com", "{out}");
     let ns_of = |side: Side| format!("nsdel-{}", side.tag());
     let observed = cx
         .both(|side| async move {
