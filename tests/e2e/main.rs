@@ -1,12 +1,22 @@
-//! End-to-end tests against a real cluster. They run only with `EAO_E2E=1` and `KUBECONFIG`
-//! set; otherwise each test prints why it is skipped and passes.
+//! End-to-end tests of the operator against a real control plane.
+//!
+//! By default they run against the control plane of the test harness
+//! (`eao::testing::controlplane::ControlPlane::shared`: etcd, kube-apiserver and
+//! kube-controller-manager from `KUBEBUILDER_ASSETS`, one per test binary), so `make test` runs
+//! them; without `KUBEBUILDER_ASSETS` each test prints why it is skipped and passes. With
+//! `EAO_E2E=1` and `KUBECONFIG` set they run against that cluster instead.
 //!
 //! The CRD from `crds/` is applied, and the controller runs in this process (set
-//! `EAO_E2E_IN_PROCESS=0` to test an operator already installed in the cluster instead).
+//! `EAO_E2E_IN_PROCESS=0` to test an operator already installed in a cluster instead). It runs on
+//! a thread with its own runtime: each `#[tokio::test]` has a runtime of its own that ends with
+//! the test, and a controller spawned there would stop with the first test. For the same reason
+//! every test makes its own client.
 //! Each test uses its own temporary namespace and API group. Pods are never expected to become
-//! Ready (the image may not exist in the cluster): the tests check objects, status and cleanup.
+//! Ready (there is no kubelet in the harness, and the image may not exist in a cluster): the
+//! tests check objects, status and cleanup.
 
 use eao::crd::ExtensionApiServer;
+use eao::testing::controlplane::ControlPlane;
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
@@ -25,21 +35,43 @@ use tokio::sync::OnceCell;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-fn enabled(test: &str) -> bool {
-    let on = std::env::var("EAO_E2E").as_deref() == Ok("1") && std::env::var_os("KUBECONFIG").is_some();
-    if !on {
-        eprintln!("skipping e2e test {test}: set EAO_E2E=1 and KUBECONFIG to run it against a cluster");
-    }
-    on
+/// Where the tests run.
+#[derive(Clone, Copy)]
+enum Target {
+    /// The shared control plane of the test harness.
+    Harness(&'static ControlPlane),
+    /// The cluster `KUBECONFIG` names (`EAO_E2E=1`).
+    Cluster,
 }
 
-static SETUP: OnceCell<Client> = OnceCell::const_new();
+impl Target {
+    /// A new client, bound to the calling test's runtime.
+    async fn client(self) -> Client {
+        match self {
+            Target::Harness(cp) => cp.client().await.expect("admin client for the harness control plane"),
+            Target::Cluster => Client::try_default().await.expect("kubeconfig works"),
+        }
+    }
+}
 
-/// Installs the CRD and starts the controller once per test binary.
-async fn client() -> Client {
+/// The target for `test`, or `None` (the test is skipped).
+async fn target(test: &str) -> Option<Target> {
+    if std::env::var("EAO_E2E").as_deref() == Ok("1") {
+        if std::env::var_os("KUBECONFIG").is_some() {
+            return Some(Target::Cluster);
+        }
+        eprintln!("EAO_E2E=1 without KUBECONFIG: {test} runs against the harness control plane");
+    }
+    ControlPlane::shared(test).await.map(Target::Harness)
+}
+
+static SETUP: OnceCell<()> = OnceCell::const_new();
+
+/// Installs the CRD and starts the controller, once per test binary.
+async fn setup(target: Target) {
     SETUP
-        .get_or_init(|| async {
-            let client = Client::try_default().await.expect("kubeconfig works");
+        .get_or_init(|| async move {
+            let client = target.client().await;
             let text = std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/crds/extensionapiservers.aggregation.dev.yaml"
@@ -63,36 +95,47 @@ async fn client() -> Client {
             .expect("CRD established in time")
             .unwrap();
             if std::env::var("EAO_E2E_IN_PROCESS").as_deref() != Ok("0") {
-                let c = client.clone();
-                tokio::spawn(async move {
-                    eao::operator::controller::run(
-                        c,
-                        eao::operator::reconcile::build::BuildOptions {
-                            default_server_image: "extension-apiserver-operator:e2e".into(),
-                        },
-                        Arc::new(eao::operator::metrics::Metrics::default()),
-                        Reporter {
-                            controller: "extension-apiserver-operator".into(),
-                            instance: Some("e2e".into()),
-                        },
-                        Arc::new(AtomicBool::new(false)),
-                        std::future::pending(),
-                    )
-                    .await
-                });
+                start_controller(target);
             }
-            client
         })
-        .await
-        .clone()
+        .await;
 }
 
-/// A fresh scope for `test`, or `None` (the test is skipped) without a cluster.
+/// Runs the controller on a thread of its own until the test process exits.
+fn start_controller(target: Target) {
+    std::thread::Builder::new()
+        .name("eao-e2e-controller".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("controller runtime");
+            rt.block_on(async move {
+                eao::operator::controller::run(
+                    target.client().await,
+                    eao::operator::reconcile::build::BuildOptions {
+                        default_server_image: "extension-apiserver-operator:e2e".into(),
+                    },
+                    Arc::new(eao::operator::metrics::Metrics::default()),
+                    Reporter {
+                        controller: "extension-apiserver-operator".into(),
+                        instance: Some("e2e".into()),
+                    },
+                    Arc::new(AtomicBool::new(false)),
+                    std::future::pending(),
+                )
+                .await
+            })
+        })
+        .expect("controller thread");
+}
+
+/// A fresh scope for `test`, or `None` (the test is skipped) without a control plane.
 async fn scope_for(test: &str) -> Option<Scope> {
-    if !enabled(test) {
-        return None;
-    }
-    Some(Scope::new(client().await).await)
+    let target = target(test).await?;
+    setup(target).await;
+    Some(Scope::new(target.client().await).await)
 }
 
 fn suffix() -> String {
@@ -212,7 +255,7 @@ async fn apply_creates_every_child() {
             let ca = secrets.get("wardle-ca").await.unwrap();
             let serving = secrets.get("wardle-serving-cert").await.unwrap();
             assert_eq!(serving.type_.as_deref(), Some("kubernetes.io/tls"));
-            let ca_pem = ca.data.as_ref().unwrap()["tls.crt"].0.clone();
+            let ca_pem = ca.data.as_ref().unwrap()["ca.crt"].0.clone();
             assert_eq!(serving.data.as_ref().unwrap()["ca.crt"].0, ca_pem);
             let apisvc = apiservices.get(&svc_name).await.unwrap();
             let spec = apisvc.spec.unwrap();
