@@ -86,6 +86,12 @@ impl StorageHandler {
         // The whole object, also for /status: kube validates what would be stored.
         cx.validate(&next, Some(&old))?;
         managed::track_update(cx, Some(&old), &mut next);
+        if next == old {
+            // Nothing changes: kube-apiserver stores nothing, so the resourceVersion stays and
+            // watchers see no event (kubectl says "patched (no change)"). Controllers that
+            // write unchanged objects rely on this not to wake each other up.
+            return Ok(value_response(StatusCode::OK, &old));
+        }
         self.write_prepared(cx, next, rv).await
     }
 
