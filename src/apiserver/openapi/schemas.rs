@@ -52,6 +52,10 @@ fn gvk(group: &str, version: &str, kind: &str) -> Value {
     json!([{"group": group, "version": version, "kind": kind}])
 }
 
+const API_VERSION_DESCRIPTION: &str = "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources";
+const KIND_DESCRIPTION: &str = "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds";
+const METADATA_DESCRIPTION: &str = "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
+
 /// The object schema: the declared schema plus apiVersion, kind, metadata and the GVK extension.
 pub(super) fn object_schema(flavor: Flavor, group: &str, version: &str, r: &ServedResource) -> Value {
     let declared = r
@@ -68,9 +72,6 @@ pub(super) fn object_schema(flavor: Flavor, group: &str, version: &str, r: &Serv
         }
     };
     schema.insert("type".into(), json!("object"));
-    schema
-        .entry("description")
-        .or_insert_with(|| json!(format!("{} is a {group} resource.", r.kind)));
     let props = schema
         .entry("properties")
         .or_insert_with(|| json!({}))
@@ -78,9 +79,23 @@ pub(super) fn object_schema(flavor: Flavor, group: &str, version: &str, r: &Serv
         .map(std::mem::take)
         .unwrap_or_default();
     let mut props = props;
-    props.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
-    props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
-    props.insert("metadata".into(), flavor.reference(&format!("{META}.ObjectMeta")));
+    // The descriptions kube-apiserver publishes for a CRD, word for word (`kubectl explain`).
+    props.insert(
+        "apiVersion".into(),
+        json!({"type": "string", "description": API_VERSION_DESCRIPTION}),
+    );
+    props.insert(
+        "kind".into(),
+        json!({"type": "string", "description": KIND_DESCRIPTION}),
+    );
+    let metadata = match flavor {
+        // A `$ref` cannot carry a description in OpenAPI v2; v3 wraps it in `allOf`.
+        Flavor::V2 => flavor.reference(&format!("{META}.ObjectMeta")),
+        Flavor::V3 => {
+            json!({"description": METADATA_DESCRIPTION, "allOf": [flavor.reference(&format!("{META}.ObjectMeta"))]})
+        }
+    };
+    props.insert("metadata".into(), metadata);
     schema.insert("properties".into(), Value::Object(props));
     schema.insert("x-kubernetes-group-version-kind".into(), gvk(group, version, &r.kind));
     let mut v = Value::Object(schema);
