@@ -1156,8 +1156,8 @@ async fn explain_uses_the_openapi_of_the_server() {
         .await;
     assert!(out.stdout.contains("Name must be unique within a namespace."), "{out}");
 
-    // The whole tree, field names and types. The top-level descriptions differ (see
-    // `server_bug_message_texts`), so only the fields are compared.
+    // The whole tree, field names and types (the top-level descriptions are compared in
+    // `message_texts_match`).
     let fields = |out: &Out| {
         out.stdout
             .split_once("FIELDS:")
@@ -1862,15 +1862,13 @@ async fn noop_update_keeps_resource_version() {
     assert_same("no-op patch and replace", &ours, &crd, || cx.diag());
 }
 
-/// Texts kubectl shows that differ from kube-apiserver's: the `kubectl explain` descriptions of
-/// the kind (kube: `<empty>`, ours: an invented sentence), of apiVersion and kind (ours cut
-/// after the first sentence) and of metadata (ours: none, kube: "Standard object's metadata"),
-/// all from the server's OpenAPI v3; and the message of a label selector that does not parse.
+/// Texts kubectl shows, as kube-apiserver words them: the `kubectl explain` descriptions of the
+/// kind (`<empty>`), of apiVersion, kind and metadata (from the server's OpenAPI v3); and the
+/// message of a label selector that does not parse.
 #[tokio::test]
-#[ignore = "server differences: explain descriptions, label selector error text"]
-async fn server_bug_message_texts() {
+async fn message_texts_match() {
     let ns = "bug-texts";
-    let Some(cx) = Ctx::new("server_bug_message_texts", &[ns]).await else {
+    let Some(cx) = Ctx::new("message_texts_match", &[ns]).await else {
         return;
     };
     let cx = &cx;

@@ -52,7 +52,7 @@ fn name_part_ok(s: &str) -> bool {
 }
 
 /// `validation.IsQualifiedName`: `[prefix/]name`, the prefix a DNS subdomain.
-fn qualified_name_errors(key: &str) -> Vec<String> {
+pub(super) fn qualified_name_errors(key: &str) -> Vec<String> {
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -75,7 +75,7 @@ fn qualified_name_errors(key: &str) -> Vec<String> {
     errs
 }
 
-fn label_value_error(v: &str) -> Option<String> {
+pub(super) fn label_value_error(v: &str) -> Option<String> {
     if v.len() > 63 {
         return Some("must be no more than 63 characters".into());
     }
