@@ -16,8 +16,10 @@ pub struct Selector {
 impl Selector {
     /// Parses both selectors; the error is the message of a 400.
     pub fn parse(label: &str, field: &str) -> Result<Selector, String> {
-        let mut sel = Selector::default();
-        sel.labels = labels::parse(label)?;
+        let mut sel = Selector {
+            labels: labels::parse(label)?,
+            ..Default::default()
+        };
         if !field.trim().is_empty() {
             for term in field.split(',') {
                 let (k, v, eq) = if let Some((k, v)) = term.split_once("!=") {
