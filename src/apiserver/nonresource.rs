@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
-fn text(code: StatusCode, body: String) -> Response<Body> {
+pub(crate) fn text(code: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = code;
     r.headers_mut().insert(

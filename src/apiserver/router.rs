@@ -160,20 +160,28 @@ impl App {
         if let Some(resource) = self.declared(info) {
             return Ok(resource);
         }
-        if self.namespaced_without_namespace(info) {
-            return Err(Box::new(Status::method_not_allowed().into_response()));
+        if let Some(r) = self.unknown_subresource(info) {
+            // kube's CRD handler answers a subresource it does not serve as a missing object.
+            let s = Status::not_found(&info.api_group, &r.plural, &info.name);
+            return Err(Box::new(s.into_response()));
         }
-        Err(Box::new(Status::not_found_path().into_response()))
+        // Anything else under the group (unknown resources, a namespaced collection written
+        // without a namespace) falls through to kube's mux, which answers a plain-text 404.
+        Err(Box::new(crate::apiserver::nonresource::text(
+            http::StatusCode::NOT_FOUND,
+            "404 page not found\n".into(),
+        )))
     }
 
-    /// A namespaced resource's collection addressed without a namespace by a verb other than
-    /// list or watch: 405, as kube-apiserver answers.
-    fn namespaced_without_namespace(&self, info: &RequestInfo) -> bool {
+    /// A declared resource addressed with a name and a subresource it does not serve.
+    fn unknown_subresource(&self, info: &RequestInfo) -> Option<ServedResource> {
         let served = self.served();
-        info.namespace.is_empty()
-            && info.parts.len() == 1
-            && discovery::resources_in(&served.config, &info.api_version)
-                .any(|r| r.plural == info.resource && r.scope == ResourceScope::Namespaced)
+        if info.api_prefix != "apis" || info.api_group != served.config.group || info.parts.len() != 3 {
+            return None;
+        }
+        let r = discovery::resources_in(&served.config, &info.api_version).find(|r| r.plural == info.resource)?;
+        let scope_ok = (r.scope == ResourceScope::Namespaced) != info.namespace.is_empty();
+        scope_ok.then(|| r.clone())
     }
 
     /// The declared resource a resource request addresses, if the path has a valid shape for it.

@@ -108,6 +108,11 @@ pub(super) fn decode_config(cx: &Cx, body: &[u8]) -> Result<Value, Status> {
         )));
     }
     let api_version = cfg.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    if api_version.is_empty() {
+        // What kube's apply decoding reports for a group-version-kind without a version.
+        let kind = cfg.get("kind").and_then(Value::as_str).unwrap_or_default();
+        return Err(Status::bad_request(format!("invalid object type: /, Kind={kind}")));
+    }
     if api_version != cx.api_version {
         return Err(Status::bad_request(format!(
             "Incorrect version specified in apply patch. Specified patch version: {api_version}, expected: {}",

@@ -49,7 +49,12 @@ pub fn decode(cx: &Cx, body: &[u8]) -> Result<Value, Status> {
     let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
     if kind.is_empty() {
-        return Err(Status::bad_request("Object 'Kind' is missing in the request body"));
+        let text: String = String::from_utf8_lossy(body).chars().take(1024).collect();
+        let snippet: String = text.chars().take(100).collect();
+        return Err(Status::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): Object 'Kind' is missing in '{text}' ({snippet})",
+            cx.res.kind
+        )));
     }
     if api_version != cx.api_version {
         return Err(Status::bad_request(format!(

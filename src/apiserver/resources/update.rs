@@ -12,6 +12,10 @@ use serde_json::{json, Value};
 
 impl StorageHandler {
     pub(super) async fn update(&self, cx: &Cx, body: &[u8]) -> Result<Response<Body>, Status> {
+        if cx.name.is_empty() {
+            // PUT on a collection: kube's update handler asks for the name first.
+            return Err(Status::bad_request("name must be provided"));
+        }
         managed::validate_options(cx, "UpdateOptions", false)?;
         let v = object::decode_request(cx, body)?;
         if object::name_of(&v) != cx.name {
