@@ -1,7 +1,7 @@
 //! The `ExtensionApiServer` custom resource (`aggregation.dev/v1alpha1`).
 //!
-//! One file of about 530 lines on purpose: it is the whole user-facing schema, read top to
-//! bottom like `kubectl explain`, and `crdgen` renders it into `crds/` as one document.
+//! The whole user-facing schema, read top to bottom like `kubectl explain`; `crdgen` renders
+//! it into `crds/` as one document. `spec.pod` and `spec.userRoles` live in `crd_pod.rs`.
 //!
 //! Doc comments on these types become the OpenAPI descriptions that
 //! `kubectl explain extensionapiserver.spec` prints, so they are written for users.
@@ -41,7 +41,14 @@ pub const VERSION: &str = "v1alpha1";
     category = "aggregation",
     derive = "PartialEq",
     printcolumn(name = "Group", type_ = "string", json_path = ".spec.group"),
-    printcolumn(name = "Versions", type_ = "string", json_path = ".spec.versions[*].name"),
+    // kubectl prints only the first result of a JSONPath, so `.spec.versions[*].name` would
+    // show one version: the operator writes them all, comma-separated, into status.versions.
+    printcolumn(
+        name = "Versions",
+        type_ = "string",
+        description = "Every served version",
+        json_path = ".status.versions"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -67,6 +74,8 @@ pub const VERSION: &str = "v1alpha1";
     .message("exactly one of spec.server (the bundled server) or spec.image (your own server image) must be set"))]
 #[x_kube(validation = Rule::new("!has(self.server) || !has(self.replicas) || self.replicas <= 1")
     .message("the bundled server with embedded storage runs exactly one replica: set spec.replicas to 1 (or leave it unset)"))]
+#[x_kube(validation = Rule::new("!has(self.server) || !has(self.pod) || (!has(self.pod.volumes) && !has(self.pod.volumeMounts))")
+    .message("spec.pod.volumes and spec.pod.volumeMounts are for your own image (spec.image); the bundled server takes none"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExtensionApiServerSpec {
     /// API group the server serves, for example `wardle.example.com`. A DNS-1123 subdomain.
@@ -118,6 +127,17 @@ pub struct ExtensionApiServerSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub rules: Vec<PolicyRule>,
+
+    /// Placement and pod settings of the server pods: node selector, tolerations, affinity,
+    /// topology spread, priority class, pull secrets, extra labels, annotations and env, host
+    /// network, and (your own image only) extra volumes and mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSettings>,
+
+    /// Aggregated ClusterRoles that let holders of the built-in `view`, `edit` and `admin`
+    /// roles use the served resources. On by default for the bundled server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_roles: Option<UserRoles>,
 }
 
 /// One served version of the group.
@@ -172,8 +192,8 @@ pub struct BundledServer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
 
-    /// Where the server keeps its objects. Defaults to embedded storage in an `emptyDir`
-    /// (lost when the pod is deleted); set `embedded.size` for a PersistentVolumeClaim.
+    /// Where the server keeps its objects. Defaults to embedded storage on a 1Gi
+    /// PersistentVolumeClaim of the default StorageClass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<ServerStorage>,
 }
@@ -187,18 +207,32 @@ pub struct ServerStorage {
     pub embedded: Option<EmbeddedStorage>,
 }
 
+/// Size of the data directory's PersistentVolumeClaim when `embedded.size` is unset.
+pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
+
 /// Embedded storage settings.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.ephemeral) || !self.ephemeral || (!has(self.size) && !has(self.storageClassName))")
+    .message("spec.server.storage.embedded: size and storageClassName configure the PersistentVolumeClaim, which ephemeral: true replaces with an emptyDir; set one or the other"))]
 pub struct EmbeddedStorage {
-    /// Size of a PersistentVolumeClaim for the data directory, for example `1Gi`. Without it
-    /// the data lives in an `emptyDir` and is lost when the pod is replaced.
+    /// Size of the PersistentVolumeClaim holding the data directory. Defaults to `1Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    /// StorageClass of the claim; the cluster default when unset.
+    /// StorageClass of the claim; the cluster's default StorageClass when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
+    /// Keep the data in an `emptyDir` instead of a PersistentVolumeClaim: every object is
+    /// LOST when the pod is deleted, rescheduled or updated. For tests and demos only; the
+    /// `StorageDurable` condition is then False with reason `Ephemeral`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }
+
+#[path = "crd_pod.rs"]
+mod pod;
+pub use pod::{PodSettings, UserRoles, RESERVED_POD_ANNOTATIONS, RESERVED_POD_LABELS};
 
 /// Log output format of the bundled server; the same type as its `--log-format` flag.
 pub use crate::telemetry::LogFormat;
@@ -433,9 +467,12 @@ pub struct ExtensionApiServerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `AggregationLayerReady`, `CertificatesReady`, `DeploymentAvailable`,
-    /// `APIServiceAvailable` and `Ready`.
+    /// `APIServiceAvailable`, `StorageDurable` (bundled server) and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Every version of `spec.versions`, comma-separated (the `Versions` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<String>,
     /// Names of the APIServices registered for this server.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_services: Vec<String>,
@@ -533,6 +570,8 @@ pub(crate) fn wardle_spec() -> ExtensionApiServerSpec {
         resources: None,
         certificates: None,
         rules: vec![],
+        pod: None,
+        user_roles: None,
     }
 }
 

@@ -197,6 +197,24 @@ impl Applier<'_> {
                 )
                 .await;
         }
+        // User roles extend view/edit/admin to spec.group, so only while its APIServices are ours.
+        // Roles become stale only through a spec change, so without roles and without one there
+        // is nothing to list.
+        if conflicts.is_empty() && (!children.user_roles.is_empty() || self.spec_changed) {
+            let ours = cluster_roles
+                .list(&ListParams::default().labels(&names.owner_selector()))
+                .await?;
+            for role in &children.user_roles {
+                let before = ours.items.iter().find(|r| r.metadata.name == role.metadata.name);
+                self.apply(&cluster_roles, role, before.cloned()).await?;
+            }
+            let wanted = |n: &String| children.user_roles.iter().any(|r| r.metadata.name.as_ref() == Some(n));
+            for stale in ours.items.iter().filter_map(|r| r.metadata.name.as_ref()) {
+                if names.is_user_role(stale) && !wanted(stale) {
+                    delete_ignoring_missing(&cluster_roles, stale).await?;
+                }
+            }
+        }
         Ok(Applied {
             deployment,
             api_services: applied,
