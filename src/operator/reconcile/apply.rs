@@ -20,6 +20,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
 
+#[path = "apply_roles.rs"]
+mod roles;
+
 /// What applying one object did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -197,23 +200,15 @@ impl Applier<'_> {
                 )
                 .await;
         }
-        // User roles extend view/edit/admin to spec.group, so only while its APIServices are ours.
-        // Roles become stale only through a spec change, so without roles and without one there
-        // is nothing to list.
-        if conflicts.is_empty() && (!children.user_roles.is_empty() || self.spec_changed) {
-            let ours = cluster_roles
-                .list(&ListParams::default().labels(&names.owner_selector()))
-                .await?;
-            for role in &children.user_roles {
-                let before = ours.items.iter().find(|r| r.metadata.name == role.metadata.name);
-                self.apply(&cluster_roles, role, before.cloned()).await?;
-            }
-            let wanted = |n: &String| children.user_roles.iter().any(|r| r.metadata.name.as_ref() == Some(n));
-            for stale in ours.items.iter().filter_map(|r| r.metadata.name.as_ref()) {
-                if names.is_user_role(stale) && !wanted(stale) {
-                    delete_ignoring_missing(&cluster_roles, stale).await?;
-                }
-            }
+        // User roles (see build_roles.rs): one self-contained step, whose refusal by RBAC (the
+        // chart's rbac.userRoles=false) is a Warning Event, not a failed reconcile.
+        if let Err(why) = self
+            .apply_user_roles(names, &children.user_roles, conflicts.is_empty())
+            .await?
+        {
+            self.ctx
+                .publish(self.eas, EventType::Warning, "UserRolesSkipped", why)
+                .await;
         }
         Ok(Applied {
             deployment,
