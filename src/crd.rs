@@ -134,8 +134,11 @@ pub struct ExtensionApiServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodSettings>,
 
-    /// Aggregated ClusterRoles that let holders of the built-in `view`, `edit` and `admin`
-    /// roles use the served resources. On by default for the bundled server.
+    /// User roles: ClusterRoles `aggregation.dev:<namespace>:<name>:view`, `:edit` and `:admin`,
+    /// labelled `rbac.authorization.k8s.io/aggregate-to-view` (`-edit`, `-admin`), so whoever
+    /// holds the built-in `view`, `edit` or `admin` role can read (view) or also write (edit,
+    /// admin) the served resources. On by default for the bundled server; your own image needs
+    /// `resources`. Never by default for a Kubernetes API group (`*.k8s.io`, no dot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_roles: Option<UserRoles>,
 }
