@@ -1,7 +1,8 @@
 //! The `ExtensionApiServer` custom resource (`aggregation.dev/v1alpha1`).
 //!
 //! The whole user-facing schema, read top to bottom like `kubectl explain`; `crdgen` renders
-//! it into `crds/` as one document. `spec.pod` and `spec.userRoles` live in `crd_pod.rs`.
+//! it into `crds/` as one document. `spec.pod`, `spec.userRoles` and the bundled server's
+//! storage live in `crd_pod.rs`, the status in `crd_status.rs`.
 //!
 //! Doc comments on these types become the OpenAPI descriptions that
 //! `kubectl explain extensionapiserver.spec` prints, so they are written for users.
@@ -14,7 +15,6 @@
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -201,41 +201,12 @@ pub struct BundledServer {
     pub storage: Option<ServerStorage>,
 }
 
-/// Storage of the bundled server.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ServerStorage {
-    /// Embedded storage: one data directory in the pod, so exactly one replica.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub embedded: Option<EmbeddedStorage>,
-}
-
-/// Size of the data directory's PersistentVolumeClaim when `embedded.size` is unset.
-pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
-
-/// Embedded storage settings.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.ephemeral) || !self.ephemeral || (!has(self.size) && !has(self.storageClassName))")
-    .message("spec.server.storage.embedded: size and storageClassName configure the PersistentVolumeClaim, which ephemeral: true replaces with an emptyDir; set one or the other"))]
-pub struct EmbeddedStorage {
-    /// Size of the PersistentVolumeClaim holding the data directory. Defaults to `1Gi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    /// StorageClass of the claim; the cluster's default StorageClass when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    pub storage_class_name: Option<String>,
-    /// Keep the data in an `emptyDir` instead of a PersistentVolumeClaim: every object is
-    /// LOST when the pod is deleted, rescheduled or updated. For tests and demos only; the
-    /// `StorageDurable` condition is then False with reason `Ephemeral`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub ephemeral: bool,
-}
-
 #[path = "crd_pod.rs"]
 mod pod;
-pub use pod::{PodSettings, UserRoles, RESERVED_POD_ANNOTATIONS, RESERVED_POD_LABELS};
+pub use pod::{
+    EmbeddedStorage, PodSettings, ServerStorage, UserRoles, DEFAULT_STORAGE_SIZE, RESERVED_POD_ANNOTATIONS,
+    RESERVED_POD_LABELS,
+};
 
 /// Log output format of the bundled server; the same type as its `--log-format` flag.
 pub use crate::telemetry::LogFormat;
@@ -462,76 +433,9 @@ pub enum KeyAlgorithm {
     Rsa4096,
 }
 
-/// Observed state, written by the operator.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ExtensionApiServerStatus {
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// `AggregationLayerReady`, `CertificatesReady`, `DeploymentAvailable`,
-    /// `APIServiceAvailable`, `StorageDurable` (bundled server) and `Ready`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// Every version of `spec.versions`, comma-separated (the `Versions` column).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub versions: Option<String>,
-    /// Names of the APIServices registered for this server.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub api_services: Vec<String>,
-    /// The certificates in use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certificates: Option<CertificatesStatus>,
-}
-
-/// Certificates in use.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CertificatesStatus {
-    /// The CA that signs the serving certificate and is published as `caBundle`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca: Option<CertificateInfo>,
-    /// The serving certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serving: Option<CertificateInfo>,
-    /// Every CA in the published `caBundle` (two during a CA rotation).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub bundle: Vec<CertificateInfo>,
-    /// When the serving certificate will next be renewed (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_serving_renewal: Option<String>,
-    /// When the next CA rotation will start (RFC 3339); none with `caSecretRef`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_ca_rotation: Option<String>,
-    /// The CA rotation in progress, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<RotationStatus>,
-}
-
-/// A CA rotation in progress.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RotationStatus {
-    /// `PublishingNewCA` (both CAs published, the old one still signs) or `Overlap` (the new
-    /// CA signs; the old one stays until every replica serves the new certificate).
-    pub phase: String,
-    /// When the phase began (RFC 3339).
-    pub since: String,
-    /// Why the rotation began.
-    pub reason: String,
-}
-
-/// Identity and lifetime of a certificate.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CertificateInfo {
-    /// End of validity (RFC 3339).
-    pub not_after: String,
-    /// Serial number, hex.
-    pub serial: String,
-    /// SHA-256 fingerprint of the DER certificate, hex.
-    pub sha256_fingerprint: String,
-}
+#[path = "crd_status.rs"]
+mod status;
+pub use status::{CertificateInfo, CertificatesStatus, ExtensionApiServerStatus, RotationStatus};
 
 fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({

@@ -1,5 +1,6 @@
-//! `spec.pod` (placement and pod settings of the server) and `spec.userRoles` (aggregated
-//! ClusterRoles for users), part of [`super`] (crd.rs), kept apart so each file stays readable.
+//! `spec.pod` (placement and pod settings of the server), `spec.server.storage` (where the
+//! bundled server keeps its data) and `spec.userRoles` (aggregated ClusterRoles for users),
+//! part of [`super`] (crd.rs), kept apart so each file stays readable.
 //!
 //! The Kubernetes types come from k8s-openapi, so `kubectl explain extensionapiserver.spec.pod`
 //! prints Kubernetes' own descriptions.
@@ -21,6 +22,38 @@ pub const RESERVED_POD_LABELS: &[&str] = &[
 ];
 /// Annotations the operator sets on the server pods itself.
 pub const RESERVED_POD_ANNOTATIONS: &[&str] = &["aggregation.dev/serving-cert-sha256"];
+
+/// Storage of the bundled server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStorage {
+    /// Embedded storage: one data directory in the pod, so exactly one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<EmbeddedStorage>,
+}
+
+/// Size of the data directory's PersistentVolumeClaim when `embedded.size` is unset.
+pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
+
+/// Embedded storage settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.ephemeral) || !self.ephemeral || (!has(self.size) && !has(self.storageClassName))")
+    .message("spec.server.storage.embedded: size and storageClassName configure the PersistentVolumeClaim, which ephemeral: true replaces with an emptyDir; set one or the other"))]
+pub struct EmbeddedStorage {
+    /// Size of the PersistentVolumeClaim holding the data directory. Defaults to `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    /// StorageClass of the claim; the cluster's default StorageClass when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Keep the data in an `emptyDir` instead of a PersistentVolumeClaim: every object is
+    /// LOST when the pod is deleted, rescheduled or updated. For tests and demos only; the
+    /// `StorageDurable` condition is then False with reason `Ephemeral`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
+}
 
 /// Where and how the server pods run, for the bundled server and for your own image.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
