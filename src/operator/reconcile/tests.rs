@@ -790,3 +790,6 @@ async fn a_conflicting_version_does_not_stall_a_rotation() {
     let rotation = h.eas().status.unwrap().certificates.unwrap().rotation.unwrap();
     assert_eq!(rotation.phase, "Overlap", "the foreign APIService is not waited for");
 }
+
+#[path = "tests_roles.rs"]
+mod roles;
