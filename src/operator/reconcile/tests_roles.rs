@@ -91,8 +91,11 @@ async fn user_roles_are_applied_after_the_api_services_and_removed_when_disabled
 }
 
 #[tokio::test]
-async fn a_foreign_api_service_of_the_group_means_no_user_roles() {
+async fn a_foreign_api_service_of_the_group_removes_the_user_roles() {
     let h = Harness::new();
+    h.put_eas(spec_with_flunders());
+    h.reconcile().await.unwrap();
+    assert!(h.api.get(&role("view")).is_some());
     // kube-apiserver's own (a CRD of the same group, say): no owner labels.
     h.api.put(
         "/apis/apiregistration.k8s.io/v1/apiservices/v2.wardle.example.com",
@@ -100,9 +103,10 @@ async fn a_foreign_api_service_of_the_group_means_no_user_roles() {
                "metadata": {"name": "v2.wardle.example.com"},
                "spec": {"group": "wardle.example.com", "version": "v2", "groupPriorityMinimum": 1000, "versionPriority": 15}}),
     );
-    h.put_eas(spec_with_flunders());
     h.reconcile().await.unwrap();
-    assert!(h.api.get(&role("view")).is_none());
+    for level in ["view", "edit", "admin"] {
+        assert!(h.api.get(&role(level)).is_none(), "{level} role removed");
+    }
     assert!(h.event_reasons().contains(&"UserRolesSkipped".to_string()));
     // Everything else is applied and the status written.
     assert!(h.api.get(APISERVICE).is_some());
