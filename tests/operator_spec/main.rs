@@ -12,6 +12,7 @@
 //! Without `KUBEBUILDER_ASSETS` each test prints why it is skipped and passes.
 
 mod cluster;
+mod edges;
 mod operator;
 mod schema;
 

@@ -354,8 +354,10 @@ pub async fn scenario(cp: &'static ControlPlane) {
     );
     assert_eq!(snapshot(&c, &["get", "fischers"]), fischers_before);
 
-    // 7. Own image and ephemeral storage, as stored.
+    // 7. Own image and ephemeral storage as stored; where escalate must not reach.
     own_image_and_ephemeral(&c).await;
+    crate::edges::a_crd_of_the_group_removes_the_user_roles(&c).await;
+    crate::edges::spec_rules_stay_unbound(&c).await;
 
     // 8. Without rbac.userRoles the operator holds no escalate: Kubernetes refuses new user
     //    roles, and the operator says so in a Warning Event (existing, unchanged roles stay).
