@@ -17,12 +17,6 @@ pub async fn a_crd_of_the_group_removes_the_user_roles(c: &Cluster) {
                  "versions": [{"name": "v2", "served": true, "storage": true,
                                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
     c.ok_in(&["apply", "-f", "-"], Some(&crd.to_string()));
-    c.ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/gizmos.widgets.example.com",
-        "--timeout=60s",
-    ]);
     c.eventually("kube-apiserver registers v2.widgets.example.com", || {
         c.json(&["get", "apiservice", "v2.widgets.example.com"]).map(|_| ())
     })

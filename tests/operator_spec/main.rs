@@ -34,12 +34,16 @@ async fn ensure_crd(cp: &'static ControlPlane) {
             "-f",
             root().join("crds").to_str().expect("UTF-8 path"),
         ]);
-        c.ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/extensionapiservers.aggregation.dev",
-            "--timeout=60s",
-        ]);
+        // Polled: `kubectl wait` fails outright while the CRD has no conditions yet.
+        c.eventually("the CRD is Established", || {
+            let crd = c.json(&["get", "crd", "extensionapiservers.aggregation.dev"])?;
+            crd["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+                .then_some(())
+        })
+        .await;
     })
     .await;
 }

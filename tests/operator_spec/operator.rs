@@ -223,14 +223,11 @@ pub async fn scenario(cp: &'static ControlPlane) {
     let server_binary = env!("CARGO_BIN_EXE_extension-apiserver");
     let opts = options(server_binary, &["EAS_KUBECONFIG"], eao::serverconfig::SERVER_BINARY);
     c.server = Some(RunningPod::start(cp, &server, opts).expect("server runner"));
-    c.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "eas/wardle",
-        "-n",
-        NS,
-        "--timeout=150s",
-    ]);
+    c.eventually("wardle is Ready", || {
+        let ready = c.condition(NS, "wardle", "Ready")?;
+        (ready.0 == "True").then_some(())
+    })
+    .await;
     let table = c.ok(&["get", "eas", "wardle", "-n", NS]);
     assert!(table.contains("v1alpha1,v1beta1"), "{table}");
     assert_eq!(
@@ -332,14 +329,11 @@ pub async fn scenario(cp: &'static ControlPlane) {
         (items.len() == 1 && items[0]["spec"]["containers"][0]["image"] == new_image.as_str()).then_some(())
     })
     .await;
-    c.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "eas/wardle",
-        "-n",
-        NS,
-        "--timeout=150s",
-    ]);
+    c.eventually("wardle is Ready", || {
+        let ready = c.condition(NS, "wardle", "Ready")?;
+        (ready.0 == "True").then_some(())
+    })
+    .await;
     let flunders_after = c
         .eventually("the upgraded server answers", || {
             let out = c.kubectl(&["get", "flunders.v1beta1.wardle.example.com", "-n", NS, "-o", "json"]);
