@@ -1,7 +1,8 @@
 //! The `ExtensionApiServer` custom resource (`aggregation.dev/v1alpha1`).
 //!
-//! One file of about 530 lines on purpose: it is the whole user-facing schema, read top to
-//! bottom like `kubectl explain`, and `crdgen` renders it into `crds/` as one document.
+//! The whole user-facing schema, read top to bottom like `kubectl explain`; `crdgen` renders
+//! it into `crds/` as one document. `spec.pod`, `spec.userRoles` and the bundled server's
+//! storage live in `crd_pod.rs`, the status in `crd_status.rs`.
 //!
 //! Doc comments on these types become the OpenAPI descriptions that
 //! `kubectl explain extensionapiserver.spec` prints, so they are written for users.
@@ -14,7 +15,6 @@
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,14 @@ pub const VERSION: &str = "v1alpha1";
     category = "aggregation",
     derive = "PartialEq",
     printcolumn(name = "Group", type_ = "string", json_path = ".spec.group"),
-    printcolumn(name = "Versions", type_ = "string", json_path = ".spec.versions[*].name"),
+    // kubectl prints only the first result of a JSONPath, so `.spec.versions[*].name` would
+    // show one version: the operator writes them all, comma-separated, into status.versions.
+    printcolumn(
+        name = "Versions",
+        type_ = "string",
+        description = "Every served version",
+        json_path = ".status.versions"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -67,6 +74,8 @@ pub const VERSION: &str = "v1alpha1";
     .message("exactly one of spec.server (the bundled server) or spec.image (your own server image) must be set"))]
 #[x_kube(validation = Rule::new("!has(self.server) || !has(self.replicas) || self.replicas <= 1")
     .message("the bundled server with embedded storage runs exactly one replica: set spec.replicas to 1 (or leave it unset)"))]
+#[x_kube(validation = Rule::new("!has(self.server) || !has(self.pod) || (!has(self.pod.volumes) && !has(self.pod.volumeMounts))")
+    .message("spec.pod.volumes and spec.pod.volumeMounts are for your own image (spec.image); the bundled server takes none"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExtensionApiServerSpec {
     /// API group the server serves, for example `wardle.example.com`. A DNS-1123 subdomain.
@@ -118,6 +127,20 @@ pub struct ExtensionApiServerSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub rules: Vec<PolicyRule>,
+
+    /// Placement and pod settings of the server pods: node selector, tolerations, affinity,
+    /// topology spread, priority class, pull secrets, extra labels, annotations and env, host
+    /// network, and (your own image only) extra volumes and mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSettings>,
+
+    /// User roles: ClusterRoles `aggregation.dev:<namespace>:<name>:view`, `:edit` and `:admin`,
+    /// labelled `rbac.authorization.k8s.io/aggregate-to-view` (`-edit`, `-admin`), so whoever
+    /// holds the built-in `view`, `edit` or `admin` role can read (view) or also write (edit,
+    /// admin) the served resources. On by default for the bundled server; your own image needs
+    /// `resources`. Never by default for a Kubernetes API group (`*.k8s.io`, no dot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_roles: Option<UserRoles>,
 }
 
 /// One served version of the group.
@@ -172,33 +195,18 @@ pub struct BundledServer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
 
-    /// Where the server keeps its objects. Defaults to embedded storage in an `emptyDir`
-    /// (lost when the pod is deleted); set `embedded.size` for a PersistentVolumeClaim.
+    /// Where the server keeps its objects. Defaults to embedded storage on a 1Gi
+    /// PersistentVolumeClaim of the default StorageClass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<ServerStorage>,
 }
 
-/// Storage of the bundled server.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ServerStorage {
-    /// Embedded storage: one data directory in the pod, so exactly one replica.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub embedded: Option<EmbeddedStorage>,
-}
-
-/// Embedded storage settings.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct EmbeddedStorage {
-    /// Size of a PersistentVolumeClaim for the data directory, for example `1Gi`. Without it
-    /// the data lives in an `emptyDir` and is lost when the pod is replaced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    /// StorageClass of the claim; the cluster default when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_class_name: Option<String>,
-}
+#[path = "crd_pod.rs"]
+mod pod;
+pub use pod::{
+    EmbeddedStorage, PodSettings, ServerStorage, UserRoles, DEFAULT_STORAGE_SIZE, RESERVED_POD_ANNOTATIONS,
+    RESERVED_POD_LABELS,
+};
 
 /// Log output format of the bundled server; the same type as its `--log-format` flag.
 pub use crate::telemetry::LogFormat;
@@ -425,73 +433,9 @@ pub enum KeyAlgorithm {
     Rsa4096,
 }
 
-/// Observed state, written by the operator.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ExtensionApiServerStatus {
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// `AggregationLayerReady`, `CertificatesReady`, `DeploymentAvailable`,
-    /// `APIServiceAvailable` and `Ready`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// Names of the APIServices registered for this server.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub api_services: Vec<String>,
-    /// The certificates in use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certificates: Option<CertificatesStatus>,
-}
-
-/// Certificates in use.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CertificatesStatus {
-    /// The CA that signs the serving certificate and is published as `caBundle`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca: Option<CertificateInfo>,
-    /// The serving certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serving: Option<CertificateInfo>,
-    /// Every CA in the published `caBundle` (two during a CA rotation).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub bundle: Vec<CertificateInfo>,
-    /// When the serving certificate will next be renewed (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_serving_renewal: Option<String>,
-    /// When the next CA rotation will start (RFC 3339); none with `caSecretRef`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_ca_rotation: Option<String>,
-    /// The CA rotation in progress, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<RotationStatus>,
-}
-
-/// A CA rotation in progress.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RotationStatus {
-    /// `PublishingNewCA` (both CAs published, the old one still signs) or `Overlap` (the new
-    /// CA signs; the old one stays until every replica serves the new certificate).
-    pub phase: String,
-    /// When the phase began (RFC 3339).
-    pub since: String,
-    /// Why the rotation began.
-    pub reason: String,
-}
-
-/// Identity and lifetime of a certificate.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CertificateInfo {
-    /// End of validity (RFC 3339).
-    pub not_after: String,
-    /// Serial number, hex.
-    pub serial: String,
-    /// SHA-256 fingerprint of the DER certificate, hex.
-    pub sha256_fingerprint: String,
-}
+#[path = "crd_status.rs"]
+mod status;
+pub use status::{CertificateInfo, CertificatesStatus, ExtensionApiServerStatus, RotationStatus};
 
 fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
@@ -533,6 +477,8 @@ pub(crate) fn wardle_spec() -> ExtensionApiServerSpec {
         resources: None,
         certificates: None,
         rules: vec![],
+        pod: None,
+        user_roles: None,
     }
 }
 

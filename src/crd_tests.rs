@@ -113,3 +113,55 @@ fn printer_columns_and_short_name() {
     assert_eq!(cols, ["Group", "Versions", "Ready", "APIService", "Cert-Expiry", "Age"]);
     assert!(crd.spec.versions[0].subresources.as_ref().unwrap().status.is_some());
 }
+
+#[test]
+fn versions_column_reads_the_status_list() {
+    use kube::CustomResourceExt;
+    let crd = ExtensionApiServer::crd();
+    let col = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .find(|c| c.name == "Versions")
+        .unwrap();
+    assert_eq!(col.json_path, ".status.versions");
+}
+
+#[test]
+fn pod_labels_annotations_and_volumes_are_checked() {
+    let mut s = good();
+    s["pod"] = json!({"labels": {"team": "a"}, "annotations": {"x": "y"}, "nodeSelector": {"a": "b"}});
+    assert_eq!(cel_errors(s.clone(), None), Vec::<String>::new());
+    s["pod"]["labels"]["app.kubernetes.io/instance"] = json!("other");
+    s["pod"]["annotations"]["aggregation.dev/serving-cert-sha256"] = json!("x");
+    s["pod"]["volumes"] = json!([{"name": "extra", "emptyDir": {}}]);
+    let errs = cel_errors(s, None).join("\n");
+    for needle in [
+        "spec.pod.labels must not set the operator's own labels",
+        "spec.pod.annotations must not set aggregation.dev/serving-cert-sha256",
+        "spec.pod.volumes and spec.pod.volumeMounts are for your own image",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in {errs}");
+    }
+    let mut own = good();
+    own.as_object_mut().unwrap().remove("server");
+    own["image"] = json!({"image": "example/server:1"});
+    own["pod"] = json!({"volumes": [{"name": "extra", "emptyDir": {}}],
+                        "volumeMounts": [{"name": "extra", "mountPath": "/x"}]});
+    assert_eq!(cel_errors(own.clone(), None), Vec::<String>::new());
+    own["pod"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    assert!(cel_errors(own, None)
+        .iter()
+        .any(|e| e.contains("must not be named serving-cert, config or data")));
+}
+
+#[test]
+fn ephemeral_storage_takes_no_claim_settings() {
+    let mut s = good();
+    s["server"]["storage"] = json!({"embedded": {"ephemeral": true}});
+    assert_eq!(cel_errors(s.clone(), None), Vec::<String>::new());
+    s["server"]["storage"]["embedded"]["size"] = json!("1Gi");
+    assert!(cel_errors(s, None)
+        .iter()
+        .any(|e| e.contains("ephemeral: true replaces")));
+}

@@ -284,6 +284,7 @@ fn without_chart_metadata(crd: &CustomResourceDefinition) -> CustomResourceDefin
 fn check_rendering(r: &Rendered, vals: &Yaml, mode: &str) {
     let replicas = vals["replicaCount"].as_i64().expect("replicaCount");
     let allow_user_rules = vals["rbac"]["allowUserRules"].as_bool().expect("rbac.allowUserRules");
+    let user_roles = vals["rbac"]["userRoles"].as_bool().expect("rbac.userRoles");
     let monitor = vals["metrics"]["serviceMonitor"]["enabled"]
         .as_bool()
         .expect("serviceMonitor.enabled");
@@ -313,6 +314,9 @@ fn check_rendering(r: &Rendered, vals: &Yaml, mode: &str) {
     if allow_user_rules {
         want.extend(rbac::user_rules_escalation());
     }
+    if user_roles {
+        want.extend(rbac::user_roles_grant());
+    }
     let cluster_role = &r.cluster_roles[0];
     assert_eq!(
         cluster_role.rules.as_ref(),
@@ -338,7 +342,8 @@ fn check_rendering(r: &Rendered, vals: &Yaml, mode: &str) {
     assert_eq!(Some(&rb.role_ref.name), role.metadata.name.as_ref(), "{mode}");
     subject_is_operator_sa(&rb.subjects, &sa, mode);
 
-    // Least privilege: no wildcard; escalate, and bind without resourceNames, only when opted in.
+    // Least privilege: no wildcard; escalate only for rbac.allowUserRules or rbac.userRoles,
+    // and bind without resourceNames only for rbac.allowUserRules.
     let rules = all_rules(r);
     assert_no_wildcards(&rules, mode);
     for rule in &rules {
@@ -346,8 +351,8 @@ fn check_rendering(r: &Rendered, vals: &Yaml, mode: &str) {
         assert!(!has("impersonate"), "{mode}: {rule:?}");
         if !allow_user_rules {
             assert!(
-                !has("escalate"),
-                "{mode}: escalate without rbac.allowUserRules: {rule:?}"
+                !has("escalate") || (user_roles && **rule == rbac::user_roles_grant()[0]),
+                "{mode}: escalate without rbac.allowUserRules or rbac.userRoles: {rule:?}"
             );
             if has("bind") {
                 assert!(
@@ -359,8 +364,8 @@ fn check_rendering(r: &Rendered, vals: &Yaml, mode: &str) {
     }
     assert_eq!(
         rules.iter().any(|rule| rule.verbs.iter().any(|v| v == "escalate")),
-        allow_user_rules,
-        "{mode}: escalate is granted exactly when rbac.allowUserRules"
+        allow_user_rules || user_roles,
+        "{mode}: escalate is granted exactly when rbac.allowUserRules or rbac.userRoles"
     );
 
     // The operator Deployment.
@@ -606,6 +611,10 @@ fn ci_values_cover_every_mode() {
     );
     assert!(any(&|v| v["rbac"]["allowUserRules"] == true), "an allowUserRules mode");
     assert!(
+        any(&|v| v["rbac"]["userRoles"] == false && v["rbac"]["allowUserRules"] == false),
+        "a mode without any escalate"
+    );
+    assert!(
         any(&|v| v["metrics"]["serviceMonitor"]["enabled"] == true),
         "a monitoring mode"
     );
@@ -762,6 +771,7 @@ fn values_schema_covers_every_value() {
         described.insert(path.clone(), node.clone());
     }
     assert!(described.contains_key("rbac.allowUserRules"));
+    assert!(described.contains_key("rbac.userRoles"));
 }
 
 #[test]

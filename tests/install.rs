@@ -327,7 +327,8 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
     );
 
     // A crash: the runner restarts the container as kubelet would, the pod reports the
-    // restart, and the emptyDir data directory (the embedded store) outlives the container.
+    // restart, and the data directory (the embedded store on its PersistentVolumeClaim, a host
+    // directory here) outlives the container.
     c.server.as_ref().expect("server runner").kill_containers();
     c.eventually("the restarted server container is ready again", || {
         let v = c.json(&["get", "pods", "-n", EAS_NS]);

@@ -30,11 +30,14 @@ pub fn artifacts() -> Vec<(&'static str, String)> {
         namespace_rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
         /// Added to the ClusterRole when `rbac.allowUserRules`: [`crate::operator::rbac::user_rules_escalation`].
         user_rules_escalation: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+        /// Added to the ClusterRole when `rbac.userRoles`: [`crate::operator::rbac::user_roles_grant`].
+        user_roles_grant: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
     }
     let rbac = ChartRbac {
         cluster_rules: crate::operator::rbac::operator_cluster_rules(),
         namespace_rules: crate::operator::rbac::operator_namespace_rules(),
         user_rules_escalation: crate::operator::rbac::user_rules_escalation(),
+        user_roles_grant: crate::operator::rbac::user_roles_grant(),
     };
     vec![
         (CRD_FILE, crd_yaml()),

@@ -105,6 +105,19 @@ pub fn user_rules_escalation() -> Vec<PolicyRule> {
     )]
 }
 
+/// Cluster rules that let the operator create the user roles of `spec.userRoles`
+/// (`aggregation.dev:<ns>:<name>:view|edit|admin`, aggregated into the built-in `view`, `edit`
+/// and `admin`). They grant verbs on each server's own API group, which the operator cannot
+/// hold in advance (the groups are chosen in each spec, and RBAC has no per-group wildcard
+/// short of `*`), and Kubernetes lets it create a ClusterRole with permissions it does not hold
+/// only with `escalate`. No `bind`: the operator never binds these roles, the built-in roles
+/// aggregate them. The operator's code bounds what it puts in them: only `spec.group`, never a
+/// Kubernetes group (`*.k8s.io`, `*.kubernetes.io`, no dot), and only while no APIService of
+/// that group belongs to anything else. The chart value `rbac.userRoles` (default true) grants it.
+pub fn user_roles_grant() -> Vec<PolicyRule> {
+    vec![rule(&["rbac.authorization.k8s.io"], &["clusterroles"], &["escalate"])]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,13 +127,22 @@ mod tests {
         let all = operator_cluster_rules()
             .into_iter()
             .chain(operator_namespace_rules())
-            .chain(user_rules_escalation());
+            .chain(user_rules_escalation())
+            .chain(user_roles_grant());
         for r in all {
             assert!(!r.verbs.iter().any(|v| v == "*"), "{r:?}");
             for list in [&r.api_groups, &r.resources, &r.resource_names] {
                 assert!(!list.iter().flatten().any(|v| v.contains('*')), "{r:?}");
             }
         }
+    }
+
+    #[test]
+    fn user_roles_need_escalate_and_nothing_else() {
+        let grant = user_roles_grant();
+        assert_eq!(grant.len(), 1);
+        assert_eq!(grant[0].verbs, ["escalate"]);
+        assert_eq!(grant[0].resources, Some(vec!["clusterroles".to_string()]));
     }
 
     #[test]

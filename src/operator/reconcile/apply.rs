@@ -20,6 +20,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
 
+#[path = "apply_roles.rs"]
+mod roles;
+
 /// What applying one object did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -195,6 +198,16 @@ impl Applier<'_> {
                     "Deleted",
                     format!("deleted APIService {}, no longer in spec.versions", stale.name_any()),
                 )
+                .await;
+        }
+        // User roles (see build_roles.rs): one self-contained step, whose refusal by RBAC (the
+        // chart's rbac.userRoles=false) is a Warning Event, not a failed reconcile.
+        if let Err(why) = self
+            .apply_user_roles(names, &children.user_roles, conflicts.is_empty())
+            .await?
+        {
+            self.ctx
+                .publish(self.eas, EventType::Warning, "UserRolesSkipped", why)
                 .await;
         }
         Ok(Applied {

@@ -1,7 +1,8 @@
 //! Pure builders: spec in, Kubernetes objects out. No client, no clock.
 //!
-//! About 530 lines: one builder per child object, which share the names, labels and the
-//! container plan; splitting them would scatter what one Deployment is made of.
+//! One builder per child object, sharing the names, labels and the container plan. The pod
+//! around the container (storage, `spec.pod`) is in `build_pod.rs`, the user roles in
+//! `build_roles.rs`.
 
 use super::names::{api_service_name, Names, CERT_HASH_ANNOTATION, KUBE_SYSTEM};
 use super::rotation::CaState;
@@ -9,21 +10,26 @@ use crate::crd::{ExtensionApiServer, ImageServer, LogFormat};
 use crate::operator::rbac::{bundled_server_rules, AUTH_DELEGATOR, AUTH_READER};
 use crate::pki::CertKeyPair;
 use crate::serverconfig::{ServerConfig, CERT_DIR, CONFIG_DIR, CONFIG_KEY, DATA_DIR, SERVER_BINARY, SERVER_PORT};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
-    KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, KeyToPath,
+    PersistentVolumeClaim, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{APIService, APIServiceSpec, ServiceReference};
 use k8s_openapi::ByteString;
 use kube::Resource;
 use std::collections::BTreeMap;
+
+#[path = "build_pod.rs"]
+pub mod pod;
+#[path = "build_roles.rs"]
+pub mod roles;
+pub use pod::{data_claim, HOST_NETWORK_DNS_POLICY};
+pub use roles::{user_role_resources, user_roles};
 
 /// Port the Service exposes; the aggregator always dials 443 unless told otherwise.
 pub const SERVICE_PORT: i32 = 443;
@@ -54,7 +60,7 @@ pub struct Children {
     pub service_account: ServiceAccount,
     /// Configuration of the bundled server (bundled mode only).
     pub config_map: Option<ConfigMap>,
-    /// Data directory claim (bundled mode with `storage.embedded.size`).
+    /// Data directory claim (bundled mode, unless `storage.embedded.ephemeral`).
     pub data_claim: Option<PersistentVolumeClaim>,
     /// The server pods.
     pub deployment: Deployment,
@@ -70,6 +76,9 @@ pub struct Children {
     pub auth_reader_binding: RoleBinding,
     /// One per version.
     pub api_services: Vec<APIService>,
+    /// `view`, `edit` and `admin` roles aggregated into the built-in ones; empty when disabled
+    /// or when there are no resources to cover.
+    pub user_roles: Vec<ClusterRole>,
 }
 
 /// Inputs of the builders that do not come from the object itself.
@@ -199,6 +208,7 @@ pub fn build(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Buil
             subjects: Some(subjects),
         },
         api_services: api_services(eas, names, &certs.bundle_pem),
+        user_roles: user_roles(spec, names),
     }
 }
 
@@ -305,61 +315,6 @@ fn image_plan(img: &ImageServer) -> ContainerPlan {
     }
 }
 
-fn data_claim_size(eas: &ExtensionApiServer) -> Option<Quantity> {
-    eas.spec
-        .server
-        .as_ref()?
-        .storage
-        .as_ref()?
-        .embedded
-        .as_ref()?
-        .size
-        .clone()
-}
-
-/// The claim for the bundled server's data directory, when embedded storage has a size.
-pub fn data_claim(eas: &ExtensionApiServer, names: &Names) -> Option<PersistentVolumeClaim> {
-    let size = data_claim_size(eas)?;
-    let class = eas
-        .spec
-        .server
-        .as_ref()
-        .and_then(|s| s.storage.as_ref())
-        .and_then(|s| s.embedded.as_ref())
-        .and_then(|e| e.storage_class_name.clone());
-    Some(PersistentVolumeClaim {
-        metadata: namespaced_meta(eas, names, &names.data_claim),
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_string(), size)])),
-                limits: None,
-            }),
-            storage_class_name: class,
-            ..Default::default()
-        }),
-        status: None,
-    })
-}
-
-/// Never take a serving replica away before its replacement is ready, except where a
-/// ReadWriteOnce data volume cannot be attached to two pods: then the old pod must go first.
-fn strategy(eas: &ExtensionApiServer) -> DeploymentStrategy {
-    if data_claim_size(eas).is_some() {
-        return DeploymentStrategy {
-            type_: Some("Recreate".to_string()),
-            rolling_update: None,
-        };
-    }
-    DeploymentStrategy {
-        type_: Some("RollingUpdate".to_string()),
-        rolling_update: Some(RollingUpdateDeployment {
-            max_unavailable: Some(IntOrString::Int(0)),
-            max_surge: Some(IntOrString::Int(1)),
-        }),
-    }
-}
-
 fn https_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -423,15 +378,7 @@ fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Bui
             read_only: Some(true),
             ..Default::default()
         });
-        volumes.push(Volume {
-            name: "data".to_string(),
-            persistent_volume_claim: data_claim_size(eas).map(|_| PersistentVolumeClaimVolumeSource {
-                claim_name: names.data_claim.clone(),
-                read_only: None,
-            }),
-            empty_dir: data_claim_size(eas).is_none().then(EmptyDirVolumeSource::default),
-            ..Default::default()
-        });
+        volumes.push(pod::data_volume(eas, names));
         mounts.push(VolumeMount {
             name: "data".to_string(),
             mount_path: DATA_DIR.to_string(),
@@ -442,7 +389,7 @@ fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Bui
     let template_annotations = (!plan.hot_reloads_certs)
         .then(|| BTreeMap::from([(CERT_HASH_ANNOTATION.to_string(), certs.serving_sha256.clone())]));
 
-    let container = Container {
+    let mut container = Container {
         name: CONTAINER_NAME.to_string(),
         image: Some(plan.image),
         image_pull_policy: plan.pull_policy,
@@ -476,6 +423,17 @@ fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Bui
         }),
         ..Default::default()
     };
+    let mut pod_spec = PodSpec {
+        service_account_name: Some(names.workload.clone()),
+        // The server needs its token for TokenReview and SubjectAccessReview.
+        automount_service_account_token: Some(true),
+        volumes: Some(volumes),
+        security_context: bundled.then(bundled_pod_security),
+        ..Default::default()
+    };
+    let settings = eas.spec.pod.as_ref();
+    pod::apply_pod_settings(&mut pod_spec, &mut container, settings, bundled);
+    pod_spec.containers = vec![container];
 
     Deployment {
         metadata: namespaced_meta(eas, names, &names.workload),
@@ -485,22 +443,10 @@ fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Bui
                 match_labels: Some(names.selector_labels()),
                 match_expressions: None,
             },
-            strategy: Some(strategy(eas)),
+            strategy: Some(pod::strategy(eas)),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(names.labels()),
-                    annotations: template_annotations,
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(names.workload.clone()),
-                    // The server needs its token for TokenReview and SubjectAccessReview.
-                    automount_service_account_token: Some(true),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    security_context: bundled.then(bundled_pod_security),
-                    ..Default::default()
-                }),
+                metadata: Some(pod::template_meta(settings, names, template_annotations)),
+                spec: Some(pod_spec),
             },
             ..Default::default()
         }),

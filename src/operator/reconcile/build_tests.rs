@@ -35,6 +35,8 @@ fn spec() -> ExtensionApiServerSpec {
         resources: None,
         certificates: None,
         rules: vec![],
+        pod: None,
+        user_roles: None,
     }
 }
 
@@ -177,8 +179,8 @@ fn bundled_deployment_mounts_only_the_serving_secret() {
     let ch = children(&eas(spec()), &c);
     let d = ch.deployment.spec.unwrap();
     assert_eq!(d.replicas, Some(2));
-    let ru = d.strategy.unwrap().rolling_update.unwrap();
-    assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+    // The data directory's claim is ReadWriteOnce (see the storage test below).
+    assert_eq!(d.strategy.unwrap().type_.as_deref(), Some("Recreate"));
     let pod = d.template.spec.unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("wardle"));
     let secrets: Vec<_> = pod
@@ -261,50 +263,85 @@ fn own_image_gets_tls_flags_and_a_restart_annotation() {
 }
 
 #[test]
-fn embedded_storage_gets_a_claim_only_with_a_size() {
+fn storage_defaults_to_a_1gi_claim_and_only_ephemeral_means_empty_dir() {
     let c = certs();
     let mut s = spec();
     s.replicas = None;
+    // Default: a claim of 1Gi of the default StorageClass, mounted as the data directory.
     let ch = children(&eas(s.clone()), &c);
-    assert!(ch.data_claim.is_none());
-    let pod = ch.deployment.spec.as_ref().unwrap().template.spec.clone().unwrap();
-    let data = pod.volumes.unwrap().into_iter().find(|v| v.name == "data").unwrap();
-    assert!(data.empty_dir.is_some(), "without a size the data lives in an emptyDir");
+    let claim = ch.data_claim.clone().expect("a claim by default");
+    assert_eq!(claim.metadata.name.as_deref(), Some("wardle-data"));
+    assert_eq!(claim.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+    assert_eq!(
+        serde_json::to_value(claim.spec.unwrap()).unwrap(),
+        serde_json::json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}),
+        "no storageClassName: the cluster's default StorageClass"
+    );
+    let d = ch.deployment.spec.clone().unwrap();
+    assert_eq!(
+        serde_json::to_value(d.strategy.unwrap()).unwrap(),
+        serde_json::json!({"type": "Recreate"}),
+        "a RWO volume cannot surge"
+    );
+    let pod = d.template.spec.unwrap();
+    let data = pod
+        .volumes
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "data")
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&data).unwrap(),
+        serde_json::json!({"name": "data", "persistentVolumeClaim": {"claimName": "wardle-data"}})
+    );
     assert!(pod.containers[0]
         .args
         .as_ref()
         .unwrap()
         .contains(&format!("--data-dir={DATA_DIR}")));
-
-    s.server.as_mut().unwrap().storage = Some(
-        serde_json::from_value(serde_json::json!({
-            "embedded": {"size": "1Gi", "storageClassName": "fast"}
-        }))
-        .unwrap(),
-    );
-    let ch = children(&eas(s), &c);
-    let claim = ch.data_claim.unwrap();
-    assert_eq!(claim.metadata.name.as_deref(), Some("wardle-data"));
-    assert_eq!(claim.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
-    let spec = claim.spec.unwrap();
-    assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
-    assert_eq!(
-        spec.resources.unwrap().requests.unwrap()["storage"],
-        Quantity("1Gi".into())
-    );
-    let d = ch.deployment.spec.unwrap();
-    assert_eq!(
-        d.strategy.unwrap().type_.as_deref(),
-        Some("Recreate"),
-        "a RWO volume cannot surge"
-    );
-    let pod = d.template.spec.unwrap();
     // The volume is root-owned; fsGroup lets the nonroot server write its data.
     let psc = pod.security_context.clone().unwrap();
     assert_eq!((psc.run_as_user, psc.fs_group), (Some(65532), Some(65532)));
     assert_eq!(psc.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
-    let data = pod.volumes.unwrap().into_iter().find(|v| v.name == "data").unwrap();
-    assert_eq!(data.persistent_volume_claim.unwrap().claim_name, "wardle-data");
+
+    // A size and a class.
+    s.server.as_mut().unwrap().storage = Some(
+        serde_json::from_value(serde_json::json!({
+            "embedded": {"size": "5Gi", "storageClassName": "fast"}
+        }))
+        .unwrap(),
+    );
+    let claim = children(&eas(s.clone()), &c).data_claim.unwrap();
+    assert_eq!(
+        serde_json::to_value(claim.spec.unwrap()).unwrap(),
+        serde_json::json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}},
+                           "storageClassName": "fast"})
+    );
+
+    // Only an explicit ephemeral: true gives an emptyDir, and then rolling updates surge.
+    s.server.as_mut().unwrap().storage =
+        Some(serde_json::from_value(serde_json::json!({"embedded": {"ephemeral": true}})).unwrap());
+    let ch = children(&eas(s), &c);
+    assert!(ch.data_claim.is_none());
+    let d = ch.deployment.spec.unwrap();
+    assert_eq!(
+        serde_json::to_value(d.strategy.unwrap()).unwrap(),
+        serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    );
+    let data = d
+        .template
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "data")
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&data).unwrap(),
+        serde_json::json!({"name": "data", "emptyDir": {}})
+    );
 }
 
 /// The arguments the operator passes must be ones the bundled server accepts.
@@ -330,3 +367,6 @@ fn service_targets_the_named_port() {
     assert_eq!(ch.service.metadata.name.as_deref(), Some("wardle-api"));
     assert_eq!(svc.selector.unwrap()["app.kubernetes.io/instance"], "wardle");
 }
+
+#[path = "build_spec_tests.rs"]
+mod spec_tests;

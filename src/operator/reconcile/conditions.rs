@@ -1,5 +1,6 @@
 //! Conditions and status, computed only from what was actually read and applied.
 
+use crate::crd::ExtensionApiServerSpec;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
@@ -14,9 +15,15 @@ pub mod types {
     pub const DEPLOYMENT_AVAILABLE: &str = "DeploymentAvailable";
     /// Every APIService is Available.
     pub const API_SERVICE_AVAILABLE: &str = "APIServiceAvailable";
+    /// The bundled server's data survives its pod (a PersistentVolumeClaim). Advisory: False
+    /// (reason `Ephemeral`) is a warning and does not make `Ready` false.
+    pub const STORAGE_DURABLE: &str = "StorageDurable";
     /// Everything above holds.
     pub const READY: &str = "Ready";
 }
+
+/// Condition types that warn without affecting `Ready`.
+pub const ADVISORY: &[&str] = &[types::STORAGE_DURABLE];
 
 /// Condition reasons set by the operator itself.
 pub mod reasons {
@@ -50,6 +57,10 @@ pub mod reasons {
     pub const DEPLOYMENT_PENDING: &str = "DeploymentPending";
     /// The APIService has not reported yet.
     pub const API_SERVICE_PENDING: &str = "APIServicePending";
+    /// The bundled server's data lives on a PersistentVolumeClaim.
+    pub const PERSISTENT_VOLUME_CLAIM: &str = "PersistentVolumeClaim";
+    /// The bundled server's data lives in an `emptyDir` (`storage.embedded.ephemeral: true`).
+    pub const EPHEMERAL: &str = "Ephemeral";
 }
 
 /// A condition before timestamps are applied.
@@ -124,7 +135,9 @@ pub fn to_conditions(conds: &[Cond], previous: &[Condition], generation: Option<
 
 /// `Ready` from the other conditions: true only when all of them are. Its reason is the most
 /// telling problem: a conflict first (it needs a human), then a failure, then a pending check.
+/// Advisory conditions ([`ADVISORY`]) are left out.
 pub fn ready(conds: &[Cond]) -> Cond {
+    let conds: Vec<&Cond> = conds.iter().filter(|c| !ADVISORY.contains(&c.type_)).collect();
     let worst = conds
         .iter()
         .find(|c| c.reason == reasons::API_SERVICE_CONFLICT)
@@ -138,6 +151,34 @@ pub fn ready(conds: &[Cond]) -> Cond {
         ),
         Some(c) => Cond::fail(types::READY, &c.reason, format!("{}: {}", c.type_, c.message)),
     }
+}
+
+/// `StorageDurable` for the bundled server (none for your own image): True on a
+/// PersistentVolumeClaim (the default), False with reason `Ephemeral` on an `emptyDir`.
+pub fn storage_durable(spec: &ExtensionApiServerSpec) -> Option<Cond> {
+    let server = spec.server.as_ref()?;
+    let t = types::STORAGE_DURABLE;
+    let embedded = server.storage.as_ref().and_then(|s| s.embedded.as_ref());
+    Some(if embedded.is_some_and(|e| e.ephemeral) {
+        Cond::fail(
+            t,
+            reasons::EPHEMERAL,
+            "storage.embedded.ephemeral is true: the data directory is an emptyDir, and every stored object is lost when the pod is deleted, rescheduled or updated",
+        )
+    } else {
+        Cond::ok(
+            t,
+            reasons::PERSISTENT_VOLUME_CLAIM,
+            "the data directory is a PersistentVolumeClaim and outlives the pod",
+        )
+    })
+}
+
+/// `status.versions`: every version of the spec, comma-separated, for the `Versions` column
+/// (kubectl prints only the first result of `.spec.versions[*].name`).
+pub fn versions_column(spec: &ExtensionApiServerSpec) -> Option<String> {
+    let names: Vec<&str> = spec.versions.iter().map(|v| v.name.as_str()).collect();
+    (!names.is_empty()).then(|| names.join(","))
 }
 
 /// `DeploymentAvailable` from the Deployment as the API server returned it.
@@ -263,6 +304,43 @@ mod tests {
             Cond::fail(types::API_SERVICE_AVAILABLE, "MissingEndpoints", ""),
         ]);
         assert_eq!(r.reason, "MissingEndpoints");
+    }
+
+    #[test]
+    fn ephemeral_storage_warns_without_affecting_ready() {
+        let mut spec = crate::crd::wardle_spec();
+        let durable = storage_durable(&spec).unwrap();
+        assert_eq!(
+            (durable.type_, durable.status, durable.reason.as_str()),
+            ("StorageDurable", "True", "PersistentVolumeClaim")
+        );
+        spec.server.as_mut().unwrap().storage = Some(crate::crd::ServerStorage {
+            embedded: Some(crate::crd::EmbeddedStorage {
+                ephemeral: true,
+                ..Default::default()
+            }),
+        });
+        let warn = storage_durable(&spec).unwrap();
+        assert_eq!((warn.status, warn.reason.as_str()), ("False", "Ephemeral"));
+        assert!(
+            warn.message.contains("lost when the pod is deleted"),
+            "{}",
+            warn.message
+        );
+        let r = ready(&[Cond::ok(types::CERTIFICATES_READY, "x", ""), warn]);
+        assert!(r.is_true(), "a warning must not make Ready false: {r:?}");
+        spec.server = None;
+        assert_eq!(storage_durable(&spec), None, "own images keep their own storage");
+    }
+
+    #[test]
+    fn versions_column_lists_every_version() {
+        let mut spec = crate::crd::wardle_spec();
+        assert_eq!(versions_column(&spec).as_deref(), Some("v1alpha1"));
+        let mut v = spec.versions[0].clone();
+        v.name = "v1beta1".into();
+        spec.versions.push(v);
+        assert_eq!(versions_column(&spec).as_deref(), Some("v1alpha1,v1beta1"));
     }
 
     #[test]

@@ -97,6 +97,21 @@ impl Names {
     }
 }
 
+/// Access levels of the user roles, each aggregated into the built-in ClusterRole of that name.
+pub const USER_ROLE_LEVELS: [&str; 3] = ["view", "edit", "admin"];
+
+impl Names {
+    /// Name of the user role of `level` (`view`, `edit`, `admin`): `aggregation.dev:<ns>:<name>:<level>`.
+    pub fn user_role(&self, level: &str) -> String {
+        format!("{}:{level}", self.cluster_role)
+    }
+
+    /// Whether `name` is one of this owner's user roles.
+    pub fn is_user_role(&self, name: &str) -> bool {
+        USER_ROLE_LEVELS.iter().any(|l| self.user_role(l) == name)
+    }
+}
+
 /// The APIService name for a group version.
 pub fn api_service_name(group: &str, version: &str) -> String {
     format!("{version}.{group}")

@@ -72,6 +72,7 @@ pub async fn after_apply(
         conditions::deployment_available(&applied.deployment),
         api_cond,
     ];
+    conds.extend(conditions::storage_durable(&eas.spec));
     conds.push(conditions::ready(&conds));
     let certificates = CertificatesStatus {
         ca: Some(cert_info(&plan.ca)),
@@ -154,6 +155,7 @@ pub async fn write(ctx: &Context, eas: &ExtensionApiServer, names: &Names, desir
     let status = ExtensionApiServerStatus {
         observed_generation: eas.metadata.generation,
         conditions: conditions::to_conditions(&desired.conditions, &previous.conditions, eas.metadata.generation, &now),
+        versions: conditions::versions_column(&eas.spec),
         api_services: desired.api_services,
         certificates: desired.certificates,
     };

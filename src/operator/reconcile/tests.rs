@@ -192,6 +192,8 @@ async fn creates_every_child_with_exact_requests() {
         "PATCH /api/v1/namespaces/wardle-system/serviceaccounts/wardle",
         "GET /api/v1/namespaces/wardle-system/configmaps/wardle-config",
         "PATCH /api/v1/namespaces/wardle-system/configmaps/wardle-config",
+        "GET /api/v1/namespaces/wardle-system/persistentvolumeclaims/wardle-data",
+        "PATCH /api/v1/namespaces/wardle-system/persistentvolumeclaims/wardle-data",
         "GET /api/v1/namespaces/wardle-system/services/wardle",
         "PATCH /api/v1/namespaces/wardle-system/services/wardle",
         &format!("GET {DEPLOYMENT}"),
@@ -206,6 +208,8 @@ async fn creates_every_child_with_exact_requests() {
         "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings/aggregation.dev:wardle-system:wardle:auth-reader",
         &format!("PATCH {APISERVICE}"),
         "GET /apis/apiregistration.k8s.io/v1/apiservices",
+        // The spec is new: user roles it no longer wants would be removed (it wants none).
+        "GET /apis/rbac.authorization.k8s.io/v1/clusterroles",
         &format!("PATCH {EAS_PATH}/status"),
     ]
     .iter()
@@ -786,3 +790,6 @@ async fn a_conflicting_version_does_not_stall_a_rotation() {
     let rotation = h.eas().status.unwrap().certificates.unwrap().rotation.unwrap();
     assert_eq!(rotation.phase, "Overlap", "the foreign APIService is not waited for");
 }
+
+#[path = "tests_roles.rs"]
+mod roles;

@@ -2,7 +2,8 @@
 //! schema's own checks, so that an object admitted under an older CRD still gets a clear
 //! condition instead of a failed apply).
 
-use crate::crd::{ExtensionApiServerSpec, KeyAlgorithm};
+use super::build::roles::is_kubernetes_group;
+use crate::crd::{ExtensionApiServerSpec, KeyAlgorithm, RESERVED_POD_ANNOTATIONS, RESERVED_POD_LABELS};
 use crate::pki::{parse_duration, DEFAULT_CA_VALIDITY, DEFAULT_SERVING_VALIDITY};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -153,11 +154,71 @@ pub fn validate(spec: &ExtensionApiServerSpec) -> Result<Validated, Vec<String>>
             "spec.replicas: the bundled server with embedded storage runs exactly one replica; set it to 1".into(),
         );
     }
+    pod_and_storage(spec, &mut problems);
+    user_roles(spec, &mut problems);
     let certs = cert_settings(spec, &mut problems);
     if problems.is_empty() {
         Ok(Validated { certs })
     } else {
         Err(problems)
+    }
+}
+
+/// `spec.pod` and the bundled server's storage, as the schema checks them.
+fn pod_and_storage(spec: &ExtensionApiServerSpec, problems: &mut Vec<String>) {
+    if let Some(pod) = &spec.pod {
+        for key in RESERVED_POD_LABELS.iter().filter(|k| pod.labels.contains_key(**k)) {
+            problems.push(format!(
+                "spec.pod.labels must not set {key:?}: the operator's own labels select the server pods"
+            ));
+        }
+        for key in RESERVED_POD_ANNOTATIONS
+            .iter()
+            .filter(|k| pod.annotations.contains_key(**k))
+        {
+            problems.push(format!(
+                "spec.pod.annotations must not set {key:?}: the operator sets it"
+            ));
+        }
+        if spec.server.is_some() && !(pod.volumes.is_empty() && pod.volume_mounts.is_empty()) {
+            problems.push(
+                "spec.pod.volumes and spec.pod.volumeMounts are for your own image (spec.image); the bundled server takes none"
+                    .into(),
+            );
+        }
+        for v in pod
+            .volumes
+            .iter()
+            .filter(|v| ["serving-cert", "config", "data"].contains(&v.name.as_str()))
+        {
+            problems.push(format!(
+                "spec.pod.volumes: the name {:?} is the operator's own; choose another",
+                v.name
+            ));
+        }
+    }
+    let embedded = spec
+        .server
+        .as_ref()
+        .and_then(|s| s.storage.as_ref())
+        .and_then(|s| s.embedded.as_ref());
+    if embedded.is_some_and(|e| e.ephemeral && (e.size.is_some() || e.storage_class_name.is_some())) {
+        problems.push(
+            "spec.server.storage.embedded: size and storageClassName configure the PersistentVolumeClaim, which ephemeral: true replaces with an emptyDir; set one or the other".into(),
+        );
+    }
+}
+
+/// User roles extend everyone's `view`/`edit`/`admin`: never for Kubernetes' own groups, where
+/// they would hand out access to built-in APIs (webhooks, RBAC, certificates).
+fn user_roles(spec: &ExtensionApiServerSpec, problems: &mut Vec<String>) {
+    let resources = super::build::user_role_resources(spec);
+    if !resources.is_empty() && is_kubernetes_group(&spec.group) {
+        // Only reached when spec.userRoles asks for them: by default there are none for such groups.
+        problems.push(format!(
+            "spec.userRoles: {:?} is a Kubernetes API group, and roles aggregated into view/edit/admin for it could grant access to Kubernetes' own resources; set spec.userRoles.enabled to false (or serve a group of your own domain)",
+            spec.group
+        ));
     }
 }
 
@@ -271,6 +332,66 @@ mod tests {
         let all = validate(&s).unwrap_err().join("\n");
         assert!(all.contains("exactly one replica"), "{all}");
         s.replicas = Some(1);
+        assert!(validate(&s).is_ok());
+    }
+
+    #[test]
+    fn pod_settings_and_storage_are_checked_like_the_schema() {
+        let mut s = spec();
+        s.pod = Some(
+            serde_json::from_value(serde_json::json!({
+                "labels": {"app.kubernetes.io/instance": "other", "team": "a"},
+                "annotations": {"aggregation.dev/serving-cert-sha256": "x"},
+                "volumes": [{"name": "data", "emptyDir": {}}],
+            }))
+            .unwrap(),
+        );
+        s.server.as_mut().unwrap().storage =
+            Some(serde_json::from_value(serde_json::json!({"embedded": {"ephemeral": true, "size": "1Gi"}})).unwrap());
+        let all = validate(&s).unwrap_err().join("\n");
+        for needle in [
+            "spec.pod.labels must not set \"app.kubernetes.io/instance\"",
+            "spec.pod.annotations must not set \"aggregation.dev/serving-cert-sha256\"",
+            "spec.pod.volumes and spec.pod.volumeMounts are for your own image",
+            "the name \"data\" is the operator's own",
+            "ephemeral: true replaces",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(!all.contains("team"), "{all}");
+    }
+
+    #[test]
+    fn user_roles_are_refused_for_kubernetes_groups() {
+        for (group, k8s) in [
+            ("apps", true),
+            ("admissionregistration.k8s.io", true),
+            ("k8s.io", true),
+            ("metrics.k8s.io", true),
+            ("example.kubernetes.io", true),
+            ("wardle.example.com", false),
+            ("notk8s.io", false),
+        ] {
+            assert_eq!(is_kubernetes_group(group), k8s, "{group}");
+        }
+        let mut s = spec();
+        s.group = "admissionregistration.k8s.io".into();
+        s.server.as_mut().unwrap().resources = vec![serde_json::from_value(serde_json::json!({
+            "kind": "Widget", "plural": "widgets", "versions": [{"name": "v1alpha1"}]
+        }))
+        .unwrap()];
+        assert!(validate(&s).is_ok(), "by default no roles for a Kubernetes group");
+        assert!(crate::operator::reconcile::build::user_role_resources(&s).is_empty());
+        s.user_roles = Some(crate::crd::UserRoles {
+            enabled: true,
+            resources: vec!["mutatingwebhookconfigurations".into()],
+        });
+        let all = validate(&s).unwrap_err().join("\n");
+        assert!(
+            all.contains("spec.userRoles: \"admissionregistration.k8s.io\" is a Kubernetes API group"),
+            "{all}"
+        );
+        s.user_roles.as_mut().unwrap().enabled = false;
         assert!(validate(&s).is_ok());
     }
 

@@ -1,0 +1,211 @@
+//! The CRD's schema for the new fields, as the real kube-apiserver applies it: valid specs are
+//! admitted (server-side dry run, so the operator of the other test never sees them), invalid
+//! ones get a 422 whose causes name the field and say what to fix, and `kubectl explain`
+//! prints Kubernetes' own descriptions of `spec.pod`.
+
+use crate::cluster::Cluster;
+use eao::testing::controlplane::ControlPlane;
+use serde_json::{json, Value};
+
+const NS: &str = "schema-test";
+
+fn eas(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "aggregation.dev/v1alpha1", "kind": "ExtensionApiServer",
+           "metadata": {"name": name, "namespace": NS}, "spec": spec})
+}
+
+fn bundled(extra: Value) -> Value {
+    let mut spec = json!({"group": "wardle.example.com", "versions": [{"name": "v1alpha1"}],
+                          "server": {"resources": [{"kind": "Flunder", "plural": "flunders",
+                                                    "versions": [{"name": "v1alpha1"}]}]}});
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        spec[k] = v;
+    }
+    spec
+}
+
+/// POSTs `obj` with `dryRun=All`; (HTTP code, the Status or object).
+async fn dry_run_create(cp: &ControlPlane, obj: &Value) -> (u16, Value) {
+    let client = cp.client().await.expect("admin client");
+    let req = http::Request::post(format!(
+        "/apis/aggregation.dev/v1alpha1/namespaces/{NS}/extensionapiservers?dryRun=All&fieldValidation=Strict"
+    ))
+    .header("content-type", "application/json")
+    .body(kube::client::Body::from(serde_json::to_vec(obj).expect("JSON")))
+    .expect("request");
+    let resp = client.send(req).await.expect("kube-apiserver answers");
+    let code = resp.status().as_u16();
+    let body = resp.into_body().collect_bytes().await.expect("body");
+    (code, serde_json::from_slice(&body).expect("JSON answer"))
+}
+
+/// The (field, type, message) of each cause of a 422.
+fn causes(status: &Value) -> Vec<(String, String, String)> {
+    status["details"]["causes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("field"), s("reason"), s("message"))
+        })
+        .collect()
+}
+
+fn assert_cause(status: &Value, field: &str, reason: &str, message: &str) {
+    let all = causes(status);
+    assert!(
+        all.iter()
+            .any(|(f, r, m)| f == field && r == reason && m.contains(message)),
+        "no cause ({field}, {reason}, …{message}…) in {all:#?}\n{status:#}"
+    );
+}
+
+pub async fn crd_schema_accepts_and_rejects_the_new_fields(cp: &'static ControlPlane) {
+    let c = Cluster::new(cp);
+    // The README's `kubectl apply -f crds/` (client-side: the whole CRD, 160 KB of JSON with
+    // Affinity and Volume, goes into the last-applied annotation, whose limit is 256 KiB).
+    let crds = crate::cluster::root().join("crds");
+    c.ok(&["apply", "--dry-run=server", "-f", crds.to_str().expect("UTF-8 path")]);
+    c.ok_in(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{{\"name\":\"{NS}\"}}}}"
+        )),
+    );
+
+    // Every new field at once, for the bundled server and for an own image.
+    let placement = json!({
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "api", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                       "whenUnsatisfiable": "DoNotSchedule",
+                                       "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "ok"}}}],
+        "priorityClassName": "high", "imagePullSecrets": [{"name": "regcred"}],
+        "labels": {"team": "api"}, "annotations": {"example.com/note": "x"},
+        "hostNetwork": true, "env": [{"name": "A", "value": "1"}],
+    });
+    let mut good = bundled(json!({"pod": placement, "userRoles": {"enabled": false}}));
+    good["server"]["storage"] = json!({"embedded": {"size": "2Gi", "storageClassName": "fast"}});
+    let (code, body) = dry_run_create(cp, &eas("ok", good)).await;
+    assert_eq!(code, 201, "{body:#}");
+    assert_eq!(body["spec"]["pod"]["affinity"], placement["affinity"], "stored as sent");
+    let mut own = json!({"group": "widgets.example.com", "versions": [{"name": "v1"}],
+                         "image": {"image": "example/widgets:1"},
+                         "userRoles": {"resources": ["widgets", "widgets/status"]}});
+    own["pod"] = json!({"volumes": [{"name": "plugins", "configMap": {"name": "plugins"}}],
+                        "volumeMounts": [{"name": "plugins", "mountPath": "/plugins"}]});
+    let (code, body) = dry_run_create(cp, &eas("own", own.clone())).await;
+    assert_eq!(code, 201, "{body:#}");
+    let mut eph = bundled(json!({}));
+    eph["server"]["storage"] = json!({"embedded": {"ephemeral": true}});
+    let (code, body) = dry_run_create(cp, &eas("eph", eph)).await;
+    assert_eq!(code, 201, "{body:#}");
+
+    // The operator's own labels and annotation, volumes for the bundled server, ephemeral with
+    // a size: CEL rules, with the messages from crd.rs.
+    let mut bad = bundled(json!({"pod": {
+        "labels": {"app.kubernetes.io/instance": "other"},
+        "annotations": {"aggregation.dev/serving-cert-sha256": "x"},
+        "volumes": [{"name": "extra", "emptyDir": {}}]}}));
+    bad["server"]["storage"] = json!({"embedded": {"ephemeral": true, "size": "1Gi"}});
+    let (code, status) = dry_run_create(cp, &eas("bad", bad)).await;
+    assert_eq!(code, 422, "{status:#}");
+    assert_eq!(status["reason"], "Invalid");
+    assert_cause(
+        &status,
+        "spec.pod.labels",
+        "FieldValueInvalid",
+        "spec.pod.labels must not set the operator's own labels",
+    );
+    assert_cause(
+        &status,
+        "spec.pod.annotations",
+        "FieldValueInvalid",
+        "must not set aggregation.dev/serving-cert-sha256",
+    );
+    assert_cause(
+        &status,
+        "spec",
+        "FieldValueInvalid",
+        "spec.pod.volumes and spec.pod.volumeMounts are for your own image",
+    );
+    assert_cause(
+        &status,
+        "spec.server.storage.embedded",
+        "FieldValueInvalid",
+        "ephemeral: true replaces with an emptyDir",
+    );
+
+    // A volume name the operator uses: a CEL rule (checked only when the types are right).
+    own["pod"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    let (code, status) = dry_run_create(cp, &eas("own-bad", own.clone())).await;
+    assert_eq!(code, 422, "{status:#}");
+    assert_cause(
+        &status,
+        "spec.pod.volumes",
+        "FieldValueInvalid",
+        "must not be named serving-cert, config or data",
+    );
+    // Kubernetes' own types are checked by their schemas: a toleration's seconds, a spread
+    // constraint without its required fields, a boolean, a resource name.
+    own["pod"]["volumes"] = json!([]);
+    own["pod"]["tolerations"] = json!([{"key": "k", "tolerationSeconds": "soon"}]);
+    own["pod"]["topologySpreadConstraints"] = json!([{"maxSkew": 1}]);
+    own["pod"]["hostNetwork"] = json!("yes");
+    own["userRoles"] = json!({"resources": ["Widgets"]});
+    let (code, status) = dry_run_create(cp, &eas("own-bad", own)).await;
+    assert_eq!(code, 422, "{status:#}");
+    assert_cause(
+        &status,
+        "spec.pod.tolerations[0].tolerationSeconds",
+        "FieldValueTypeInvalid",
+        "must be of type integer",
+    );
+    assert_cause(
+        &status,
+        "spec.pod.topologySpreadConstraints[0].topologyKey",
+        "FieldValueRequired",
+        "Required value",
+    );
+    assert_cause(
+        &status,
+        "spec.pod.hostNetwork",
+        "FieldValueTypeInvalid",
+        "must be of type boolean",
+    );
+    assert_cause(
+        &status,
+        "spec.userRoles.resources[0]",
+        "FieldValueInvalid",
+        "should match",
+    );
+
+    // kubectl explain prints the Kubernetes descriptions of the k8s-openapi types.
+    let explained = c.ok(&["explain", "extensionapiserver.spec.pod"]);
+    for field in [
+        "affinity",
+        "tolerations",
+        "topologySpreadConstraints",
+        "nodeSelector",
+        "priorityClassName",
+        "imagePullSecrets",
+        "hostNetwork",
+        "volumes",
+        "volumeMounts",
+    ] {
+        assert!(explained.contains(field), "{field} missing from:\n{explained}");
+    }
+    let affinity = c.ok(&["explain", "extensionapiserver.spec.pod.affinity.nodeAffinity"]);
+    assert!(
+        affinity.contains("Describes node affinity scheduling rules for the pod."),
+        "{affinity}"
+    );
+    let storage = c.ok(&["explain", "extensionapiserver.spec.server.storage.embedded"]);
+    assert!(storage.contains("ephemeral") && storage.contains("`1Gi`"), "{storage}");
+    let roles = c.ok(&["explain", "extensionapiserver.spec.userRoles"]);
+    assert!(roles.contains("aggregate-to-view"), "{roles}");
+}
