@@ -23,6 +23,11 @@ struct ApplyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabels {
+    verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertLabels {
     namespace: String,
     name: String,
@@ -36,6 +41,7 @@ pub struct Metrics {
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
     applies: Family<ApplyLabels, Counter>,
+    requests: Family<VerbLabels, Histogram>,
     cert_expiry: Family<CertLabels, Gauge>,
     // not_after per certificate; the gauge is computed from it at scrape time, so it counts down.
     not_after: Mutex<BTreeMap<(String, String, String), i64>>,
@@ -52,6 +58,15 @@ impl Default for Metrics {
         registry.register("reconcile_duration_seconds", "Duration of reconciles", duration.clone());
         let applies = Family::<ApplyLabels, Counter>::default();
         registry.register("applies", "Server-side applies by kind and outcome", applies.clone());
+        // Requests one reconcile sends, by verb: 0 writes for an unchanged object.
+        let requests = Family::<VerbLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+        });
+        registry.register(
+            "reconcile_api_requests",
+            "API requests sent by one reconcile, by verb (Events excluded)",
+            requests.clone(),
+        );
         let cert_expiry = Family::<CertLabels, Gauge>::default();
         registry.register(
             "certificate_expiry_seconds",
@@ -64,6 +79,7 @@ impl Default for Metrics {
             failures,
             duration,
             applies,
+            requests,
             cert_expiry,
             not_after: Mutex::new(BTreeMap::new()),
         }
@@ -81,6 +97,15 @@ impl Metrics {
                     category: e.category().to_string(),
                 })
                 .inc();
+        }
+    }
+
+    /// Records the requests of one reconcile.
+    pub fn observe_requests(&self, counts: &crate::operator::requests::RequestCounts) {
+        for (verb, n) in counts.snapshot() {
+            self.requests
+                .get_or_create(&VerbLabels { verb: verb.to_string() })
+                .observe(n as f64);
         }
     }
 

@@ -35,6 +35,8 @@ pub struct State {
     pub vanish_on_delete: Vec<String>,
     /// Serve `apiregistration.k8s.io/v1` discovery.
     pub no_apiregistration: bool,
+    /// Paths whose writes fail with this code, reason and message (an admission or RBAC refusal).
+    pub fail_writes: BTreeMap<String, (u16, String, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -192,6 +194,11 @@ impl FakeApi {
             Some(p) => (p.to_string(), true),
             None => (path.to_string(), false),
         };
+        if *method != Method::GET {
+            if let Some((code, reason, message)) = st.fail_writes.get(path) {
+                return (*code, status(*code, reason, message));
+            }
+        }
         match *method {
             Method::GET => {
                 if let Some(obj) = st.objects.get(&obj_path) {

@@ -72,20 +72,26 @@ pub fn check_auth_config(cm: Option<&ConfigMap>) -> AggregationCheck {
     }
 }
 
+/// Whether `apiregistration.k8s.io/v1` is served: `None` when it is, else the failed check.
+pub async fn check_registration(client: &Client) -> Result<Option<AggregationCheck>, kube::Error> {
+    match client.list_api_group_resources("apiregistration.k8s.io/v1").await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Some(AggregationCheck {
+            condition: Cond::fail(
+                types::AGGREGATION_LAYER_READY,
+                reasons::API_REGISTRATION_UNAVAILABLE,
+                "apiregistration.k8s.io/v1 is not served: enable it in kube-apiserver's --runtime-config",
+            ),
+            warning: None,
+        })),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads the cluster and runs every check.
 pub async fn check(client: &Client) -> Result<AggregationCheck, kube::Error> {
-    if let Err(e) = client.list_api_group_resources("apiregistration.k8s.io/v1").await {
-        if matches!(&e, kube::Error::Api(s) if s.code == 404) {
-            return Ok(AggregationCheck {
-                condition: Cond::fail(
-                    types::AGGREGATION_LAYER_READY,
-                    reasons::API_REGISTRATION_UNAVAILABLE,
-                    "apiregistration.k8s.io/v1 is not served: enable it in kube-apiserver's --runtime-config",
-                ),
-                warning: None,
-            });
-        }
-        return Err(e);
+    if let Some(unserved) = check_registration(client).await? {
+        return Ok(unserved);
     }
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), KUBE_SYSTEM);
     let cm = cms.get_opt(AUTH_CONFIG_MAP).await?;

@@ -1,23 +1,32 @@
-//! Apply: server-side apply of the built children, one field manager, forced. Each apply is
-//! recorded as created, updated (by a spec change) or repaired (drift), with an Event and a
-//! metric. APIServices another owner holds, or an older rival claims, are not written.
+//! Apply: server-side apply of the built children, one field manager, forced, and only of those
+//! that differ from the cached copy (see [`super::cache`]): a reconcile of an unchanged object
+//! sends no write and no read. Each apply is recorded as created, updated (by a spec change) or
+//! repaired (drift), with an Event and a metric.
+//!
+//! APIServices another owner holds, or an older rival claims, are not written. An APIService is
+//! first registered only once the server Deployment has an available replica: an APIService
+//! pointing at no server makes discovery fail for every client of the cluster and blocks
+//! namespace deletion. Once registered it is kept (and updated) whatever the Deployment does, as
+//! kube-apiserver keeps its own; the `APIServiceAvailable` condition then explains the impact.
+//!
+//! The first failing request stops the apply (children are applied in dependency order) and is
+//! reported as an [`ApplyFailure`], never as a bare error, so it reaches the status.
 
 use super::build::Children;
+use super::cache::{self, Cached, DESIRED_HASH_ANNOTATION};
 use super::cleanup::delete_ignoring_missing;
 use super::context::Context;
 use super::names::{self, labelled_owner, Names, FIELD_MANAGER, KUBE_SYSTEM};
-use super::observe::Before;
 use crate::crd::ExtensionApiServer;
-use crate::operator::error::{Error, Result};
+use crate::operator::error::Error;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::fmt::Debug;
 
 #[path = "apply_roles.rs"]
@@ -45,14 +54,83 @@ impl Change {
     }
 }
 
-/// What applying the children produced.
+/// A request of the apply that failed, as the status reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyFailure {
+    /// The object, e.g. `ClusterRole aggregation.dev:ns:name`.
+    pub what: String,
+    /// The cause as the API server names it (`Forbidden`, `Conflict`, `Invalid`, …).
+    pub reason: String,
+    /// The API server's message.
+    pub message: String,
+    /// Whether retrying soon may help (409, 429, 5xx, no answer).
+    pub transient: bool,
+}
+
+impl ApplyFailure {
+    /// The failure of a request about `what`.
+    pub fn new(what: String, err: &Error) -> Self {
+        let (reason, message, transient) = match err {
+            Error::Kube(kube::Error::Api(s)) => {
+                let reason = if s.reason.is_empty() {
+                    reason_for_code(s.code).to_string()
+                } else {
+                    s.reason.clone()
+                };
+                (reason, s.message.clone(), is_transient(s.code))
+            }
+            Error::Kube(e) => ("APIUnreachable".to_string(), e.to_string(), true),
+            other => ("ApplyFailed".to_string(), other.to_string(), false),
+        };
+        ApplyFailure {
+            what,
+            reason,
+            message,
+            transient,
+        }
+    }
+
+    /// The condition message: which object, then the API's words.
+    pub fn describe(&self) -> String {
+        format!("applying {} failed: {}", self.what, self.message)
+    }
+}
+
+/// Codes worth retrying soon: the object changed under us, the server is throttling, or it
+/// failed.
+pub fn is_transient(code: u16) -> bool {
+    code == 409 || code == 429 || code >= 500
+}
+
+fn reason_for_code(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        c if c >= 500 => "InternalError",
+        _ => "ApplyFailed",
+    }
+}
+
+/// What applying the children produced, and what was observed of the rest.
+#[derive(Default)]
 pub struct Applied {
-    /// The Deployment as applied.
-    pub deployment: Deployment,
-    /// Our APIServices as applied.
+    /// Whether both Secrets are in place (applied or unchanged).
+    pub secrets_applied: bool,
+    /// The Deployment as applied, else as cached.
+    pub deployment: Option<Deployment>,
+    /// Our APIServices as applied, else as cached.
     pub api_services: Vec<APIService>,
     /// Why some APIServices were not written.
     pub conflicts: Vec<String>,
+    /// APIServices not registered yet because no server replica is available.
+    pub waiting: Vec<String>,
+    /// The request that stopped the apply.
+    pub failure: Option<ApplyFailure>,
 }
 
 /// Applies the children of one ExtensionApiServer.
@@ -66,155 +144,192 @@ pub struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    /// Server-side applies one object and records what changed. `before` is the object as
-    /// last read, so a change of resourceVersion tells a repair (or update) from a no-op.
-    async fn apply<K>(&self, api: &Api<K>, obj: &K, before: Option<K>) -> Result<K>
+    /// Server-side applies `desired` unless the cached copy already matches it, and records
+    /// what changed. The cached copy tells a create from a repair (or update).
+    async fn apply<K>(&self, api: &Api<K>, desired: &K) -> Result<K, ApplyFailure>
     where
-        K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+        K: Cached + DeserializeOwned + Debug,
     {
-        let name = obj.meta().name.clone().ok_or(Error::MissingField("metadata.name"))?;
+        let what = format!("{} {}", K::kind(&()), describe(desired.meta()));
+        let name = desired
+            .meta()
+            .name
+            .clone()
+            .ok_or_else(|| ApplyFailure::new(what.clone(), &Error::MissingField("metadata.name")))?;
+        let mut obj = desired.clone();
+        let hash = cache::desired_hash(desired);
+        obj.meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(DESIRED_HASH_ANNOTATION.to_string(), hash);
+        let cached = self.ctx.caches.get::<K>(desired.meta().namespace.as_deref(), &name);
+        if let Some(c) = &cached {
+            if cache::unchanged(&obj, c.as_ref()) {
+                self.ctx
+                    .metrics
+                    .count_apply(K::kind(&()).as_ref(), Change::Unchanged.as_str());
+                return Ok(c.as_ref().clone());
+            }
+        }
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let after = api.patch(&name, &params, &Patch::Apply(obj)).await?;
-        let change = match &before {
+        let after = api
+            .patch(&name, &params, &Patch::Apply(&obj))
+            .await
+            .map_err(|e| ApplyFailure::new(what.clone(), &e.into()))?;
+        let change = match &cached {
             None => Change::Created,
             Some(b) if b.meta().resource_version != after.meta().resource_version => Change::Updated,
             Some(_) => Change::Unchanged,
         };
-        let what = format!("{} {}", K::kind(&()), describe(after.meta()));
-        match change {
-            Change::Created => {
-                self.ctx
-                    .publish(self.eas, EventType::Normal, "Created", format!("created {what}"))
-                    .await;
-            }
-            Change::Updated if self.spec_changed => {
-                self.ctx
-                    .publish(self.eas, EventType::Normal, "Updated", format!("updated {what}"))
-                    .await;
-            }
-            Change::Updated => {
-                // The spec did not change, so someone else changed the object: drift, now repaired.
-                self.ctx
-                    .publish(
-                        self.eas,
-                        EventType::Normal,
-                        "Repaired",
-                        format!("repaired {what}, which had drifted from the spec"),
-                    )
-                    .await;
-            }
-            Change::Unchanged => {}
+        let (reason, note) = match change {
+            Change::Created => ("Created", format!("created {what}")),
+            Change::Updated if self.spec_changed => ("Updated", format!("updated {what}")),
+            // The spec did not change, so someone else changed the object: drift, now repaired.
+            Change::Updated => ("Repaired", format!("repaired {what}, which had drifted from the spec")),
+            Change::Unchanged => ("", String::new()),
+        };
+        if !reason.is_empty() {
+            self.ctx.publish(self.eas, EventType::Normal, reason, note).await;
         }
         self.ctx.metrics.count_apply(K::kind(&()).as_ref(), change.as_str());
         Ok(after)
     }
 
-    async fn get_and_apply<K>(&self, api: &Api<K>, obj: &K) -> Result<K>
-    where
-        K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
-    {
-        let name = obj.meta().name.clone().ok_or(Error::MissingField("metadata.name"))?;
-        let before = api.get_opt(&name).await?;
-        self.apply(api, obj, before).await
+    /// Applies every child, in dependency order: Secrets before the Deployment that mounts
+    /// them, RBAC before the APIService that makes the server reachable. Stops at the first
+    /// failure, which the result carries.
+    pub async fn apply_children(&self, names: &Names, children: Children) -> Applied {
+        let me = format!("{}/{}", names.namespace, names.owner);
+        let mut out = Applied {
+            deployment: self
+                .ctx
+                .caches
+                .get::<Deployment>(Some(&names.namespace), &names.workload)
+                .map(|d| d.as_ref().clone()),
+            api_services: children
+                .api_services
+                .iter()
+                .filter_map(|s| self.ctx.caches.get::<APIService>(None, &s.name_any()))
+                .filter(|s| labelled_owner(s.labels()).as_deref() == Some(me.as_str()))
+                .map(|s| s.as_ref().clone())
+                .collect(),
+            ..Default::default()
+        };
+        if let Err(f) = self.apply_all(names, children, &mut out).await {
+            out.failure = Some(f);
+        }
+        out
     }
 
-    /// Applies every child, in dependency order: Secrets before the Deployment that mounts
-    /// them, RBAC before the APIService that makes the server reachable.
-    pub async fn apply_children(&self, names: &Names, children: Children, before: Before) -> Result<Applied> {
-        let Before {
-            ca_secret: ca_before,
-            serving_secret: serving_before,
-            api_services: api_services_before,
-        } = before;
+    async fn apply_all(&self, names: &Names, children: Children, out: &mut Applied) -> Result<(), ApplyFailure> {
         let client = &self.ctx.client;
         let ns = names.namespace.as_str();
         let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-        self.apply(&secrets, &children.ca_secret, ca_before).await?;
-        self.apply(&secrets, &children.serving_secret, serving_before).await?;
-        self.get_and_apply(
+        self.apply(&secrets, &children.ca_secret).await?;
+        self.apply(&secrets, &children.serving_secret).await?;
+        out.secrets_applied = true;
+        self.apply(
             &Api::<ServiceAccount>::namespaced(client.clone(), ns),
             &children.service_account,
         )
         .await?;
         if let Some(cm) = &children.config_map {
-            self.get_and_apply(&Api::<ConfigMap>::namespaced(client.clone(), ns), cm)
+            self.apply(&Api::<ConfigMap>::namespaced(client.clone(), ns), cm)
                 .await?;
         }
         if let Some(claim) = &children.data_claim {
-            self.get_and_apply(&Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns), claim)
+            self.apply(&Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns), claim)
                 .await?;
         }
-        self.get_and_apply(&Api::<Service>::namespaced(client.clone(), ns), &children.service)
+        self.apply(&Api::<Service>::namespaced(client.clone(), ns), &children.service)
             .await?;
         let deployment = self
-            .get_and_apply(&Api::<Deployment>::namespaced(client.clone(), ns), &children.deployment)
+            .apply(&Api::<Deployment>::namespaced(client.clone(), ns), &children.deployment)
             .await?;
+        let available = deployment
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0)
+            > 0;
+        out.deployment = Some(deployment);
         let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
-        self.get_and_apply(&cluster_roles, &children.cluster_role).await?;
+        self.apply(&cluster_roles, &children.cluster_role).await?;
         let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
-        self.get_and_apply(&crbs, &children.cluster_role_binding).await?;
-        self.get_and_apply(&crbs, &children.auth_delegator_binding).await?;
+        self.apply(&crbs, &children.cluster_role_binding).await?;
+        self.apply(&crbs, &children.auth_delegator_binding).await?;
         let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), KUBE_SYSTEM);
-        self.get_and_apply(&rbs, &children.auth_reader_binding).await?;
+        self.apply(&rbs, &children.auth_reader_binding).await?;
 
         let api_services: Api<APIService> = Api::all(client.clone());
         let me = format!("{}/{}", names.namespace, names.owner);
         let mut applied = Vec::new();
-        let mut conflicts = Vec::new();
-        for (svc, before) in children.api_services.iter().zip(api_services_before) {
-            let name = svc.metadata.name.clone().unwrap_or_default();
-            if let Some(existing) = &before {
+        for svc in &children.api_services {
+            let name = svc.name_any();
+            let existing = self.ctx.caches.get::<APIService>(None, &name);
+            if let Some(existing) = &existing {
                 let owner = labelled_owner(existing.labels());
                 if owner.as_deref() != Some(me.as_str()) {
                     let who = owner
                         .map(|o| format!("ExtensionApiServer {o}"))
                         .unwrap_or_else(|| "an object not managed by this operator".to_string());
-                    conflicts.push(format!("APIService {name} already exists and belongs to {who}"));
+                    out.conflicts
+                        .push(format!("APIService {name} already exists and belongs to {who}"));
                     continue;
                 }
             } else if let Some(other) = self.rival_claim(&name) {
-                conflicts.push(format!(
+                out.conflicts.push(format!(
                     "APIService {name} is also claimed by ExtensionApiServer {other}"
                 ));
                 continue;
+            } else if !available {
+                out.waiting.push(name);
+                continue;
             }
-            applied.push(self.apply(&api_services, svc, before).await?);
+            applied.push(self.apply(&api_services, svc).await?);
         }
-        // Versions removed from the spec leave APIServices behind; remove ours.
-        let wanted: Vec<_> = children
-            .api_services
-            .iter()
-            .filter_map(|s| s.metadata.name.clone())
-            .collect();
-        let ours = api_services
-            .list(&ListParams::default().labels(&names.owner_selector()))
-            .await?;
-        for stale in ours.items.iter().filter(|s| !wanted.contains(&s.name_any())) {
-            delete_ignoring_missing(&api_services, &stale.name_any()).await?;
-            self.ctx
-                .publish(
-                    self.eas,
-                    EventType::Normal,
-                    "Deleted",
-                    format!("deleted APIService {}, no longer in spec.versions", stale.name_any()),
-                )
-                .await;
-        }
+        out.api_services = applied;
+        self.remove_stale_api_services(names, &children, &api_services).await?;
         // User roles (see build_roles.rs): one self-contained step, whose refusal by RBAC (the
         // chart's rbac.userRoles=false) is a Warning Event, not a failed reconcile.
         if let Err(why) = self
-            .apply_user_roles(names, &children.user_roles, conflicts.is_empty())
+            .apply_user_roles(names, &children.user_roles, out.conflicts.is_empty())
             .await?
         {
             self.ctx
                 .publish(self.eas, EventType::Warning, "UserRolesSkipped", why)
                 .await;
         }
-        Ok(Applied {
-            deployment,
-            api_services: applied,
-            conflicts,
-        })
+        Ok(())
+    }
+
+    /// Versions removed from the spec leave APIServices behind; removes ours (found in the cache).
+    async fn remove_stale_api_services(
+        &self,
+        names: &Names,
+        children: &Children,
+        api: &Api<APIService>,
+    ) -> Result<(), ApplyFailure> {
+        let me = format!("{}/{}", names.namespace, names.owner);
+        let wanted: Vec<String> = children.api_services.iter().map(|s| s.name_any()).collect();
+        let stale: Vec<String> = self
+            .ctx
+            .caches
+            .api_services
+            .state()
+            .iter()
+            .filter(|s| labelled_owner(s.labels()).as_deref() == Some(me.as_str()))
+            .map(|s| s.name_any())
+            .filter(|n| !wanted.contains(n))
+            .collect();
+        for name in stale {
+            delete_ignoring_missing(api, &name)
+                .await
+                .map_err(|e| ApplyFailure::new(format!("APIService {name}"), &e))?;
+            let note = format!("deleted APIService {name}, no longer in spec.versions");
+            self.ctx.publish(self.eas, EventType::Normal, "Deleted", note).await;
+        }
+        Ok(())
     }
 
     /// Another ExtensionApiServer that wants the same APIService and was created first

@@ -1,13 +1,11 @@
 //! Apply of the user roles (build_roles.rs), apart from [`super`] (apply.rs) so that the
-//! children's apply stays one readable sequence.
+//! children's apply stays one readable sequence. Like every apply, it reads the caches, not the
+//! API: an unchanged role is not written.
 
-use super::Applier;
-use crate::operator::error::{Error, Result};
+use super::{Applier, ApplyFailure};
 use crate::operator::reconcile::cleanup::delete_ignoring_missing;
 use crate::operator::reconcile::names::{labelled_owner, Names};
 use k8s_openapi::api::rbac::v1::ClusterRole;
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 impl Applier<'_> {
@@ -20,61 +18,67 @@ impl Applier<'_> {
         names: &Names,
         roles: &[ClusterRole],
         no_conflicts: bool,
-    ) -> Result<std::result::Result<(), String>> {
-        // Roles become stale only through a spec change: without roles and without one, there
-        // is nothing to do (and nothing to list).
-        if roles.is_empty() && !self.spec_changed {
-            return Ok(Ok(()));
-        }
+    ) -> Result<Result<(), String>, ApplyFailure> {
         let api: Api<ClusterRole> = Api::all(self.ctx.client.clone());
-        let ours = api.list(&ListParams::default().labels(&names.owner_selector())).await?;
+        let me = format!("{}/{}", names.namespace, names.owner);
+        let ours: Vec<String> = self
+            .ctx
+            .caches
+            .cluster_roles
+            .state()
+            .iter()
+            .filter(|r| labelled_owner(r.labels()).as_deref() == Some(me.as_str()))
+            .map(|r| r.name_any())
+            .filter(|n| names.is_user_role(n))
+            .collect();
         let skip = match roles.is_empty() {
             true => None,
-            false => self.not_exclusive(names, no_conflicts).await?,
+            false => self.not_exclusive(names, no_conflicts),
         };
         let wanted = |n: &String| skip.is_none() && roles.iter().any(|r| r.metadata.name.as_ref() == Some(n));
-        for stale in ours.items.iter().filter_map(|r| r.metadata.name.as_ref()) {
-            if names.is_user_role(stale) && !wanted(stale) {
-                delete_ignoring_missing(&api, stale).await?;
-            }
+        for stale in ours.iter().filter(|n| !wanted(n)) {
+            delete_ignoring_missing(&api, stale)
+                .await
+                .map_err(|e| ApplyFailure::new(format!("ClusterRole {stale}"), &e))?;
         }
         if let Some(why) = skip {
             return Ok(Err(why));
         }
         let group = &self.eas.spec.group;
         for role in roles {
-            let before = ours.items.iter().find(|r| r.metadata.name == role.metadata.name);
-            match self.apply(&api, role, before.cloned()).await {
-                Err(Error::Kube(kube::Error::Api(e))) if e.code == 403 => {
+            match self.apply(&api, role).await {
+                Err(f) if f.reason == "Forbidden" => {
                     return Ok(Err(format!(
                         "no view/edit/admin roles for {group}: the operator may not create them ({}); install the chart with rbac.userRoles=true, or set spec.userRoles.enabled to false",
-                        e.message
+                        f.message
                     )));
                 }
-                other => other?,
-            };
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(Ok(()))
     }
 
     /// Why `spec.group` is not served by this server alone, if it is not: a conflicting
     /// APIService, or any APIService of the group that is not ours (RBAC rules cover a whole
-    /// group, every version).
-    async fn not_exclusive(&self, names: &Names, no_conflicts: bool) -> Result<Option<String>> {
+    /// group, every version). Read from the cache of every APIService.
+    fn not_exclusive(&self, names: &Names, no_conflicts: bool) -> Option<String> {
         let group = &self.eas.spec.group;
         let me = format!("{}/{}", names.namespace, names.owner);
-        let all = Api::<APIService>::all(self.ctx.client.clone())
-            .list(&ListParams::default())
-            .await?;
-        let foreign: Vec<String> = all
-            .items
+        let foreign: Vec<String> = self
+            .ctx
+            .caches
+            .api_services
+            .state()
             .iter()
             .filter(|s| s.spec.as_ref().and_then(|s| s.group.as_ref()) == Some(group))
             .filter(|s| labelled_owner(s.labels()).as_deref() != Some(me.as_str()))
             .map(|s| s.name_any())
             .collect();
         if no_conflicts && foreign.is_empty() {
-            return Ok(None);
+            return None;
         }
         let who = if foreign.is_empty() {
             "another ExtensionApiServer claims one of its APIServices".to_string()
@@ -84,6 +88,6 @@ impl Applier<'_> {
                 foreign.join(", ")
             )
         };
-        Ok(Some(format!("no view/edit/admin roles for {group}: {who}")))
+        Some(format!("no view/edit/admin roles for {group}: {who}"))
     }
 }

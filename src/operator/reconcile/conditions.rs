@@ -11,6 +11,8 @@ pub mod types {
     pub const AGGREGATION_LAYER_READY: &str = "AggregationLayerReady";
     /// CA and serving certificate are valid and stored.
     pub const CERTIFICATES_READY: &str = "CertificatesReady";
+    /// Every child object is applied; else the API server's reason for the first that failed.
+    pub const CHILDREN_APPLIED: &str = "ChildrenApplied";
     /// The server Deployment is Available.
     pub const DEPLOYMENT_AVAILABLE: &str = "DeploymentAvailable";
     /// Every APIService is Available.
@@ -49,6 +51,10 @@ pub mod reasons {
     pub const CERTIFICATES_FAILED: &str = "IssueFailed";
     /// Applying children failed.
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// Every child is applied.
+    pub const APPLIED: &str = "Applied";
+    /// The APIService waits for the first available server replica.
+    pub const WAITING_FOR_SERVER: &str = "WaitingForServer";
     /// Waiting for a dependency.
     pub const WAITING: &str = "Waiting";
     /// Ready.
@@ -204,6 +210,25 @@ pub fn deployment_available(d: &Deployment) -> Cond {
     }
 }
 
+/// What an unavailable registered APIService does to the cluster; the operator keeps it
+/// registered (as kube-apiserver keeps its own), so the condition must say so.
+pub const UNAVAILABLE_IMPACT: &str = "while it is unavailable, API discovery in the whole cluster is incomplete \
+     (kubectl and controllers report errors for this group) and no namespace can finish deleting \
+     (the namespace controller cannot list this group's resources)";
+
+/// `APIServiceAvailable` while an APIService waits for the first available server replica.
+pub fn api_services_waiting(waiting: &[String], deployment: &str) -> Cond {
+    Cond::fail(
+        types::API_SERVICE_AVAILABLE,
+        reasons::WAITING_FOR_SERVER,
+        format!(
+            "{} registered once Deployment {deployment} has an available replica: an APIService \
+             without a server would break API discovery and namespace deletion in the whole cluster",
+            waiting.join(", ")
+        ),
+    )
+}
+
 /// `APIServiceAvailable`, mirroring the reason and message of each APIService's `Available`.
 pub fn api_services_available(services: &[APIService]) -> Cond {
     let t = types::API_SERVICE_AVAILABLE;
@@ -230,7 +255,7 @@ pub fn api_services_available(services: &[APIService]) -> Cond {
         }
     }
     match (first_reason, unknown) {
-        (Some(reason), _) => Cond::fail(t, &reason, failing.join("; ")),
+        (Some(reason), _) => Cond::fail(t, &reason, format!("{}; {UNAVAILABLE_IMPACT}", failing.join("; "))),
         (None, true) => Cond::unknown(t, reasons::API_SERVICE_PENDING, failing.join("; ")),
         (None, false) => Cond::ok(t, "Passed", "all APIServices are Available"),
     }
@@ -273,7 +298,10 @@ mod tests {
         ]);
         assert_eq!(c.status, "False");
         assert_eq!(c.reason, "FailedDiscoveryCheck");
-        assert_eq!(c.message, "v2.a: failing or missing response from https://x");
+        assert!(c
+            .message
+            .starts_with("v2.a: failing or missing response from https://x; "));
+        assert!(c.message.contains("no namespace can finish deleting"), "{}", c.message);
         let c = api_services_available(&[svc(
             "v1.a",
             "False",

@@ -1,13 +1,17 @@
 //! Reconciling an `ExtensionApiServer`, as a pipeline with one call per stage:
 //!
-//! validate (pure) → observe (reads only) → plan certificates (pure) → build children (pure)
-//! → apply (server-side apply, one field manager) → status (from what was applied).
+//! validate (pure) → observe (caches, reads only) → plan certificates (pure) → build children
+//! (pure) → apply (server-side apply of what differs from the cache, one field manager) →
+//! status (from what was applied and observed, written only when it changes).
 //!
-//! Deletion runs [`cleanup`] under the finalizer `aggregation.dev/cleanup`.
+//! A failed apply is no error of the reconcile: it becomes `ChildrenApplied=False` and
+//! `Ready=False` with the API server's reason and message, a Warning Event, and a retry after a
+//! per-object back-off. Deletion runs [`cleanup`] under the finalizer `aggregation.dev/cleanup`.
 
 pub mod aggregation;
 pub mod apply;
 pub mod build;
+pub mod cache;
 pub mod certs;
 pub mod cleanup;
 pub mod conditions;
@@ -38,8 +42,22 @@ const RESYNC: Duration = Duration::from_secs(3600);
 /// Wait between reconciles while something is not ready yet.
 const NOT_READY_RESYNC: Duration = Duration::from_secs(60);
 
-/// Entry point for the controller.
+/// Entry point for the controller. Waits until the caches have synced (a cache still loading
+/// would look like missing children), and counts the requests this reconcile sends.
 pub async fn reconcile(eas: Arc<ExtensionApiServer>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches.gate.wait().await;
+    let counts = crate::operator::requests::RequestCounts::default();
+    let counting = Arc::new(ctx.with_client(crate::operator::requests::counting_client(
+        ctx.client.clone(),
+        counts.clone(),
+    )));
+    // Boxed: the pipeline's future is large, and test threads have small stacks.
+    let result = Box::pin(reconcile_counted(eas, counting)).await;
+    ctx.metrics.observe_requests(&counts);
+    result
+}
+
+async fn reconcile_counted(eas: Arc<ExtensionApiServer>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
     let ns = eas.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<ExtensionApiServer> = Api::namespaced(ctx.client.clone(), &ns);
@@ -55,10 +73,27 @@ pub async fn reconcile(eas: Arc<ExtensionApiServer>, ctx: Arc<Context>) -> Resul
     result
 }
 
-/// Backs off on transient errors.
-pub fn error_policy(eas: Arc<ExtensionApiServer>, err: &Error, _ctx: Arc<Context>) -> Action {
+/// Backs off per object, exponentially with jitter (errors that reach here are API failures
+/// outside the apply: reading a user's CA, writing the status, the finalizer).
+pub fn error_policy(eas: Arc<ExtensionApiServer>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(namespace = ?eas.namespace(), name = %eas.name_any(), error = %err, "reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+    use kube::runtime::finalizer::Error as F;
+    let inner = match err {
+        Error::Finalizer(f) => match f.as_ref() {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            _ => err,
+        },
+        e => e,
+    };
+    let transient = match inner {
+        Error::Kube(kube::Error::Api(s)) => apply::is_transient(s.code),
+        _ => true,
+    };
+    Action::requeue(ctx.backoff.next(&backoff_key(&eas), transient))
+}
+
+fn backoff_key(eas: &ExtensionApiServer) -> String {
+    format!("{}/{}", eas.namespace().unwrap_or_default(), eas.name_any())
 }
 
 /// The pipeline for an object that is not being deleted.
@@ -128,18 +163,25 @@ async fn run(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
         spec_changed: previous.observed_generation != eas.metadata.generation,
     };
     let observe::Observed {
-        before,
         aggregation,
         observation,
         ..
     } = observed;
-    let applied = applier.apply_children(&names, children, before).await?;
+    let applied = applier.apply_children(&names, children).await;
     // Only now that the new certificates are stored is the request done.
-    if plan.force_consumed {
+    if plan.force_consumed && applied.secrets_applied {
         clear_rotate_annotation(ctx, &names).await?;
         let note = format!("acted on {}; the annotation was removed", certs::ROTATE_ANNOTATION);
         ctx.publish(eas, EventType::Normal, "RotationRequestDone", note).await;
     }
+    if let Some(f) = &applied.failure {
+        tracing::warn!(namespace = %names.namespace, name = %names.owner, reason = %f.reason, "{}", f.describe());
+        ctx.publish(eas, EventType::Warning, &f.reason, f.describe()).await;
+        let desired = status::after_apply(ctx, eas, &names, aggregation, observation.as_ref(), &plan, &applied).await;
+        status::write(ctx, eas, &names, desired, now).await?;
+        return Ok(Action::requeue(ctx.backoff.next(&backoff_key(eas), f.transient)));
+    }
+    ctx.backoff.reset(&backoff_key(eas));
 
     let desired = status::after_apply(ctx, eas, &names, aggregation, observation.as_ref(), &plan, &applied).await;
     let resync = if desired.is_ready() { RESYNC } else { NOT_READY_RESYNC };

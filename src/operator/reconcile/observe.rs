@@ -1,7 +1,8 @@
 //! Observe: read what the cluster shows before anything is written. The aggregation layer's
 //! configuration, the stored certificates, a user's own CA, the published caBundles and (in
 //! the middle of a CA rotation) the leaves the server replicas present. Nothing here writes,
-//! except Events.
+//! except Events, and everything but a user's own CA Secret (`spec.certificates.caSecretRef`,
+//! not labelled as ours, so not cached) comes from the caches.
 
 use super::aggregation;
 use super::certs::{self, Force};
@@ -18,14 +19,12 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-/// The objects as read before applying, so the applier can tell a create from a repair.
+/// The stored certificates, as cached.
 pub struct Before {
     /// The CA Secret.
     pub ca_secret: Option<Secret>,
     /// The serving-certificate Secret.
     pub serving_secret: Option<Secret>,
-    /// One APIService per entry of `spec.versions`, in that order.
-    pub api_services: Vec<Option<APIService>>,
 }
 
 /// What the cluster shows today.
@@ -61,7 +60,7 @@ pub struct Problem {
 /// Reads the cluster. The outer error is a failed API call; the inner one a problem with the
 /// user's CA Secret.
 pub async fn observe(ctx: &Context, eas: &ExtensionApiServer, names: &Names) -> Result<Result<Observed, Problem>> {
-    let aggregation = aggregation::check(&ctx.client).await?;
+    let aggregation = check_aggregation(ctx).await?;
     if let Some(w) = &aggregation.warning {
         ctx.publish(
             eas,
@@ -82,8 +81,13 @@ pub async fn observe(ctx: &Context, eas: &ExtensionApiServer, names: &Names) -> 
     };
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let ca_secret = secrets.get_opt(&names.ca_secret).await?;
-    let serving_secret = secrets.get_opt(&names.serving_secret).await?;
+    let cached = |name: &str| {
+        ctx.caches
+            .get::<Secret>(Some(&names.namespace), name)
+            .map(|s| s.as_ref().clone())
+    };
+    let ca_secret = cached(&names.ca_secret);
+    let serving_secret = cached(&names.serving_secret);
     let external = match read_external_ca(&secrets, eas).await? {
         Ok(pair) => pair,
         Err(message) => {
@@ -95,15 +99,16 @@ pub async fn observe(ctx: &Context, eas: &ExtensionApiServer, names: &Names) -> 
     };
 
     // What the cluster shows today: the published caBundles, and (mid-rotation) the served leaves.
-    let api_services: Api<APIService> = Api::all(ctx.client.clone());
-    let mut existing = Vec::new();
-    for v in &eas.spec.versions {
-        existing.push(
-            api_services
-                .get_opt(&names::api_service_name(&eas.spec.group, &v.name))
-                .await?,
-        );
-    }
+    let existing: Vec<Option<APIService>> = eas
+        .spec
+        .versions
+        .iter()
+        .map(|v| {
+            ctx.caches
+                .get::<APIService>(None, &names::api_service_name(&eas.spec.group, &v.name))
+                .map(|s| s.as_ref().clone())
+        })
+        .collect();
     let stored = CaState::from_secret(ca_secret.as_ref());
     let stored_bundle = stored.bundle_pem();
     // Only our APIServices count: one held by someone else (a conflict) is never written, and
@@ -149,7 +154,6 @@ pub async fn observe(ctx: &Context, eas: &ExtensionApiServer, names: &Names) -> 
         before: Before {
             ca_secret,
             serving_secret,
-            api_services: existing,
         },
         external,
         published,
@@ -157,6 +161,22 @@ pub async fn observe(ctx: &Context, eas: &ExtensionApiServer, names: &Names) -> 
         observation,
         served_by_active,
     }))
+}
+
+/// The aggregation-layer checks: the authentication ConfigMap from the cache; whether
+/// apiregistration.k8s.io/v1 is served is asked only until it once was.
+async fn check_aggregation(ctx: &Context) -> Result<aggregation::AggregationCheck> {
+    use std::sync::atomic::Ordering;
+    if !ctx.registration_served.load(Ordering::SeqCst) {
+        let check = aggregation::check_registration(&ctx.client).await?;
+        if let Some(unserved) = check {
+            return Ok(unserved);
+        }
+        ctx.registration_served.store(true, Ordering::SeqCst);
+    }
+    let key = kube::runtime::reflector::ObjectRef::new(aggregation::AUTH_CONFIG_MAP).within(names::KUBE_SYSTEM);
+    let cm = ctx.caches.auth_config.get(&key);
+    Ok(aggregation::check_auth_config(cm.as_deref()))
 }
 
 /// Reads the CA named by `spec.certificates.caSecretRef`. The outer error is a failed API call;

@@ -16,7 +16,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::Api;
 
-/// The status to write after a successful apply.
+/// The status to write after an apply (complete or stopped by a failure).
 pub struct Desired {
     /// Every condition, `Ready` last.
     pub conditions: Vec<Cond>,
@@ -33,7 +33,8 @@ impl Desired {
     }
 }
 
-/// Builds the status from the plan and what the apply produced. Publishes the conflict Event.
+/// Builds the status from the plan and what the apply produced (or, past a failure, what the
+/// caches show). Publishes the conflict Event.
 pub async fn after_apply(
     ctx: &Context,
     eas: &ExtensionApiServer,
@@ -57,21 +58,45 @@ pub async fn after_apply(
             certs_message.push_str(&format!(" (cannot observe the replicas yet: {e})"));
         }
     }
-    let certs_cond = Cond::ok(types::CERTIFICATES_READY, reasons::CERTIFICATES_VALID, certs_message);
-    let api_cond = if applied.conflicts.is_empty() {
-        conditions::api_services_available(&applied.api_services)
-    } else {
+    // Only what is in place counts: a certificate that could not be stored is not ready.
+    let certs_cond = match (&applied.failure, applied.secrets_applied) {
+        (Some(f), false) => Cond::fail(types::CERTIFICATES_READY, &f.reason, f.describe()),
+        _ => Cond::ok(types::CERTIFICATES_READY, reasons::CERTIFICATES_VALID, certs_message),
+    };
+    let children_cond = match &applied.failure {
+        Some(f) => Cond::fail(types::CHILDREN_APPLIED, &f.reason, f.describe()),
+        None => Cond::ok(
+            types::CHILDREN_APPLIED,
+            reasons::APPLIED,
+            "every child object is applied",
+        ),
+    };
+    let deployment_cond = match &applied.deployment {
+        Some(d) => conditions::deployment_available(d),
+        None => Cond::unknown(
+            types::DEPLOYMENT_AVAILABLE,
+            reasons::DEPLOYMENT_PENDING,
+            "the Deployment does not exist yet",
+        ),
+    };
+    let api_cond = if !applied.conflicts.is_empty() {
         let msg = applied.conflicts.join("; ");
         ctx.publish(eas, EventType::Warning, reasons::API_SERVICE_CONFLICT, msg.clone())
             .await;
         Cond::fail(types::API_SERVICE_AVAILABLE, reasons::API_SERVICE_CONFLICT, msg)
+    } else if !applied.waiting.is_empty() {
+        let deployment = format!("{}/{}", names.namespace, names.workload);
+        conditions::api_services_waiting(&applied.waiting, &deployment)
+    } else if applied.api_services.is_empty() && applied.failure.is_some() {
+        Cond::unknown(
+            types::API_SERVICE_AVAILABLE,
+            reasons::API_SERVICE_PENDING,
+            "no APIService is registered yet",
+        )
+    } else {
+        conditions::api_services_available(&applied.api_services)
     };
-    let mut conds = vec![
-        aggregation,
-        certs_cond,
-        conditions::deployment_available(&applied.deployment),
-        api_cond,
-    ];
+    let mut conds = vec![aggregation, certs_cond, children_cond, deployment_cond, api_cond];
     conds.extend(conditions::storage_durable(&eas.spec));
     conds.push(conditions::ready(&conds));
     let certificates = CertificatesStatus {
@@ -88,7 +113,11 @@ pub async fn after_apply(
     };
     Desired {
         conditions: conds,
-        certificates: Some(certificates),
+        certificates: if applied.secrets_applied {
+            Some(certificates)
+        } else {
+            eas.status.as_ref().and_then(|s| s.certificates.clone())
+        },
         api_services: applied
             .api_services
             .iter()

@@ -38,6 +38,9 @@ fn spec_with_beta() -> ExtensionApiServerSpec {
 
 struct Harness {
     api: FakeApi,
+    /// The caches' writing halves: filled from `api` before every reconcile, as the watches
+    /// would once their events are delivered.
+    writers: std::sync::Mutex<cache::Writers>,
     ctx: Arc<Context>,
     clock: Arc<std::sync::atomic::AtomicI64>,
     /// What the probe reports each replica serves.
@@ -73,7 +76,11 @@ impl Harness {
         let clock = Arc::new(std::sync::atomic::AtomicI64::new(NOW));
         let c = clock.clone();
         let served: Arc<std::sync::Mutex<Vec<probe::Observed>>> = Arc::default();
+        let (caches, writers) = cache::caches(cache::SyncGate::open());
         let ctx = Arc::new(Context {
+            caches,
+            backoff: Default::default(),
+            registration_served: Default::default(),
             recorder: Recorder::new(
                 client.clone(),
                 Reporter {
@@ -98,6 +105,7 @@ impl Harness {
         });
         Harness {
             api,
+            writers: std::sync::Mutex::new(writers),
             ctx,
             clock,
             served,
@@ -119,7 +127,28 @@ impl Harness {
     }
 
     async fn reconcile(&self) -> Result<Action> {
+        self.sync_caches();
         reconcile(Arc::new(self.eas()), self.ctx.clone()).await
+    }
+
+    /// Makes the server Deployment report one available replica, as kube-controller-manager
+    /// would once a pod is ready.
+    fn make_available(&self) {
+        let mut d = self.api.get(DEPLOYMENT).expect("Deployment applied");
+        d["status"] = json!({"availableReplicas": 1, "readyReplicas": 1, "replicas": 1,
+            "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"}]});
+        self.api.put(DEPLOYMENT, d);
+    }
+
+    /// The first reconcile, then one with an available server, so the APIService exists.
+    async fn converge(&self) {
+        self.reconcile().await.unwrap();
+        self.make_available();
+        self.reconcile().await.unwrap();
+    }
+
+    fn sync_caches(&self) {
+        crate::testing::fake_caches::sync(&self.api, &mut self.writers.lock().unwrap());
     }
 
     /// Requests other than Events, as `METHOD path`.
@@ -180,42 +209,50 @@ async fn creates_every_child_with_exact_requests() {
     h.put_eas(spec());
     let action = h.reconcile().await.unwrap();
     let calls = h.calls();
+    // Nothing is read but whether apiregistration is served (once per process): the caches
+    // show no child, so every child is applied, except the APIService, which waits for an
+    // available server replica.
     let expected: Vec<String> = [
         "GET /apis/apiregistration.k8s.io/v1",
-        &format!("GET {AUTH_CM}"),
-        &format!("GET {CA_SECRET}"),
-        &format!("GET {SERVING_SECRET}"),
-        &format!("GET {APISERVICE}"),
         &format!("PATCH {CA_SECRET}"),
         &format!("PATCH {SERVING_SECRET}"),
-        "GET /api/v1/namespaces/wardle-system/serviceaccounts/wardle",
         "PATCH /api/v1/namespaces/wardle-system/serviceaccounts/wardle",
-        "GET /api/v1/namespaces/wardle-system/configmaps/wardle-config",
         "PATCH /api/v1/namespaces/wardle-system/configmaps/wardle-config",
-        "GET /api/v1/namespaces/wardle-system/persistentvolumeclaims/wardle-data",
         "PATCH /api/v1/namespaces/wardle-system/persistentvolumeclaims/wardle-data",
-        "GET /api/v1/namespaces/wardle-system/services/wardle",
         "PATCH /api/v1/namespaces/wardle-system/services/wardle",
-        &format!("GET {DEPLOYMENT}"),
         &format!("PATCH {DEPLOYMENT}"),
-        "GET /apis/rbac.authorization.k8s.io/v1/clusterroles/aggregation.dev:wardle-system:wardle",
         "PATCH /apis/rbac.authorization.k8s.io/v1/clusterroles/aggregation.dev:wardle-system:wardle",
-        "GET /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle",
         "PATCH /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle",
-        "GET /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle:auth-delegator",
         "PATCH /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/aggregation.dev:wardle-system:wardle:auth-delegator",
-        "GET /apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings/aggregation.dev:wardle-system:wardle:auth-reader",
         "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings/aggregation.dev:wardle-system:wardle:auth-reader",
-        &format!("PATCH {APISERVICE}"),
-        "GET /apis/apiregistration.k8s.io/v1/apiservices",
-        // The spec is new: user roles it no longer wants would be removed (it wants none).
-        "GET /apis/rbac.authorization.k8s.io/v1/clusterroles",
         &format!("PATCH {EAS_PATH}/status"),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     assert_eq!(calls, expected);
+    assert!(
+        h.api.get(APISERVICE).is_none(),
+        "no APIService before a server replica is available"
+    );
+    let (status, reason, message) = h.condition("APIServiceAvailable");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "WaitingForServer"));
+    assert!(message.contains("has an available replica"), "{message}");
+    assert_eq!(action, Action::requeue(NOT_READY_RESYNC));
+
+    // The same object again: the caches match, so not one request.
+    h.reconcile().await.unwrap();
+    assert_eq!(h.calls(), Vec::<String>::new(), "an unchanged object sends nothing");
+
+    // A replica is available: the APIService is registered, and the status says so.
+    h.make_available();
+    h.reconcile().await.unwrap();
+    assert_eq!(
+        h.calls(),
+        vec![format!("PATCH {APISERVICE}"), format!("PATCH {EAS_PATH}/status")]
+    );
+    h.reconcile().await.unwrap();
+    assert_eq!(h.calls(), Vec::<String>::new(), "converged: nothing is sent");
 
     // Every apply is a forced server-side apply by our field manager.
     let st = h.api.state.lock().unwrap();
@@ -267,9 +304,10 @@ async fn creates_every_child_with_exact_requests() {
     );
     assert_eq!(h.condition("AggregationLayerReady").1, "Configured");
     assert_eq!(h.condition("CertificatesReady").0, "True");
-    assert_eq!(h.condition("DeploymentAvailable").0, "Unknown");
+    assert_eq!(h.condition("DeploymentAvailable").0, "True");
+    assert_eq!(h.condition("ChildrenApplied").1, "Applied");
+    assert_eq!(h.condition("APIServiceAvailable").1, "APIServicePending");
     assert_eq!(h.condition("Ready").0, "False");
-    assert_eq!(action, Action::requeue(NOT_READY_RESYNC));
     let reasons = h.event_reasons();
     assert!(reasons.contains(&"Created".to_string()), "{reasons:?}");
     assert!(reasons.contains(&"CertificateIssued".to_string()), "{reasons:?}");
@@ -279,9 +317,10 @@ async fn creates_every_child_with_exact_requests() {
 async fn a_hundred_reconciles_issue_no_new_certificate() {
     let h = Harness::new();
     h.put_eas(spec());
-    h.reconcile().await.unwrap();
+    h.converge().await;
     let ca = h.api.get(CA_SECRET).unwrap();
     let serving = h.api.get(SERVING_SECRET).unwrap();
+    h.api.take_requests();
     for i in 0..100 {
         // Time passes, but stays well before renewal.
         h.clock.store(NOW + i * 60, std::sync::atomic::Ordering::SeqCst);
@@ -293,15 +332,10 @@ async fn a_hundred_reconciles_issue_no_new_certificate() {
         serving,
         "serving Secret must not change"
     );
-    let applies = h
-        .api
-        .take_requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path == SERVING_SECRET)
-        .count();
-    assert_eq!(
-        applies, 101,
-        "the Secret is still applied each time, with the same content"
+    let reqs = h.api.take_requests();
+    assert!(
+        reqs.is_empty(),
+        "a hundred reconciles of an unchanged object send nothing: {reqs:?}"
     );
 }
 
@@ -327,7 +361,7 @@ async fn serving_certificate_is_renewed_when_a_third_of_its_life_remains() {
 async fn drift_is_repaired() {
     let h = Harness::new();
     h.put_eas(spec());
-    h.reconcile().await.unwrap();
+    h.converge().await;
     let good = h.api.get(APISERVICE).unwrap();
     let ca_before = h.api.get(CA_SECRET).unwrap();
 
@@ -461,7 +495,7 @@ async fn invalid_spec_sets_a_condition_and_waits_for_a_change() {
 async fn available_children_make_it_ready() {
     let h = Harness::new();
     h.put_eas(spec());
-    h.reconcile().await.unwrap();
+    h.converge().await;
     let mut d = h.api.get(DEPLOYMENT).unwrap();
     d["status"] = json!({"conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"}]});
     h.api.put(DEPLOYMENT, d);
@@ -489,7 +523,7 @@ async fn removed_version_loses_its_api_service() {
     let h = Harness::new();
     let s = spec_with_beta();
     h.put_eas(s);
-    h.reconcile().await.unwrap();
+    h.converge().await;
     let beta = "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.wardle.example.com";
     assert!(h.api.get(beta).is_some());
     let mut eas = h.eas();
@@ -505,7 +539,7 @@ async fn removed_version_loses_its_api_service() {
 async fn deletion_removes_cluster_scoped_children_and_tolerates_missing_ones() {
     let h = Harness::new();
     h.put_eas(spec());
-    h.reconcile().await.unwrap();
+    h.converge().await;
     h.api.take_requests();
     let mut eas = h.eas();
     eas.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
@@ -594,7 +628,7 @@ fn serve(h: &Harness, leaf: &[u8]) {
 async fn serving_rotation_on_request_keeps_the_ca_and_clears_the_annotation() {
     let h = Harness::new();
     h.put_eas(spec());
-    h.reconcile().await.unwrap();
+    h.converge().await;
     let before = serving_der(&h);
     let bundle = bundle_of(&h);
     set_rotate(&h, "serving");
@@ -625,7 +659,7 @@ async fn serving_rotation_on_request_keeps_the_ca_and_clears_the_annotation() {
 async fn ca_rotation_publishes_then_signs_then_waits_for_replicas() {
     let h = Harness::new();
     h.put_eas(spec());
-    h.reconcile().await.unwrap();
+    h.converge().await;
     let old_ca = bundle_of(&h).remove(0);
     let old_leaf = serving_der(&h);
     serve(&h, &old_leaf);
@@ -716,7 +750,7 @@ async fn own_ca_from_a_secret() {
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "my-ca", "namespace": NS},
                "type": "kubernetes.io/tls", "data": {"tls.crt": enc(&user.cert_pem), "tls.key": enc(&user.key_pem)}}),
     );
-    h.reconcile().await.unwrap();
+    h.converge().await;
     let user_der = crate::pki::pem_certs_to_der(&user.cert_pem).unwrap().remove(0);
     assert_eq!(bundle_of(&h), vec![user_der.clone()]);
     assert!(crate::pki::signed_by(&serving_der(&h), &user_der));
@@ -749,7 +783,7 @@ async fn changing_the_own_ca_while_a_new_leaf_is_due_does_not_deadlock() {
     let user1 = crate::pki::generate_ca("user-1", alg, crate::pki::DEFAULT_CA_VALIDITY, NOW).unwrap();
     let user2 = crate::pki::generate_ca("user-2", alg, crate::pki::DEFAULT_CA_VALIDITY, NOW).unwrap();
     put_ca(&user1);
-    h.reconcile().await.unwrap();
+    h.converge().await;
     let leaf1 = serving_der(&h);
     // The user replaces the CA (its old key is gone) and asks for a new serving certificate.
     put_ca(&user2);
@@ -782,7 +816,7 @@ async fn a_conflicting_version_does_not_stall_a_rotation() {
                "metadata": {"name": "v1beta1.wardle.example.com"},
                "spec": {"group": "wardle.example.com", "version": "v1beta1", "groupPriorityMinimum": 1, "versionPriority": 1}}),
     );
-    h.reconcile().await.unwrap();
+    h.converge().await;
     set_rotate(&h, "ca");
     h.reconcile().await.unwrap();
     h.clock.store(NOW + 10, std::sync::atomic::Ordering::SeqCst);
@@ -793,3 +827,95 @@ async fn a_conflicting_version_does_not_stall_a_rotation() {
 
 #[path = "tests_roles.rs"]
 mod roles;
+
+#[tokio::test]
+async fn a_refused_apply_is_reported_with_the_api_reason_and_retried_later() {
+    let h = Harness::new();
+    h.put_eas(spec());
+    let role = "/apis/rbac.authorization.k8s.io/v1/clusterroles/aggregation.dev:wardle-system:wardle";
+    let message = "clusterroles.rbac.authorization.k8s.io \"aggregation.dev:wardle-system:wardle\" is forbidden: \
+                   user \"system:serviceaccount:eao-system:eao\" is attempting to grant RBAC permissions not currently held";
+    h.api
+        .state
+        .lock()
+        .unwrap()
+        .fail_writes
+        .insert(role.into(), (403, "Forbidden".into(), message.into()));
+    let action = h.reconcile().await.expect("a refused apply is no reconcile error");
+    let calls = h.calls();
+    // The apply stops at the refused ClusterRole: nothing after it is written.
+    assert_eq!(calls[calls.len() - 2], format!("PATCH {role}"), "{calls:?}");
+    assert_eq!(calls.last().unwrap(), &format!("PATCH {EAS_PATH}/status"));
+    let (status, reason, msg) = h.condition("Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Forbidden"));
+    assert!(msg.contains("is attempting to grant RBAC permissions"), "{msg}");
+    assert!(
+        msg.contains("ClusterRole aggregation.dev:wardle-system:wardle"),
+        "{msg}"
+    );
+    let (status, reason, _) = h.condition("ChildrenApplied");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Forbidden"));
+    assert_eq!(h.condition("CertificatesReady").0, "True", "the Secrets were applied");
+    let warning = {
+        let st = h.api.state.lock().unwrap();
+        st.objects
+            .iter()
+            .filter(|(k, _)| k.contains("/events/"))
+            .find(|(_, v)| v["reason"] == "Forbidden")
+            .map(|(_, v)| v.clone())
+            .expect("a Warning Event")
+    };
+    assert_eq!(warning["type"], "Warning");
+    assert!(
+        warning["note"].as_str().unwrap_or_default().contains("forbidden"),
+        "{warning}"
+    );
+    // Forbidden needs a human (or RBAC): retried every minute, not in a tight loop.
+    assert_eq!(action, Action::requeue(context::PERMANENT_RETRY));
+
+    // The same refusal again: the status is unchanged, so it is not written again.
+    h.reconcile().await.unwrap();
+    assert_eq!(h.calls(), vec![format!("PATCH {role}")]);
+
+    // A transient failure (the API server throttles) backs off exponentially, per object.
+    h.api
+        .state
+        .lock()
+        .unwrap()
+        .fail_writes
+        .insert(role.into(), (429, "TooManyRequests".into(), "slow down".into()));
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        match h.reconcile().await.unwrap() {
+            a if a == Action::requeue(context::PERMANENT_RETRY) => panic!("429 is transient"),
+            a => delays.push(format!("{a:?}")),
+        }
+    }
+    assert_eq!(h.condition("Ready").1, "TooManyRequests");
+    let d = |i: usize| parse_requeue(&delays[i]);
+    assert!(d(0) < d(1) && d(1) < d(2), "{delays:?}");
+
+    // Once the apply passes, everything else is applied and the condition clears.
+    h.api.state.lock().unwrap().fail_writes.clear();
+    h.converge().await;
+    assert_eq!(h.condition("ChildrenApplied").0, "True");
+    assert!(h.api.get(APISERVICE).is_some());
+}
+
+/// The delay of a `requeue` Action, from its Debug form (Action keeps it private).
+fn parse_requeue(debug: &str) -> std::time::Duration {
+    let rest = debug.split("requeue_after: Some(").nth(1).unwrap_or_default();
+    let number: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let value: f64 = number.parse().unwrap_or(0.0);
+    let unit = &rest[number.len()..];
+    let secs = if unit.starts_with("ms") {
+        value / 1e3
+    } else if unit.starts_with("µs") {
+        value / 1e6
+    } else if unit.starts_with("ns") {
+        value / 1e9
+    } else {
+        value
+    };
+    std::time::Duration::from_secs_f64(secs)
+}
