@@ -40,6 +40,10 @@ use std::time::Duration;
 /// Events within this window trigger one reconcile: creating a server's children sends a burst
 /// of a dozen watch events, and each reconcile in the burst would see caches half updated.
 const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Reconciles at once. Unbounded, a thousand new objects would open a TLS connection each
+/// (kube's client speaks HTTP/1.1, one request per connection at a time) and keep tens of MiB of
+/// buffers; a few are enough to keep the API server busy.
+const CONCURRENCY: u16 = 8;
 
 /// Maps a labelled child (cluster-scoped ones and the kube-system RoleBinding) to its owner.
 fn owner_of<K: Resource>(obj: &K) -> Option<ObjectRef<ExtensionApiServer>> {
@@ -175,7 +179,7 @@ pub async fn run(
         .touched_objects();
     let (s1, s2) = (store.clone(), store.clone());
     let controller = Controller::for_stream(main, store.clone())
-        .with_config(ControllerConfig::default().debounce(DEBOUNCE))
+        .with_config(ControllerConfig::default().debounce(DEBOUNCE).concurrency(CONCURRENCY))
         .owns_stream(cached_stream(
             Api::<Secret>::all(c.clone()),
             ours.clone(),
