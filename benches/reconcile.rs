@@ -56,6 +56,7 @@ async fn main() {
         metrics: Arc::new(Metrics::default()),
         options: BuildOptions {
             default_server_image: "bench:1".into(),
+            register_before_available: false,
         },
         clock: system_clock(),
         store: None,

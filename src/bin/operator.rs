@@ -164,6 +164,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let options = BuildOptions {
         default_server_image: args.server_image,
+        register_before_available: false,
     };
     eao::operator::controller::run(client, options, metrics, reporter, ready, stopped()).await;
     if let Some(e) = &elector {

@@ -301,6 +301,7 @@ mod tests {
             api.client_with_latency(Duration::from_millis(200)),
             BuildOptions {
                 default_server_image: "server:test".into(),
+                register_before_available: false,
             },
             Arc::new(Metrics::default()),
             Reporter {

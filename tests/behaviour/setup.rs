@@ -155,6 +155,7 @@ fn start_controller(kubeconfig: PathBuf, metrics: Arc<Metrics>) {
                     client_for(&kubeconfig).await,
                     eao::operator::reconcile::build::BuildOptions {
                         default_server_image: "extension-apiserver-operator:behaviour".into(),
+                        register_before_available: false,
                     },
                     metrics,
                     kube::runtime::events::Reporter {

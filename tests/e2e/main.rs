@@ -116,6 +116,8 @@ fn start_controller(target: Target) {
                     target.client().await,
                     eao::operator::reconcile::build::BuildOptions {
                         default_server_image: "extension-apiserver-operator:e2e".into(),
+                        // No kubelet runs here: no replica ever becomes available.
+                        register_before_available: true,
                     },
                     Arc::new(eao::operator::metrics::Metrics::default()),
                     Reporter {

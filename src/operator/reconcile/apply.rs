@@ -282,7 +282,7 @@ impl Applier<'_> {
                     "APIService {name} is also claimed by ExtensionApiServer {other}"
                 ));
                 continue;
-            } else if !available {
+            } else if !available && !self.ctx.options.register_before_available {
                 out.waiting.push(name);
                 continue;
             }

@@ -86,6 +86,11 @@ pub struct Children {
 pub struct BuildOptions {
     /// Image of the bundled server when the spec names none.
     pub default_server_image: String,
+    /// Register APIServices before the server has an available replica. Always false in the
+    /// operator binary: an APIService without a server breaks discovery and namespace deletion
+    /// cluster-wide. True only where no pod can ever run (the end-to-end tests, which have no
+    /// kubelet) and the rest of the apply is what is tested.
+    pub register_before_available: bool,
 }
 
 fn owner_reference(eas: &ExtensionApiServer) -> Option<OwnerReference> {

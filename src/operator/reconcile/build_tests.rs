@@ -64,6 +64,7 @@ fn certs() -> Certs {
 fn opts() -> BuildOptions {
     BuildOptions {
         default_server_image: "example/eao:1".into(),
+        register_before_available: false,
     }
 }
 

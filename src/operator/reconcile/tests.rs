@@ -92,6 +92,7 @@ impl Harness {
             metrics: Arc::new(Metrics::default()),
             options: BuildOptions {
                 default_server_image: "ghcr.io/example/eao:test".into(),
+                register_before_available: false,
             },
             clock: Arc::new(move || c.load(std::sync::atomic::Ordering::SeqCst)),
             store,
