@@ -116,16 +116,21 @@ pub async fn env(test: &str) -> Option<&'static Env> {
     ENV.get_or_init(|| async move {
         let crd = root().join("crds/extensionapiservers.aggregation.dev.yaml");
         kubectl(cp, &["apply", "-f", crd.to_str().expect("path")], b"");
-        kubectl(
-            cp,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "crd/extensionapiservers.aggregation.dev",
-                "--timeout=60s",
-            ],
-            b"",
-        );
+        // Polled: `kubectl wait` fails outright while the CRD has no conditions yet.
+        let crds: kube::Api<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        > = kube::Api::all(cp.client().await.expect("admin client"));
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            kube::runtime::wait::await_condition(
+                crds,
+                "extensionapiservers.aggregation.dev",
+                kube::runtime::conditions::is_crd_established(),
+            ),
+        )
+        .await
+        .expect("the CRD is Established within 60 s")
+        .expect("watching the CRD");
         let operator_kubeconfig = install_chart_identity(cp, &[]);
         let metrics = Arc::new(Metrics::default());
         start_controller(operator_kubeconfig.clone(), metrics.clone());
