@@ -163,9 +163,11 @@ async fn main() -> Result<(), Error> {
     let binary = std::env::current_exe()?.with_file_name("extension-apiserver-operator");
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let log = cp.dir().join("operator.log");
+    // Tied to this process (PR_SET_PDEATHSIG), so an interrupted bench leaves no operator behind.
     let operator = Operator(
-        Command::new(&binary)
-            .args([
+        eao::testing::netns::spawn_tied({
+            let mut c = Command::new(&binary);
+            c.args([
                 &format!("--admin-addr=127.0.0.1:{port}"),
                 "--log-format=plain",
                 "--log-level=warn",
@@ -173,9 +175,10 @@ async fn main() -> Result<(), Error> {
             .env("KUBECONFIG", cp.kubeconfig())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::create(log.with_extension("err"))?)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?,
+            .stderr(std::fs::File::create(log.with_extension("err"))?);
+            c
+        })
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?,
     );
     let pid = operator.0.id();
     while http_get(port, "/readyz").map(|r| r.0) != Some(200) {

@@ -149,7 +149,9 @@ pub async fn run(
             Api::<ExtensionApiServer>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff(),
+        .default_backoff()
+        // managedFields of a status-writing object are as large as the rest of it.
+        .modify(cache::strip::<ExtensionApiServer>),
     )
     .inspect({
         let gate = gate.clone();

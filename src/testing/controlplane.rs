@@ -252,7 +252,8 @@ impl ControlPlane {
             .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
             .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
             .arg(format!("--client-ca-file={}", p("ca.crt")))
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            // 4094 ClusterIPs: operator-bench makes a Service for each of 1000 objects.
+            .arg("--service-cluster-ip-range=10.0.0.0/20")
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg(format!("--service-account-key-file={}", p("sa.pub")))
             .arg(format!("--service-account-signing-key-file={}", p("sa.key")))
