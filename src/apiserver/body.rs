@@ -22,3 +22,16 @@ pub fn empty() -> Body {
 /// An early answer: the filter chain stops there and this is the response. Boxed because a
 /// response is large and most requests pass every step.
 pub type Early = Box<http::Response<Body>>;
+
+/// A plain-text answer, as Go's `http.Error` and the health endpoints write it.
+pub fn text(code: http::StatusCode, body: String) -> http::Response<Body> {
+    let mut r = http::Response::new(full(body));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert("x-content-type-options", http::HeaderValue::from_static("nosniff"));
+    r
+}

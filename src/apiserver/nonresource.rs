@@ -3,7 +3,7 @@
 //! content negotiation and ETag revalidation kube-apiserver offers for its documents.
 
 use crate::apiserver::apierrors::Status;
-use crate::apiserver::body::{full, Body};
+use crate::apiserver::body::{full, text, Body};
 use crate::apiserver::discovery::{self, DiscoveryFormat, Doc};
 use crate::apiserver::health;
 use crate::apiserver::request::{query_pairs, RequestInfo};
@@ -11,18 +11,6 @@ use crate::apiserver::router::App;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-
-pub(crate) fn text(code: StatusCode, body: String) -> Response<Body> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    r
-}
 
 /// A JSON document, or 304 when the client already has this ETag.
 fn json_doc(doc: &Doc, headers: &HeaderMap, content_type: &'static str, cache_control: &'static str) -> Response<Body> {

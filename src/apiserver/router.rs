@@ -167,7 +167,7 @@ impl App {
         }
         // Anything else under the group (unknown resources, a namespaced collection written
         // without a namespace) falls through to kube's mux, which answers a plain-text 404.
-        Err(Box::new(crate::apiserver::nonresource::text(
+        Err(Box::new(crate::apiserver::body::text(
             http::StatusCode::NOT_FOUND,
             "404 page not found\n".into(),
         )))

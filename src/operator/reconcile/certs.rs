@@ -4,7 +4,7 @@
 
 use super::build::Certs;
 use super::rotation::{self, CaState, Step};
-use crate::operator::reconcile::validate::CertSettings;
+use crate::operator::reconcile::settings::CertSettings;
 use crate::pki::{self, CertFacts, CertKeyPair, PkiError, ReissueReason};
 use k8s_openapi::api::core::v1::Secret;
 use std::time::Duration;

@@ -20,6 +20,7 @@ pub mod names;
 pub mod observe;
 pub mod probe;
 pub mod rotation;
+pub mod settings;
 pub mod status;
 pub mod validate;
 

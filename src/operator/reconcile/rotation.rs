@@ -13,7 +13,7 @@
 //! bundle, and a CA leaves the bundle only after no replica is observed serving a leaf it signed.
 //! The whole state lives in the CA Secret (data and annotations), so a crash at any step resumes.
 
-use crate::operator::reconcile::validate::CertSettings;
+use crate::operator::reconcile::settings::CertSettings;
 use crate::pki::{self, CertFacts, CertKeyPair, PkiError, ReissueReason};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;

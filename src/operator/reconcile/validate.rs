@@ -3,46 +3,11 @@
 //! condition instead of a failed apply).
 
 use super::build::roles::is_kubernetes_group;
-use crate::crd::{ExtensionApiServerSpec, KeyAlgorithm, RESERVED_POD_ANNOTATIONS, RESERVED_POD_LABELS};
+pub use super::settings::{CertSettings, DEFAULT_OVERLAP};
+use crate::crd::{ExtensionApiServerSpec, RESERVED_POD_ANNOTATIONS, RESERVED_POD_LABELS};
 use crate::pki::{parse_duration, DEFAULT_CA_VALIDITY, DEFAULT_SERVING_VALIDITY};
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-/// Default minimum time both CAs stay published after the new CA signs the leaf (see
-/// [`super::rotation`]); a default of the settings, so it lives with them.
-pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(600);
-
-/// Certificate settings with defaults applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CertSettings {
-    /// Key algorithm of new keys.
-    pub key_algorithm: KeyAlgorithm,
-    /// Lifetime of a new serving certificate.
-    pub serving_validity: Duration,
-    /// Renew the serving certificate this long before expiry (default: a third of its lifetime).
-    pub serving_renew_before: Option<Duration>,
-    /// Lifetime of a new CA.
-    pub ca_validity: Duration,
-    /// Rotate the CA this long before expiry (default: a third of its lifetime).
-    pub ca_renew_before: Option<Duration>,
-    /// Minimum time both CAs stay published once the new one signs.
-    pub ca_overlap: Duration,
-}
-
-impl Default for CertSettings {
-    /// The defaults: ECDSA P-256, a 90-day serving certificate and a 5-year CA, each renewed
-    /// when a third of its lifetime remains, and a 10-minute CA overlap.
-    fn default() -> Self {
-        CertSettings {
-            key_algorithm: KeyAlgorithm::default(),
-            serving_validity: DEFAULT_SERVING_VALIDITY,
-            serving_renew_before: None,
-            ca_validity: DEFAULT_CA_VALIDITY,
-            ca_renew_before: None,
-            ca_overlap: DEFAULT_OVERLAP,
-        }
-    }
-}
 
 /// A spec that passed validation, with defaults resolved.
 #[derive(Clone, Debug, PartialEq)]
@@ -263,7 +228,7 @@ fn cert_settings(spec: &ExtensionApiServerSpec, problems: &mut Vec<String>) -> C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{CertificatesSpec, ImageServer};
+    use crate::crd::{CertificatesSpec, ImageServer, KeyAlgorithm};
 
     use crate::crd::wardle_spec as spec;
 
