@@ -105,15 +105,20 @@ fn writes(r: &[(String, f64, f64)]) -> f64 {
         .sum()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+/// `VmRSS`, `RssAnon` (heap and stacks) and `RssFile` (mapped code) of `pid`, in KiB.
+fn rss_kib(pid: u32) -> [u64; 3] {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    ["VmRSS:", "RssAnon:", "RssFile:"].map(|key| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 /// Every child applied (the APIService waits for a replica that never comes).
@@ -155,9 +160,18 @@ async fn main() -> Result<(), Error> {
         ],
         vec!["create", "namespace", "bench"],
     ] {
-        let out = cp.kubectl().args(&argv).output()?;
-        if !out.status.success() {
-            return Err(format!("kubectl {argv:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+        // `kubectl wait` right after the create can fail while the CRD has no conditions yet.
+        let mut tries = 0;
+        loop {
+            let out = cp.kubectl().args(&argv).output()?;
+            if out.status.success() {
+                break;
+            }
+            tries += 1;
+            if tries == 10 {
+                return Err(format!("kubectl {argv:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     let binary = std::env::current_exe()?.with_file_name("extension-apiserver-operator");
@@ -263,10 +277,15 @@ async fn main() -> Result<(), Error> {
         writes(&after_idle) - writes(&at_convergence)
     );
     println!(
-        "operator RSS (VmRSS): {:.1} MiB ready with no object, {:.1} MiB with {} objects",
-        rss_empty as f64 / 1024.0,
-        rss as f64 / 1024.0,
-        args.objects
+        "operator RSS (VmRSS): {:.1} MiB ready with no object, {:.1} MiB with {} objects \
+         (RssAnon {:.1} MiB, RssFile {:.1} MiB; empty: {:.1} / {:.1})",
+        mib(rss_empty[0]),
+        mib(rss[0]),
+        args.objects,
+        mib(rss[1]),
+        mib(rss[2]),
+        mib(rss_empty[1]),
+        mib(rss_empty[2]),
     );
     drop(operator);
     cp.teardown();

@@ -12,6 +12,7 @@
 //! - kube-system/extension-apiserver-authentication: cached; a change reconciles everything.
 
 use crate::crd::ExtensionApiServer;
+use crate::operator::events::Recorder;
 use crate::operator::metrics::Metrics;
 use crate::operator::reconcile::build::BuildOptions;
 use crate::operator::reconcile::cache::{self, Caches, SyncGate, CACHE_COUNT};
@@ -26,7 +27,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Config as ControllerConfig;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, reflector, store::Writer, ObjectRef, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -53,19 +54,21 @@ fn owner_of<K: Resource>(obj: &K) -> Option<ObjectRef<ExtensionApiServer>> {
     Some(ObjectRef::new(name).within(ns))
 }
 
-/// A reflector of `api` into `writer`, stripped as [`cache::strip`] says, that opens its part
+/// A reflector of `api` into `writer`, each object slimmed by `slim` (what the cache keeps:
+/// [`cache::slim`] for children), that opens its part
 /// of `gate` after its first initial list and yields every object it touches.
 fn cached_stream<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: Writer<K>,
     gate: Arc<SyncGate>,
+    slim: fn(&mut K),
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let synced = AtomicBool::new(false);
-    reflector(writer, watcher(api, config).default_backoff().modify(cache::strip::<K>))
+    reflector(writer, watcher(api, config).default_backoff().modify(slim))
         .inspect(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) && !synced.swap(true, Ordering::SeqCst) {
                 gate.synced_one();
@@ -170,6 +173,7 @@ pub async fn run(
         auth_config,
         w.auth_config,
         g(),
+        cache::strip,
     )
     .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
     let not_ours = watcher::Config::default().labels(&format!(
@@ -187,36 +191,42 @@ pub async fn run(
             ours.clone(),
             w.secrets,
             g(),
+            cache::slim,
         ))
         .owns_stream(cached_stream(
             Api::<ServiceAccount>::all(c.clone()),
             ours.clone(),
             w.service_accounts,
             g(),
+            cache::slim,
         ))
         .owns_stream(cached_stream(
             Api::<ConfigMap>::all(c.clone()),
             ours.clone(),
             w.config_maps,
             g(),
+            cache::slim,
         ))
         .owns_stream(cached_stream(
             Api::<Service>::all(c.clone()),
             ours.clone(),
             w.services,
             g(),
+            cache::slim,
         ))
         .owns_stream(cached_stream(
             Api::<Deployment>::all(c.clone()),
             ours.clone(),
             w.deployments,
             g(),
+            cache::slim,
         ))
         .owns_stream(cached_stream(
             Api::<PersistentVolumeClaim>::all(c.clone()),
             ours.clone(),
             w.claims,
             g(),
+            cache::slim,
         ))
         .watches_stream(
             cached_stream(
@@ -224,11 +234,18 @@ pub async fn run(
                 watcher::Config::default(),
                 w.api_services,
                 g(),
+                cache::slim,
             ),
             move |svc| claimants(&s1, &svc),
         )
         .watches_stream(
-            cached_stream(Api::<ClusterRole>::all(c.clone()), ours.clone(), w.cluster_roles, g()),
+            cached_stream(
+                Api::<ClusterRole>::all(c.clone()),
+                ours.clone(),
+                w.cluster_roles,
+                g(),
+                cache::slim,
+            ),
             |o| owner_of(&o),
         )
         .watches_stream(
@@ -237,6 +254,7 @@ pub async fn run(
                 ours.clone(),
                 w.cluster_role_bindings,
                 g(),
+                cache::slim,
             ),
             |o| owner_of(&o),
         )
@@ -246,6 +264,7 @@ pub async fn run(
                 ours,
                 w.role_bindings,
                 g(),
+                cache::slim,
             ),
             |o| owner_of(&o),
         )

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod controller;
 pub mod crdgen;
 pub mod error;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod rbac;

@@ -308,6 +308,17 @@ impl FakeApi {
                         o
                     }
                 };
+                if ct.contains("apply-patch") && !is_status {
+                    // Like kube-apiserver, record the applier's fields (list elements by
+                    // position: `i:N`; the real server keys map lists, which the operator's
+                    // fingerprint also understands).
+                    let manager = query_param(query, "fieldManager").unwrap_or_default();
+                    obj["metadata"]["managedFields"] = json!([{
+                        "manager": manager, "operation": "Apply",
+                        "apiVersion": patch.get("apiVersion").cloned().unwrap_or(Value::Null),
+                        "fieldsType": "FieldsV1", "fieldsV1": applied_fields(&patch, true),
+                    }]);
+                }
                 let unchanged = existing.as_ref().is_some_and(|e| {
                     let mut a = e.clone();
                     a["metadata"]["resourceVersion"] = Value::Null;
@@ -360,5 +371,37 @@ impl FakeApi {
             Some(&"apis") => segs.len() == 4 || (segs.len() == 6 && segs[3] == "namespaces"),
             _ => false,
         }
+    }
+}
+
+/// The `fieldsV1` set of an applied object: every field it sets, lists by position. At the top,
+/// the identity fields (which kube never lists) and status are left out.
+fn applied_fields(v: &Value, top: bool) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, v)| !v.is_null() && !(top && matches!(k.as_str(), "apiVersion" | "kind" | "status")))
+                .map(|(k, v)| {
+                    let sub = if top && k == "metadata" {
+                        let mut meta = v.clone();
+                        if let Some(m) = meta.as_object_mut() {
+                            m.remove("name");
+                            m.remove("namespace");
+                        }
+                        applied_fields(&meta, false)
+                    } else {
+                        applied_fields(v, false)
+                    };
+                    (format!("f:{k}"), sub)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Object(
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| (format!("i:{i}"), applied_fields(v, false)))
+                .collect(),
+        ),
+        _ => json!({}),
     }
 }

@@ -25,7 +25,7 @@ fn ours(obj: &Value) -> bool {
 
 /// Replaces the content of `writer` with the objects at paths matching `pattern` that pass
 /// `keep`, as a watch's initial list does.
-fn fill<K>(api: &FakeApi, writer: &mut Writer<K>, pattern: &str, keep: impl Fn(&Value) -> bool)
+fn fill<K>(api: &FakeApi, writer: &mut Writer<K>, pattern: &str, keep: impl Fn(&Value) -> bool, slim: fn(&mut K))
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 'static,
 {
@@ -42,7 +42,7 @@ where
         obj["apiVersion"] = Value::String(K::api_version(&()).into_owned());
         obj["kind"] = Value::String(K::kind(&()).into_owned());
         if let Ok(mut k) = serde_json::from_value::<K>(obj) {
-            cache::strip(&mut k);
+            slim(&mut k);
             writer.apply_watcher_event(&Event::InitApply(k));
         }
     }
@@ -51,43 +51,60 @@ where
 
 /// Makes every cache hold what `api` holds now.
 pub fn sync(api: &FakeApi, w: &mut Writers) {
-    fill(api, &mut w.secrets, "/api/v1/namespaces/*/secrets/*", ours);
+    fill(api, &mut w.secrets, "/api/v1/namespaces/*/secrets/*", ours, cache::slim);
     fill(
         api,
         &mut w.service_accounts,
         "/api/v1/namespaces/*/serviceaccounts/*",
         ours,
+        cache::slim,
     );
-    fill(api, &mut w.config_maps, "/api/v1/namespaces/*/configmaps/*", ours);
-    fill(api, &mut w.services, "/api/v1/namespaces/*/services/*", ours);
+    fill(
+        api,
+        &mut w.config_maps,
+        "/api/v1/namespaces/*/configmaps/*",
+        ours,
+        cache::slim,
+    );
+    fill(
+        api,
+        &mut w.services,
+        "/api/v1/namespaces/*/services/*",
+        ours,
+        cache::slim,
+    );
     fill(
         api,
         &mut w.deployments,
         "/apis/apps/v1/namespaces/*/deployments/*",
         ours,
+        cache::slim,
     );
     fill(
         api,
         &mut w.claims,
         "/api/v1/namespaces/*/persistentvolumeclaims/*",
         ours,
+        cache::slim,
     );
     fill(
         api,
         &mut w.cluster_roles,
         "/apis/rbac.authorization.k8s.io/v1/clusterroles/*",
         ours,
+        cache::slim,
     );
     let crb = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/*";
-    fill(api, &mut w.cluster_role_bindings, crb, ours);
+    fill(api, &mut w.cluster_role_bindings, crb, ours, cache::slim);
     let rb = "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings/*";
-    fill(api, &mut w.role_bindings, rb, ours);
+    fill(api, &mut w.role_bindings, rb, ours, cache::slim);
     fill(
         api,
         &mut w.api_services,
         "/apis/apiregistration.k8s.io/v1/apiservices/*",
         |_| true,
+        cache::slim,
     );
     let auth = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication";
-    fill(api, &mut w.auth_config, auth, |_| true);
+    fill(api, &mut w.auth_config, auth, |_| true, cache::strip);
 }

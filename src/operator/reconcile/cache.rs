@@ -3,15 +3,18 @@
 //!
 //! Every child kind has one reflector store holding only objects with our managed-by label
 //! (APIServices: all of them, there are few, so a foreign one is seen too). Objects are stored
-//! stripped ([`strip`]): without `managedFields` and kubectl's last-applied annotation, the two
-//! largest parts of most objects that the operator never reads. Secret data is kept: it is the
-//! operator's own CA and serving certificate, which the certificate plan needs.
+//! slimmed ([`slim`]): what a reconcile reads (identity, labels, owner references, a Secret's
+//! data, a Deployment's status, an APIService) and, in the annotation [`OWNED_FINGERPRINT`], the
+//! [`fingerprint`](super::fingerprint) of the fields our field manager owns. Everything else
+//! (managedFields, kubectl's copy of the object, a Deployment's spec, a role's rules) is dropped:
+//! at 1,000 ExtensionApiServers the full children were most of the operator's memory.
 //!
-//! "Unchanged" ([`unchanged`]) means: every field of the desired object has the same value in the
-//! cached one (server defaults and other managers' fields are ignored), and the cached object
-//! carries the hash of the desired object in [`DESIRED_HASH_ANNOTATION`], so a field the spec no
-//! longer sets (which a field-by-field comparison cannot see) still causes an apply.
+//! "Unchanged" ([`unchanged`]) means: the fingerprint of the desired object equals the cached
+//! one, i.e. what server-side apply records as ours is exactly what we would apply. A field the
+//! spec no longer sets is still ours until the next apply, so it too makes a difference.
 
+use super::fingerprint;
+use super::names::FIELD_MANAGER;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
@@ -20,7 +23,6 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::Resource;
 use serde::Serialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,6 +30,9 @@ use tokio::sync::Notify;
 
 /// Annotation on every child: SHA-256 of the object the operator last applied.
 pub const DESIRED_HASH_ANNOTATION: &str = "aggregation.dev/desired-hash";
+/// Annotation on cached copies only (never written to the cluster): the fingerprint of the
+/// fields our field manager owns in the live object.
+pub const OWNED_FINGERPRINT: &str = "aggregation.dev/cached-owned-fingerprint";
 /// kubectl's copy of the whole object; never read by the operator.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -212,13 +217,105 @@ impl Caches {
     }
 }
 
-/// What a cache keeps of an object: everything but `managedFields` and kubectl's copy of the
-/// object, which the operator never reads and which are often half an object's size.
+/// What a cache keeps of an object the operator never writes (the authentication ConfigMap,
+/// ExtensionApiServers): everything but `managedFields` and kubectl's copy of the object, which
+/// are often half an object's size.
 pub fn strip<K: Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.remove(LAST_APPLIED);
+    }
+}
+
+/// What a child cache keeps: the fingerprint of our fields, then only what a reconcile reads
+/// ([`Slim`]).
+pub fn slim<K: Resource + Serialize + Slim>(obj: &mut K) {
+    let owned = serde_json::to_value(&*obj)
+        .ok()
+        .and_then(|v| fingerprint::owned(&v, FIELD_MANAGER));
+    strip(obj);
+    let meta = obj.meta_mut();
+    // Annotations stay: they are small, and a Secret's carry the rotation state.
+    match owned {
+        Some(f) => {
+            meta.annotations
+                .get_or_insert_with(Default::default)
+                .insert(OWNED_FINGERPRINT.to_string(), f);
+        }
+        None => {
+            if let Some(a) = meta.annotations.as_mut() {
+                a.remove(OWNED_FINGERPRINT);
+            }
+        }
+    }
+    obj.slim();
+}
+
+/// The part of a child kind that no reconcile reads, dropped from the cache.
+pub trait Slim {
+    /// Drops it.
+    fn slim(&mut self) {}
+}
+
+/// Read: the data (the CA and serving certificates and keys).
+impl Slim for Secret {}
+/// Read: spec (caBundle) and status (availability).
+impl Slim for APIService {}
+
+impl Slim for Deployment {
+    /// The status (availability) is read; the spec is in the fingerprint.
+    fn slim(&mut self) {
+        self.spec = None;
+    }
+}
+
+impl Slim for ServiceAccount {
+    fn slim(&mut self) {
+        self.secrets = None;
+        self.image_pull_secrets = None;
+    }
+}
+
+impl Slim for ConfigMap {
+    fn slim(&mut self) {
+        self.data = None;
+        self.binary_data = None;
+    }
+}
+
+impl Slim for Service {
+    fn slim(&mut self) {
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+impl Slim for PersistentVolumeClaim {
+    fn slim(&mut self) {
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+impl Slim for ClusterRole {
+    fn slim(&mut self) {
+        self.rules = None;
+        self.aggregation_rule = None;
+    }
+}
+
+impl Slim for ClusterRoleBinding {
+    fn slim(&mut self) {
+        self.subjects = None;
+        self.role_ref = Default::default();
+    }
+}
+
+impl Slim for RoleBinding {
+    fn slim(&mut self) {
+        self.subjects = None;
+        self.role_ref = Default::default();
     }
 }
 
@@ -229,45 +326,18 @@ pub fn desired_hash<K: Serialize>(desired: &K) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether applying `desired` (which already carries its hash annotation) to `cached` would
-/// change nothing we manage.
-pub fn unchanged<K: Serialize>(desired: &K, cached: &K) -> bool {
-    match (serde_json::to_value(desired), serde_json::to_value(cached)) {
-        (Ok(d), Ok(c)) => contains(&c, &d),
-        _ => false,
-    }
-}
-
-/// Whether every field of `want` is in `have` with the same value. Lists must have the same
-/// length, element by element (a list we set is ours as a whole, or keyed by name in order).
-/// Empty maps and lists and nulls in `want` match absence: the API server drops them.
-fn contains(have: &Value, want: &Value) -> bool {
-    match want {
-        Value::Null => true,
-        Value::Object(w) => match have {
-            Value::Object(h) => w.iter().all(|(k, wv)| match h.get(k) {
-                Some(hv) => contains(hv, wv),
-                None => is_empty(wv),
-            }),
-            Value::Null => is_empty(want),
-            _ => false,
-        },
-        Value::Array(w) => match have {
-            Value::Array(h) => h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains(hv, wv)),
-            Value::Null => w.is_empty(),
-            _ => false,
-        },
-        _ => have == want,
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(m) => m.values().all(is_empty),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
-    }
+/// Whether applying `desired` (which already carries its hash annotation) would change nothing
+/// we own in the object `cached` (slimmed by [`slim`]).
+pub fn unchanged<K: Serialize + Resource>(desired: &K, cached: &K) -> bool {
+    let Some(have) = cached
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OWNED_FINGERPRINT))
+    else {
+        return false;
+    };
+    serde_json::to_value(desired).is_ok_and(|d| fingerprint::desired(&d) == *have)
 }
 
 /// Config of the watches of our children: only objects with our managed-by label.
@@ -281,25 +351,33 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn server_defaults_and_foreign_fields_are_ignored() {
-        let want = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}},
-                          "metadata": {"labels": {}, "annotations": {"h": "1"}}});
-        let have = json!({"spec": {"replicas": 1, "progressDeadlineSeconds": 600,
-                                   "template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}},
-                          "metadata": {"annotations": {"h": "1", "other": "y"}, "resourceVersion": "7"}});
-        assert!(contains(&have, &want));
-        let mut drifted = have.clone();
-        drifted["spec"]["template"]["spec"]["containers"][0]["image"] = json!("y");
-        assert!(!contains(&drifted, &want));
-        let mut extra = have.clone();
-        extra["spec"]["template"]["spec"]["containers"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"name": "b"}));
-        assert!(!contains(&extra, &want), "a list is compared as a whole");
-        let mut old_hash = have;
-        old_hash["metadata"]["annotations"]["h"] = json!("0");
-        assert!(!contains(&old_hash, &want));
+    fn slim_keeps_the_fingerprint_of_our_fields_and_drops_the_spec() {
+        let mut d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "d", "labels": {"a": "b"}, "annotations": {"x": "y"},
+                         "managedFields": [{"manager": FIELD_MANAGER, "operation": "Apply",
+                                            "fieldsType": "FieldsV1",
+                                            "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"availableReplicas": 1}}))
+        .unwrap();
+        slim(&mut d);
+        assert!(d.spec.is_none() && d.metadata.managed_fields.is_none());
+        assert_eq!(d.status.as_ref().and_then(|s| s.available_replicas), Some(1));
+        let want: Deployment = serde_json::from_value(
+            json!({"metadata": {"name": "d"}, "spec": {"replicas": 2, "selector": {}, "template": {}}}),
+        )
+        .unwrap();
+        assert!(unchanged(&want, &d));
+        let other: Deployment = serde_json::from_value(
+            json!({"metadata": {"name": "d"}, "spec": {"replicas": 3, "selector": {}, "template": {}}}),
+        )
+        .unwrap();
+        assert!(!unchanged(&other, &d));
+        assert_eq!(
+            d.metadata.labels.as_ref().map(|l| l.len()),
+            Some(1),
+            "labels map owners"
+        );
     }
 
     #[test]

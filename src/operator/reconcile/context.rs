@@ -6,8 +6,9 @@ use super::build::BuildOptions;
 use super::cache::Caches;
 use super::probe;
 use crate::crd::ExtensionApiServer;
+use crate::operator::events::Recorder;
 use crate::operator::metrics::Metrics;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource};
 use std::collections::HashMap;
@@ -69,14 +70,7 @@ impl Context {
     /// Publishes an Event about `eas`. An Event that cannot be written must not fail the
     /// reconcile, so a failure is only logged.
     pub async fn publish(&self, eas: &ExtensionApiServer, type_: EventType, reason: &str, note: String) {
-        let ev = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(note),
-            action: "Reconcile".to_string(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &eas.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(type_, reason, &note, &eas.object_ref(&())).await {
             tracing::debug!(error = %e, "cannot publish event");
         }
     }

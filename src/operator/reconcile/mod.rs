@@ -16,6 +16,7 @@ pub mod certs;
 pub mod cleanup;
 pub mod conditions;
 pub mod context;
+pub mod fingerprint;
 pub mod names;
 pub mod observe;
 pub mod probe;

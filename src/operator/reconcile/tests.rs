@@ -6,10 +6,10 @@
 use super::build::BuildOptions;
 use super::*;
 use crate::crd::{ApiVersion, ExtensionApiServerSpec};
+use crate::operator::events::Recorder;
 use crate::operator::metrics::Metrics;
 use crate::testing::fake_api::FakeApi;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::events::Recorder;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
 use serde_json::{json, Value};
