@@ -181,7 +181,14 @@ impl Status {
         } else {
             format!("{kind}.{group}")
         };
-        let list: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        // The message names each distinct problem once, as `ErrorList.ToAggregate` does; the
+        // causes keep every entry.
+        let mut list: Vec<String> = Vec::new();
+        for text in causes.iter().map(|(f, m)| format!("{f}: {m}")) {
+            if !list.contains(&text) {
+                list.push(text);
+            }
+        }
         let joined = if list.len() == 1 {
             list[0].clone()
         } else {

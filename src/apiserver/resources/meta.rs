@@ -203,10 +203,40 @@ pub fn validate(obj: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// What an update may not change in metadata, as `ValidateObjectMetaUpdate` checks it. kube runs
+/// that check twice on a custom resource (the common fields, then the strategy's own
+/// validation), so each problem is a cause twice; the message names it once.
+pub fn validate_update(obj: &Value, old: &Value) -> Vec<(String, String)> {
+    let uid = |v: &Value| {
+        v.pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (new_uid, old_uid) = (uid(obj), uid(old));
+    if new_uid == old_uid {
+        return Vec::new();
+    }
+    let cause = (
+        "metadata.uid".to_string(),
+        format!("Invalid value: {new_uid:?}: field is immutable"),
+    );
+    vec![cause.clone(), cause]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_changed_uid_is_immutable_twice_over() {
+        let old = json!({"metadata": {"name": "a", "uid": "u1"}});
+        assert!(validate_update(&old, &old).is_empty());
+        let causes = validate_update(&json!({"metadata": {"name": "a", "uid": "u2"}}), &old);
+        assert_eq!(causes.len(), 2);
+        assert_eq!(causes[0].1, "Invalid value: \"u2\": field is immutable");
+    }
 
     #[test]
     fn unknown_metadata_fields_are_pruned() {

@@ -300,6 +300,9 @@ impl Cx {
     /// update, what is unchanged from `old` is not held against it (kube's ratcheting).
     fn validate(&self, v: &Value, old: Option<&Value>) -> Result<(), Status> {
         let mut causes = meta::validate(v);
+        if let Some(old) = old {
+            causes.extend(meta::validate_update(v, old));
+        }
         if let Some(s) = self.schema() {
             causes.extend(schema::validate_update(v, old, s));
         }

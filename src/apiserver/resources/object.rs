@@ -286,12 +286,16 @@ pub fn prepare_create(cx: &Cx, v: &mut Value) -> Result<(), Status> {
     Ok(())
 }
 
-/// Everything outside metadata and status, which is what `generation` counts changes of.
-fn spec_part(v: &Value) -> Value {
+/// What `generation` counts changes of: everything outside metadata, and outside status when
+/// status is a subresource. Without one, status is written with the object and counts like
+/// the rest of it, as in the CRD strategy's `PrepareForUpdate`.
+fn spec_part(v: &Value, status_sub_enabled: bool) -> Value {
     let mut c = v.clone();
     if let Some(o) = c.as_object_mut() {
         o.remove("metadata");
-        o.remove("status");
+        if status_sub_enabled {
+            o.remove("status");
+        }
     }
     c
 }
@@ -328,11 +332,22 @@ pub fn prepare_update(cx: &Cx, old: &Value, new: Value, status_sub_enabled: bool
     };
     let name = name_of(old);
     let m = meta_mut(&mut next);
+    // A uid the write names stays, for validation to refuse when it differs (kube's
+    // `BeforeUpdate` fills in only an empty one); a patch has no uid precondition to stop it.
+    if m.get("uid").and_then(Value::as_str).is_none_or(str::is_empty) {
+        match old.pointer("/metadata/uid") {
+            Some(x) => {
+                m.insert("uid".into(), x.clone());
+            }
+            None => {
+                m.remove("uid");
+            }
+        }
+    }
     // Fields only the server sets are kept as they were.
     for k in [
         "name",
         "namespace",
-        "uid",
         "creationTimestamp",
         "deletionTimestamp",
         "deletionGracePeriodSeconds",
@@ -363,7 +378,7 @@ pub fn prepare_update(cx: &Cx, old: &Value, new: Value, status_sub_enabled: bool
             ));
         }
     }
-    if spec_part(old) != spec_part(&next) {
+    if spec_part(old, status_sub_enabled) != spec_part(&next, status_sub_enabled) {
         let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
         meta_mut(&mut next).insert("generation".into(), json!(g + 1));
     }
