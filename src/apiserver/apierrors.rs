@@ -127,6 +127,17 @@ impl Status {
         }
     }
 
+    /// 413 for a request too large in another way than its size
+    /// (`apierrors.NewRequestEntityTooLargeError`).
+    pub fn entity_too_large(message: &str) -> Self {
+        Status {
+            code: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "RequestEntityTooLarge",
+            message: format!("Request entity too large: {message}"),
+            details: None,
+        }
+    }
+
     /// 400 with a message.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Status {

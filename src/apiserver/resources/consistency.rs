@@ -7,7 +7,7 @@
 
 use super::Cx;
 use crate::apiserver::apierrors::Status;
-use crate::apiserver::storage::Store;
+use crate::apiserver::storage::{StorageError, Store};
 use http::StatusCode;
 use serde_json::{json, Map};
 use std::time::Duration;
@@ -15,14 +15,8 @@ use std::time::Duration;
 /// How long a list waits for a resourceVersion it has not reached (kube-apiserver: 3 s).
 const WAIT_FOR_RV: Duration = Duration::from_secs(3);
 
-fn invalid(field: &str, message: &str) -> Status {
-    Status::invalid(
-        "meta.k8s.io",
-        "ListOptions",
-        "",
-        &[(field.to_string(), message.to_string())],
-    )
-}
+/// What the storage answers a continue token given with a resourceVersion.
+const CONTINUE_WITH_RV: &str = "specifying resource version is not allowed when using continue";
 
 /// Checks the list's version options against the store, waiting for a future version.
 /// Returns the version an `Exact` list must be served at: the caller compares it with the
@@ -31,36 +25,54 @@ pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<Option<u64>, Statu
     let rv = cx.q("resourceVersion");
     let rv_match = cx.q("resourceVersionMatch");
     let cont = cx.q("continue");
-    if !rv_match.is_empty() && rv.is_empty() {
-        return Err(invalid(
-            "resourceVersionMatch",
-            "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
-        ));
+    // kube's `ValidateListOptions`: every problem at once, in its order.
+    let mut causes: Vec<(String, String)> = Vec::new();
+    let forbid = |field: &str, why: &str| (field.to_string(), format!("Forbidden: {why}"));
+    if !rv_match.is_empty() {
+        if rv.is_empty() {
+            causes.push(forbid(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        if !cont.is_empty() {
+            causes.push(forbid(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden when continue is provided",
+            ));
+        }
+        if !matches!(rv_match, "Exact" | "NotOlderThan") {
+            causes.push((
+                "resourceVersionMatch".into(),
+                format!("Unsupported value: {rv_match:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""),
+            ));
+        }
+        if rv_match == "Exact" && rv == "0" {
+            causes.push(forbid(
+                "resourceVersionMatch",
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ));
+        }
+    }
+    if cx.query.contains_key("sendInitialEvents") {
+        causes.push(forbid("sendInitialEvents", "sendInitialEvents is forbidden for list"));
+    }
+    if !causes.is_empty() {
+        return Err(Status::invalid("meta.k8s.io", "ListOptions", "", &causes));
     }
     if !cont.is_empty() && !rv.is_empty() && rv != "0" {
-        return Err(invalid(
-            "resourceVersion",
-            "Forbidden: specifying resource version is not allowed when using continue",
-        ));
+        // The storage's check, after the token itself was read (a bad token is named first).
+        store
+            .list(&cx.prefix(), Some(1), Some(cont), |_| false)
+            .map_err(|e| match e {
+                StorageError::BadContinue(_) => cx.storage_err("", e),
+                _ => Status::bad_request(CONTINUE_WITH_RV),
+            })?;
+        return Err(Status::bad_request(CONTINUE_WITH_RV));
     }
-    let exact = match rv_match {
-        "" | "NotOlderThan" => false,
-        "Exact" => true,
-        other => {
-            return Err(invalid(
-                "resourceVersionMatch",
-                &format!("Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""),
-            ))
-        }
-    };
-    if rv.is_empty() || (rv == "0" && !exact) {
+    let exact = rv_match == "Exact";
+    if rv.is_empty() || rv == "0" {
         return Ok(None);
-    }
-    if rv == "0" {
-        return Err(invalid(
-            "resourceVersionMatch",
-            "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
-        ));
     }
     let want: u64 = rv
         .parse()
