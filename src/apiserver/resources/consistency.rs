@@ -74,9 +74,7 @@ pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<Option<u64>, Statu
     if rv.is_empty() || rv == "0" {
         return Ok(None);
     }
-    let want: u64 = rv
-        .parse()
-        .map_err(|_| Status::bad_request(format!("invalid resource version: {rv:?}")))?;
+    let want = parse_rv(rv).map_err(|e| Status::bad_request(format!("invalid resource version: {e}")))?;
     let deadline = tokio::time::Instant::now() + WAIT_FOR_RV;
     while store.current_rv() < want {
         if tokio::time::Instant::now() >= deadline {
@@ -89,6 +87,36 @@ pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<Option<u64>, Statu
         return Err(exact_gone(want, current));
     }
     Ok(exact.then_some(want))
+}
+
+/// A resourceVersion as kube's `APIObjectVersioner` parses it (`""` and `"0"` are 0), or its
+/// error in Go's words: `strconv.ParseUint` takes ASCII digits only, no sign.
+pub fn parse_rv(rv: &str) -> Result<u64, String> {
+    if rv.is_empty() {
+        return Ok(0);
+    }
+    let why = if !rv.bytes().all(|b| b.is_ascii_digit()) {
+        "invalid syntax"
+    } else {
+        match rv.parse::<u64>() {
+            Ok(v) => return Ok(v),
+            Err(_) => "value out of range",
+        }
+    };
+    Err(format!(
+        "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: {why}"
+    ))
+}
+
+/// What kube answers a get or watch whose resourceVersion does not parse: the storage's
+/// error reaches the handler unconverted, so it is a 500 with no reason.
+pub fn unparsable_rv(message: String) -> Status {
+    Status {
+        code: StatusCode::INTERNAL_SERVER_ERROR,
+        reason: "",
+        message,
+        details: None,
+    }
 }
 
 /// The answer to an `Exact` list of a version that is no longer the current one.
@@ -108,5 +136,25 @@ fn too_large(want: u64, current: u64) -> Status {
         reason: "Timeout",
         message: format!("Too large resource version: {want}, current: {current}"),
         details: Some(details),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_versions_parse_as_go_parses_them() {
+        assert_eq!(parse_rv(""), Ok(0));
+        assert_eq!(parse_rv("42"), Ok(42));
+        let bad = parse_rv("abc").expect_err("letters");
+        assert_eq!(
+            bad,
+            "resourceVersion: Invalid value: \"abc\": strconv.ParseUint: parsing \"abc\": invalid syntax"
+        );
+        assert!(parse_rv("+5").expect_err("sign").ends_with("invalid syntax"));
+        assert!(parse_rv("99999999999999999999")
+            .expect_err("too big")
+            .ends_with("value out of range"));
     }
 }

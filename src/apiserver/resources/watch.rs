@@ -184,9 +184,9 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
     let start = match rv_param.as_str() {
         // Unset or "0": current state as ADDED events, then changes (kube-apiserver semantics).
         "" | "0" => None,
-        s => match s.parse::<u64>() {
+        s => match super::consistency::parse_rv(s) {
             Ok(v) => Some(v),
-            Err(_) => return Status::bad_request(format!("invalid resource version {s:?}")).into_response(),
+            Err(e) => return super::consistency::unparsable_rv(e).into_response(),
         },
     };
     // The version bookmarks report: the initial list's when one was sent, so a bookmark never
