@@ -153,10 +153,8 @@ impl RequestInfo {
             let mut field_seen = false;
             for (k, v) in query_pairs(query) {
                 match k.as_str() {
-                    // The first value counts, parsed like Go's strconv.ParseBool, as Kubernetes does.
-                    "watch" if watch.is_none() => {
-                        watch = Some(matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
-                    }
+                    // The first value counts, read as Kubernetes' query conversion reads a bool.
+                    "watch" if watch.is_none() => watch = Some(go_query_bool(&v)),
                     // Also the first value only: the handler reads the same one, so what is
                     // authorized is what is served.
                     "fieldSelector" if !field_seen => {
@@ -175,6 +173,17 @@ impl RequestInfo {
         }
         Ok(info)
     }
+}
+
+/// A boolean query parameter as Kubernetes' `Convert_Slice_string_To_bool` reads it: `0` and
+/// any case of `false` are false, anything else (`yes`, the empty string) is true. Go's
+/// `strings.EqualFold` also folds the long s (U+017F) to `s`.
+pub fn go_query_bool(v: &str) -> bool {
+    let folded: String = v
+        .chars()
+        .map(|c| if c == '\u{17f}' { 's' } else { c.to_ascii_lowercase() })
+        .collect();
+    !(v == "0" || folded == "false")
 }
 
 /// `metadata.name=<n>` (or `==`) as the only requirement of a field selector.
@@ -204,11 +213,14 @@ mod tests {
             ("GET", ns, "", "list", ""),
             ("GET", ns, "watch=true", "watch", ""),
             ("GET", ns, "watch=1&fieldSelector=metadata.name%3Dx", "watch", "x"),
-            // Go's ParseBool, and the first value wins, as in Kubernetes.
+            // Kubernetes' query bool (only 0 and false are false), and the first value wins.
             ("GET", ns, "watch=True", "watch", ""),
             ("GET", ns, "watch=t", "watch", ""),
             ("GET", ns, "watch=false&watch=true", "list", ""),
-            ("GET", ns, "watch=yes", "list", ""),
+            ("GET", ns, "watch=yes", "watch", ""),
+            ("GET", ns, "watch=", "watch", ""),
+            ("GET", ns, "watch=FaLsE", "list", ""),
+            ("GET", ns, "watch=0", "list", ""),
             ("GET", "/apis/g.io/v1/watch/namespaces/ns1/flunders/x", "", "watch", "x"),
             ("POST", ns, "", "create", ""),
             ("DELETE", ns, "", "deletecollection", ""),

@@ -241,6 +241,11 @@ async fn run_step(
                     _ => break,
                 }
             }
+            // kube ends every JSON body with a newline, the bundled server does not: a last
+            // line without one (a list answered to a watch request) is kept too.
+            if events.len() < max && buf.iter().any(|b| !b.is_ascii_whitespace()) {
+                events.push(parse(&buf));
+            }
             events
         });
         for nested in &step.then {
