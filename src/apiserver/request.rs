@@ -3,6 +3,7 @@
 //! namespace, resource, subresource and name. Authorization, metrics and routing all read
 //! this one parse, so they can never disagree about what a path means.
 
+use super::fieldselector;
 use percent_encoding::percent_decode_str;
 
 /// Why a path is refused before anything else looks at it.
@@ -40,6 +41,10 @@ pub struct RequestInfo {
     pub name: String,
     /// The path segments after group/version (and namespace), decoded.
     pub parts: Vec<String>,
+    /// The first `fieldSelector` and `labelSelector` of a list, watch or deletecollection (not
+    /// of a legacy `/watch/` path), which kube's authorizer passes on to SubjectAccessReviews.
+    pub field_selector: String,
+    pub label_selector: String,
 }
 
 /// Splits and percent-decodes a path. A single trailing slash is ignored, as k8s'
@@ -127,7 +132,8 @@ impl RequestInfo {
         }
         .to_string();
         // `/watch/...` is the legacy form of `?watch=true`; it only applies to reads.
-        if parts.first().map(String::as_str) == Some("watch") && info.verb == "get" {
+        let verb_via_path = parts.first().map(String::as_str) == Some("watch") && info.verb == "get";
+        if verb_via_path {
             info.verb = "watch".into();
             parts = &parts[1..];
         }
@@ -171,6 +177,13 @@ impl RequestInfo {
         if info.name.is_empty() && info.verb == "delete" {
             info.verb = "deletecollection".into();
         }
+        // Selectors narrow what is asked for, so the authorizer is told them; the legacy watch
+        // path does not take them consistently, so kube leaves them out there.
+        if !verb_via_path && matches!(info.verb.as_str(), "list" | "watch" | "deletecollection") {
+            let first = |key: &str| query_pairs(query).find(|(k, _)| k == key).map(|(_, v)| v);
+            info.field_selector = first("fieldSelector").unwrap_or_default();
+            info.label_selector = first("labelSelector").unwrap_or_default();
+        }
         Ok(info)
     }
 }
@@ -186,14 +199,12 @@ pub fn go_query_bool(v: &str) -> bool {
     !(v == "0" || folded == "false")
 }
 
-/// `metadata.name=<n>` (or `==`) as the only requirement of a field selector.
+/// The name a field selector pins, as `RequestInfoFactory` takes it for authorization: the
+/// selector must parse, and its first `metadata.name` equality (terms sorted, so
+/// `metadata.namespace=n,metadata.name=x` pins `x`) must be a valid path segment.
 pub(crate) fn exact_name(selector: &str) -> Option<String> {
-    if selector.contains(',') {
-        return None;
-    }
-    let value = selector
-        .strip_prefix("metadata.name==")
-        .or_else(|| selector.strip_prefix("metadata.name="))?;
+    let reqs = fieldselector::parse(selector).ok()?;
+    let value = fieldselector::exact_match(&reqs, "metadata.name")?;
     let valid = !value.is_empty() && value != "." && value != ".." && !value.contains(['/', '%']);
     valid.then(|| value.to_string())
 }

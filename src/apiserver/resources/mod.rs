@@ -20,7 +20,6 @@ mod watch;
 mod consistency;
 mod fields;
 mod fields_v1;
-mod labels;
 mod managed;
 mod meta;
 mod object;

@@ -3,6 +3,7 @@
 
 use super::Cx;
 use crate::apiserver::apierrors::Status;
+use crate::apiserver::names::dns1123_subdomain_error;
 use serde_json::{json, Map, Value};
 
 /// The body of a create or update as JSON: JSON as sent, YAML converted (kubectl and
@@ -199,24 +200,6 @@ pub fn name_suffix() -> String {
         .iter()
         .map(|x| ALPHA[*x as usize % ALPHA.len()] as char)
         .collect()
-}
-
-/// The problem with a DNS-1123 subdomain, as `validation.IsDNS1123Subdomain` words it.
-pub fn dns1123_subdomain_error(name: &str) -> Option<String> {
-    if name.len() > 253 {
-        return Some("must be no more than 253 characters".into());
-    }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if name.split('.').all(label_ok) {
-        return None;
-    }
-    Some("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into())
 }
 
 fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {

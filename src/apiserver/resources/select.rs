@@ -1,7 +1,7 @@
 //! Label and field selectors as `labels.Parse` / `fields.ParseSelector` accept them, reduced to
 //! what lists and watches of custom resources need.
 
-use super::labels::{self, Req};
+use crate::apiserver::labels::{self, Req};
 use crate::apiserver::storage::Object;
 use std::collections::BTreeMap;
 
