@@ -60,10 +60,10 @@ fn check_options(cx: &Cx) -> Result<(), Status> {
                 format!("Unsupported value: {rvm:?}: supported values: \"NotOlderThan\""),
             ));
         }
-        if rvm == "NotOlderThan" && send_initial == Some(true) && flag(cx, "allowWatchBookmarks") != Some(true) {
+        if !cx.q("continue").is_empty() {
             causes.push((
-                "allowWatchBookmarks".into(),
-                "Forbidden: allowWatchBookmarks must be set to true when sendInitialEvents is true".into(),
+                field(),
+                "Forbidden: resourceVersionMatch is forbidden when continue is provided".into(),
             ));
         }
     }
