@@ -1,8 +1,8 @@
-//! Field selectors as k8s.io/apimachinery's `fields.ParseSelector` reads them, for what
-//! authorization sees of a request: the name a selector pins (RBAC `resourceNames` on lists
-//! and watches) and the requirements a SubjectAccessReview carries. Terms split on unescaped
-//! commas and are sorted, the first operator of a term splits it, and values are unescaped
-//! (`\\`, `\,`, `\=`), so both see what kube-apiserver's authorizer sees.
+//! Field selectors as k8s.io/apimachinery's `fields.ParseSelector` reads them. One parse for
+//! what a list or watch selects and for what authorization sees of it: the name a selector
+//! pins (RBAC `resourceNames`) and the requirements a SubjectAccessReview carries. Terms split
+//! on unescaped commas and are sorted, the first operator of a term splits it (nothing is
+//! trimmed), and values are unescaped (`\\`, `\,`, `\=`), with Go's error texts.
 
 /// One term: `field=value` (`==` alike) or `field!=value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +57,11 @@ fn unescape(value: &str) -> Result<String, String> {
         } else if c == '\\' {
             in_slash = true;
         } else if c == ',' || c == '=' {
-            return Err(format!("invalid field selector: unescaped character: {c}"));
+            // Go formats the rune with %v: its number.
+            return Err(format!(
+                "invalid field selector: unescaped character in value: {}",
+                u32::from(c)
+            ));
         } else {
             out.push(c);
         }
@@ -66,6 +70,18 @@ fn unescape(value: &str) -> Result<String, String> {
         return Err("invalid field selector: invalid escape sequence: \\".into());
     }
     Ok(out)
+}
+
+/// `value` escaped for a selector term (`fields.EscapeValue`).
+pub fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '\\' | ',' | '=') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The requirements of `selector` in kube's order (terms sorted), or why it does not parse.
@@ -117,15 +133,23 @@ mod tests {
         );
         assert_eq!(
             parse("a!=b=c").expect_err("unescaped ="),
-            "invalid field selector: unescaped character: ="
+            "invalid field selector: unescaped character in value: 61"
         );
         assert_eq!(parse(r"a=x\,y").expect("escaped comma"), vec![req("a", true, "x,y")]);
+        assert_eq!(escape(r"x,y=z\"), r"x\,y\=z\\");
+        assert_eq!(
+            parse(&format!("a={}", escape(r"x,y=z\"))).expect("round trip")[0].value,
+            r"x,y=z\"
+        );
         assert_eq!(parse("a!=x,").expect("trailing comma"), vec![req("a", false, "x")]);
         assert_eq!(
             parse("metadata.name=a,b").expect_err("b has no operator"),
             "invalid selector: 'metadata.name=a,b'; can't understand 'b'"
         );
-        assert!(parse(r"a=x\y").is_err());
+        assert_eq!(
+            parse(r"a=x\y").expect_err("unknown escape"),
+            r"invalid field selector: invalid escape sequence: \y"
+        );
         let reqs = parse("metadata.name!=x,spec.a=1,metadata.name=y").expect("three");
         assert_eq!(exact_match(&reqs, "metadata.name"), Some("y"));
         assert_eq!(
