@@ -535,6 +535,28 @@ async fn sar_attributes_for_each_verb() {
             format!("/apis/{G}/{V}/watch/namespaces/ns1/flunders/f1?timeoutSeconds=1"),
             json!({"namespace": "ns1", "verb": "watch", "group": G, "version": V, "resource": "flunders", "name": "f1"}),
         ),
+        // Selectors go to the review as kube's webhook authorizer sends them, and the name a
+        // field selector pins (terms sorted, so it need not come first) is the review's name.
+        (
+            "GET",
+            format!(
+                "{}?watch=yes&timeoutSeconds=1&fieldSelector=metadata.namespace%3Dns1%2Cmetadata.name%3Df1&labelSelector=app%3Da%2C%21gone",
+                flunders("ns1")
+            ),
+            json!({"namespace": "ns1", "verb": "watch", "group": G, "version": V, "resource": "flunders", "name": "f1",
+                "fieldSelector": {"requirements": [
+                    {"key": "metadata.name", "operator": "In", "values": ["f1"]},
+                    {"key": "metadata.namespace", "operator": "In", "values": ["ns1"]}]},
+                "labelSelector": {"requirements": [
+                    {"key": "app", "operator": "In", "values": ["a"]},
+                    {"key": "gone", "operator": "DoesNotExist"}]}}),
+        ),
+        (
+            "DELETE",
+            format!("{}?labelSelector=app+notin+%28x%29", flunders("ns1")),
+            json!({"namespace": "ns1", "verb": "deletecollection", "group": G, "version": V, "resource": "flunders",
+                "labelSelector": {"requirements": [{"key": "app", "operator": "NotIn", "values": ["x"]}]}}),
+        ),
     ];
     for (method, path, want) in cases {
         let (code, _) = h.as_user(method, &path, "verb-user", &[]).await;

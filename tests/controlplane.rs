@@ -184,6 +184,49 @@ async fn aggregated_server_serves_flunders_through_the_aggregator() {
     let names: Vec<_> = listed.items.iter().filter_map(|o| o.metadata.name.clone()).collect();
     assert_eq!(names, vec!["first".to_string()]);
     assert_eq!(listed.items[0].data["spec"]["reference"], "none");
+
+    // A user who may list only the flunder named `first` (RBAC resourceNames): the server's
+    // SubjectAccessReview names it when a field selector pins it, even among other terms, and
+    // carries the selectors as requirements kube-apiserver accepts.
+    let rbac = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: list-first, namespace: {ns}}}\n\
+         rules: [{{apiGroups: [wardle.example.com], resources: [flunders], verbs: [list], resourceNames: [first]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: list-first, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: list-first}}\n\
+         subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: name-limited}}]\n"
+    );
+    let out = kubectl(&["apply", "-f", "-"], Some(&rbac));
+    assert!(out.status.success(), "kubectl apply RBAC: {}", text(&out.stderr));
+    let as_user = ["--as", "name-limited", "-n", ns];
+    eventually("RBAC allows listing first", String::new, || {
+        let out = kubectl(
+            &[
+                &["auth", "can-i", "list", "flunders.wardle.example.com/first"],
+                &as_user[..],
+            ]
+            .concat(),
+            None,
+        );
+        async move { out.status.success().then_some(()) }
+    })
+    .await;
+    let selector = format!("metadata.namespace={ns},metadata.name=first");
+    let get = |extra: &[&str]| {
+        kubectl(
+            &[&["get", "flunders", "-o", "name"], &as_user[..], extra].concat(),
+            None,
+        )
+    };
+    let out = get(&["--field-selector", &selector, "-l", "tier!=x,!gone"]);
+    assert!(out.status.success(), "list pinned to first: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "flunder.wardle.example.com/first");
+    let out = get(&[]);
+    assert!(
+        !out.status.success(),
+        "an unpinned list is refused: {}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stderr).contains("forbidden"), "{}", text(&out.stderr));
     server.check_running().expect("server still running");
 }
 

@@ -127,6 +127,17 @@ impl Status {
         }
     }
 
+    /// 413 for a request too large in another way than its size
+    /// (`apierrors.NewRequestEntityTooLargeError`).
+    pub fn entity_too_large(message: &str) -> Self {
+        Status {
+            code: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "RequestEntityTooLarge",
+            message: format!("Request entity too large: {message}"),
+            details: None,
+        }
+    }
+
     /// 400 with a message.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Status {
@@ -181,7 +192,14 @@ impl Status {
         } else {
             format!("{kind}.{group}")
         };
-        let list: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        // The message names each distinct problem once, as `ErrorList.ToAggregate` does; the
+        // causes keep every entry.
+        let mut list: Vec<String> = Vec::new();
+        for text in causes.iter().map(|(f, m)| format!("{f}: {m}")) {
+            if !list.contains(&text) {
+                list.push(text);
+            }
+        }
         let joined = if list.len() == 1 {
             list[0].clone()
         } else {

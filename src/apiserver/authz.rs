@@ -6,10 +6,14 @@
 
 use super::cache::TtlCache;
 use crate::apiserver::authn::UserInfo;
+use crate::apiserver::fieldselector;
+use crate::apiserver::labels::{self, Req};
 use crate::apiserver::request::RequestInfo;
+use k8s_openapi::api::authorization::v1::{FieldSelectorAttributes, LabelSelectorAttributes};
 use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldSelectorRequirement, LabelSelectorRequirement};
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
@@ -163,7 +167,8 @@ pub fn sar_spec(user: &UserInfo, info: &RequestInfo) -> SubjectAccessReviewSpec 
             resource: opt(&info.resource),
             subresource: opt(&info.subresource),
             name: opt(&info.name),
-            ..Default::default()
+            field_selector: field_selector_attributes(&info.field_selector),
+            label_selector: label_selector_attributes(&info.label_selector),
         });
     } else {
         spec.non_resource_attributes = Some(NonResourceAttributes {
@@ -172,6 +177,61 @@ pub fn sar_spec(user: &UserInfo, info: &RequestInfo) -> SubjectAccessReviewSpec 
         });
     }
     spec
+}
+
+/// A list's field selector as kube's webhook authorizer sends it: the parsed requirements
+/// (`=`/`==` as `In`, `!=` as `NotIn`), none when it does not parse (selectors only narrow a
+/// request, so leaving them out asks for the broader permission).
+fn field_selector_attributes(selector: &str) -> Option<FieldSelectorAttributes> {
+    let reqs = fieldselector::parse(selector).ok()?;
+    let requirements: Vec<FieldSelectorRequirement> = reqs
+        .into_iter()
+        .map(|r| FieldSelectorRequirement {
+            key: r.field,
+            operator: if r.equals { "In" } else { "NotIn" }.into(),
+            values: Some(vec![r.value]),
+        })
+        .collect();
+    (!requirements.is_empty()).then_some(FieldSelectorAttributes {
+        raw_selector: None,
+        requirements: Some(requirements),
+    })
+}
+
+/// A list's label selector as kube's webhook authorizer sends it: requirements sorted by key,
+/// `=`/`==`/`in` as `In`, `!=`/`notin` as `NotIn`, existence as `Exists`/`DoesNotExist`;
+/// `>` and `<` are left out (they only narrow), and nothing when it does not parse.
+fn label_selector_attributes(selector: &str) -> Option<LabelSelectorAttributes> {
+    let mut reqs = labels::parse(selector).ok()?;
+    reqs.sort_by(|a, b| label_key(a).cmp(label_key(b)));
+    let requirement = |key: &str, op: &str, values: Vec<String>| LabelSelectorRequirement {
+        key: key.to_string(),
+        operator: op.to_string(),
+        values: (!values.is_empty()).then_some(values),
+    };
+    let requirements: Vec<LabelSelectorRequirement> = reqs
+        .iter()
+        .filter_map(|r| match r {
+            Req::Eq(k, v) => Some(requirement(k, "In", vec![v.clone()])),
+            Req::Ne(k, v) => Some(requirement(k, "NotIn", vec![v.clone()])),
+            Req::In(k, vs) => Some(requirement(k, "In", vs.clone())),
+            Req::NotIn(k, vs) => Some(requirement(k, "NotIn", vs.clone())),
+            Req::Exists(k) => Some(requirement(k, "Exists", Vec::new())),
+            Req::NotExists(k) => Some(requirement(k, "DoesNotExist", Vec::new())),
+            Req::Gt(..) | Req::Lt(..) => None,
+        })
+        .collect();
+    (!requirements.is_empty()).then_some(LabelSelectorAttributes {
+        raw_selector: None,
+        requirements: Some(requirements),
+    })
+}
+
+fn label_key(r: &Req) -> &str {
+    match r {
+        Req::Eq(k, _) | Req::Ne(k, _) | Req::In(k, _) | Req::NotIn(k, _) => k,
+        Req::Exists(k) | Req::NotExists(k) | Req::Gt(k, _) | Req::Lt(k, _) => k,
+    }
 }
 
 impl Authorizer {
@@ -251,6 +311,31 @@ mod tests {
             .authorize(&UserInfo::anonymous(), &list_a)
             .await;
         assert!(!anon_ok.expect("decision").allowed);
+    }
+
+    #[test]
+    fn sar_spec_carries_selectors_as_requirements() {
+        let q = "labelSelector=tier%21%3Dweb%2Capp+in+%28b%2Ca%29%2C%21gone%2Cn%3E3&fieldSelector=metadata.namespace%3Dns1%2Cmetadata.name%3Dx";
+        let info = RequestInfo::parse("GET", "/apis/g/v1/fischers", q).expect("path");
+        let spec = serde_json::to_value(sar_spec(&user("u", &[]), &info)).expect("json");
+        assert_eq!(spec["resourceAttributes"]["name"], "x");
+        assert_eq!(
+            spec["resourceAttributes"]["fieldSelector"],
+            serde_json::json!({"requirements": [
+                {"key": "metadata.name", "operator": "In", "values": ["x"]},
+                {"key": "metadata.namespace", "operator": "In", "values": ["ns1"]}]})
+        );
+        assert_eq!(
+            spec["resourceAttributes"]["labelSelector"],
+            serde_json::json!({"requirements": [
+                {"key": "app", "operator": "In", "values": ["a", "b"]},
+                {"key": "gone", "operator": "DoesNotExist"},
+                {"key": "tier", "operator": "NotIn", "values": ["web"]}]})
+        );
+        let bad = RequestInfo::parse("GET", "/apis/g/v1/fischers", "labelSelector=a+in&fieldSelector=x").expect("path");
+        let spec = serde_json::to_value(sar_spec(&user("u", &[]), &bad)).expect("json");
+        assert!(spec["resourceAttributes"].get("labelSelector").is_none());
+        assert!(spec["resourceAttributes"].get("fieldSelector").is_none());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! namespace, resource, subresource and name. Authorization, metrics and routing all read
 //! this one parse, so they can never disagree about what a path means.
 
+use super::fieldselector;
 use percent_encoding::percent_decode_str;
 
 /// Why a path is refused before anything else looks at it.
@@ -40,6 +41,10 @@ pub struct RequestInfo {
     pub name: String,
     /// The path segments after group/version (and namespace), decoded.
     pub parts: Vec<String>,
+    /// The first `fieldSelector` and `labelSelector` of a list, watch or deletecollection (not
+    /// of a legacy `/watch/` path), which kube's authorizer passes on to SubjectAccessReviews.
+    pub field_selector: String,
+    pub label_selector: String,
 }
 
 /// Splits and percent-decodes a path. A single trailing slash is ignored, as k8s'
@@ -127,7 +132,8 @@ impl RequestInfo {
         }
         .to_string();
         // `/watch/...` is the legacy form of `?watch=true`; it only applies to reads.
-        if parts.first().map(String::as_str) == Some("watch") && info.verb == "get" {
+        let verb_via_path = parts.first().map(String::as_str) == Some("watch") && info.verb == "get";
+        if verb_via_path {
             info.verb = "watch".into();
             parts = &parts[1..];
         }
@@ -153,10 +159,8 @@ impl RequestInfo {
             let mut field_seen = false;
             for (k, v) in query_pairs(query) {
                 match k.as_str() {
-                    // The first value counts, parsed like Go's strconv.ParseBool, as Kubernetes does.
-                    "watch" if watch.is_none() => {
-                        watch = Some(matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
-                    }
+                    // The first value counts, read as Kubernetes' query conversion reads a bool.
+                    "watch" if watch.is_none() => watch = Some(go_query_bool(&v)),
                     // Also the first value only: the handler reads the same one, so what is
                     // authorized is what is served.
                     "fieldSelector" if !field_seen => {
@@ -173,18 +177,34 @@ impl RequestInfo {
         if info.name.is_empty() && info.verb == "delete" {
             info.verb = "deletecollection".into();
         }
+        // Selectors narrow what is asked for, so the authorizer is told them; the legacy watch
+        // path does not take them consistently, so kube leaves them out there.
+        if !verb_via_path && matches!(info.verb.as_str(), "list" | "watch" | "deletecollection") {
+            let first = |key: &str| query_pairs(query).find(|(k, _)| k == key).map(|(_, v)| v);
+            info.field_selector = first("fieldSelector").unwrap_or_default();
+            info.label_selector = first("labelSelector").unwrap_or_default();
+        }
         Ok(info)
     }
 }
 
-/// `metadata.name=<n>` (or `==`) as the only requirement of a field selector.
+/// A boolean query parameter as Kubernetes' `Convert_Slice_string_To_bool` reads it: `0` and
+/// any case of `false` are false, anything else (`yes`, the empty string) is true. Go's
+/// `strings.EqualFold` also folds the long s (U+017F) to `s`.
+pub fn go_query_bool(v: &str) -> bool {
+    let folded: String = v
+        .chars()
+        .map(|c| if c == '\u{17f}' { 's' } else { c.to_ascii_lowercase() })
+        .collect();
+    !(v == "0" || folded == "false")
+}
+
+/// The name a field selector pins, as `RequestInfoFactory` takes it for authorization: the
+/// selector must parse, and its first `metadata.name` equality (terms sorted, so
+/// `metadata.namespace=n,metadata.name=x` pins `x`) must be a valid path segment.
 pub(crate) fn exact_name(selector: &str) -> Option<String> {
-    if selector.contains(',') {
-        return None;
-    }
-    let value = selector
-        .strip_prefix("metadata.name==")
-        .or_else(|| selector.strip_prefix("metadata.name="))?;
+    let reqs = fieldselector::parse(selector).ok()?;
+    let value = fieldselector::exact_match(&reqs, "metadata.name")?;
     let valid = !value.is_empty() && value != "." && value != ".." && !value.contains(['/', '%']);
     valid.then(|| value.to_string())
 }
@@ -204,11 +224,14 @@ mod tests {
             ("GET", ns, "", "list", ""),
             ("GET", ns, "watch=true", "watch", ""),
             ("GET", ns, "watch=1&fieldSelector=metadata.name%3Dx", "watch", "x"),
-            // Go's ParseBool, and the first value wins, as in Kubernetes.
+            // Kubernetes' query bool (only 0 and false are false), and the first value wins.
             ("GET", ns, "watch=True", "watch", ""),
             ("GET", ns, "watch=t", "watch", ""),
             ("GET", ns, "watch=false&watch=true", "list", ""),
-            ("GET", ns, "watch=yes", "list", ""),
+            ("GET", ns, "watch=yes", "watch", ""),
+            ("GET", ns, "watch=", "watch", ""),
+            ("GET", ns, "watch=FaLsE", "list", ""),
+            ("GET", ns, "watch=0", "list", ""),
             ("GET", "/apis/g.io/v1/watch/namespaces/ns1/flunders/x", "", "watch", "x"),
             ("POST", ns, "", "create", ""),
             ("DELETE", ns, "", "deletecollection", ""),

@@ -54,6 +54,18 @@ pub struct Step {
     /// Wait this long before sending (milliseconds).
     #[serde(default)]
     pub sleep_ms: u64,
+    /// Text that replaces `{repeated}` in `raw`, for bodies too long to write out.
+    #[serde(default)]
+    pub repeat: Option<Repeat>,
+}
+
+/// `text` written `times` times, separated by `join`.
+#[derive(Deserialize, Clone, Debug)]
+pub struct Repeat {
+    pub text: String,
+    pub times: usize,
+    #[serde(default)]
+    pub join: String,
 }
 
 fn get() -> String {
@@ -154,7 +166,13 @@ fn request(step: &Step, group: &str, ns: &str, vars: &Vars) -> Result<http::Requ
     }
     let body = match (&step.body, &step.raw) {
         (Some(v), _) => Some(substitute(&v.to_string(), group, ns, vars)),
-        (None, Some(raw)) => Some(substitute(raw, group, ns, vars)),
+        (None, Some(raw)) => {
+            let raw = match &step.repeat {
+                Some(r) => raw.replace("{repeated}", &vec![r.text.as_str(); r.times].join(&r.join)),
+                None => raw.clone(),
+            };
+            Some(substitute(&raw, group, ns, vars))
+        }
         (None, None) => None,
     };
     if body.is_some() || step.content_type.is_some() {
@@ -222,6 +240,11 @@ async fn run_step(
                     }
                     _ => break,
                 }
+            }
+            // kube ends every JSON body with a newline, the bundled server does not: a last
+            // line without one (a list answered to a watch request) is kept too.
+            if events.len() < max && buf.iter().any(|b| !b.is_ascii_whitespace()) {
+                events.push(parse(&buf));
             }
             events
         });

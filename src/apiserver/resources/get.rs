@@ -1,12 +1,15 @@
 //! GET of one object, in the form the client negotiated (object, table or metadata).
 
-use super::{json_response, output, value_response, Cx, StorageHandler};
+use super::{consistency, json_response, output, value_response, Cx, StorageHandler};
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::Body;
 use http::{Response, StatusCode};
 
 impl StorageHandler {
     pub(super) fn get(&self, cx: &Cx) -> Result<Response<Body>, Status> {
+        // Any version serves the latest state (there is no older one), but one that does not
+        // parse is refused as kube's storage refuses it.
+        consistency::parse_rv(cx.q("resourceVersion")).map_err(consistency::unparsable_rv)?;
         let obj = self
             .storage
             .get(&cx.key(&cx.name))

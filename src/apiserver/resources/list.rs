@@ -12,7 +12,8 @@ impl StorageHandler {
     pub(super) async fn list(&self, cx: &Cx) -> Result<Response<Body>, Status> {
         let exact = consistency::check_list(cx, self.storage.as_ref()).await?;
         let sel = cx.selector()?;
-        // kube reads limit as an int64 and pages only when it is positive.
+        // kube reads limit as an int64 and pages only when it is positive, and not at
+        // resourceVersion "0": that list comes whole from its watch cache.
         let limit = match cx.q("limit") {
             "" => None,
             l => match l.parse::<i64>() {
@@ -20,7 +21,8 @@ impl StorageHandler {
                 Ok(_) => None,
                 Err(_) => return Err(Status::bad_request(format!("invalid limit {l:?}"))),
             },
-        };
+        }
+        .filter(|_| cx.q("resourceVersion") != "0");
         let cont = Some(cx.q("continue")).filter(|c| !c.is_empty());
         let page = self
             .storage

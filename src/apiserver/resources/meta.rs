@@ -4,6 +4,7 @@
 //! stored, and every client-go list of the resource (the garbage collector's and the namespace
 //! controller's included) would then fail to decode.
 
+use crate::apiserver::names::{label_value_error, qualified_name_errors};
 use serde_json::Value;
 
 const FIELDS: [&str; 15] = [
@@ -37,52 +38,6 @@ pub fn prune(obj: &mut Value) -> Vec<String> {
         m.remove(k);
     }
     unknown.into_iter().map(|k| format!("metadata.{k}")).collect()
-}
-
-const NAME_CHARS: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
-
-/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, non-empty.
-fn name_part_ok(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-}
-
-/// `validation.IsQualifiedName`: `[prefix/]name`, the prefix a DNS subdomain.
-pub(super) fn qualified_name_errors(key: &str) -> Vec<String> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let mut errs = Vec::new();
-    if name.is_empty() {
-        errs.push("name part must be non-empty".to_string());
-    } else if name.len() > 63 {
-        errs.push("name part must be no more than 63 characters".into());
-    } else if !name_part_ok(name) {
-        errs.push(NAME_CHARS.into());
-    }
-    if let Some(p) = prefix {
-        if p.is_empty() {
-            errs.push("prefix part must be non-empty".into());
-        } else if let Some(why) = super::object::dns1123_subdomain_error(p) {
-            errs.push(format!("prefix part {why}"));
-        }
-    }
-    errs
-}
-
-pub(super) fn label_value_error(v: &str) -> Option<String> {
-    if v.len() > 63 {
-        return Some("must be no more than 63 characters".into());
-    }
-    if !v.is_empty() && !name_part_ok(v) {
-        return Some("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".into());
-    }
-    None
 }
 
 /// Every problem of `obj`'s metadata, as `(field, message)` causes of a 422.
@@ -203,10 +158,40 @@ pub fn validate(obj: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// What an update may not change in metadata, as `ValidateObjectMetaUpdate` checks it. kube runs
+/// that check twice on a custom resource (the common fields, then the strategy's own
+/// validation), so each problem is a cause twice; the message names it once.
+pub fn validate_update(obj: &Value, old: &Value) -> Vec<(String, String)> {
+    let uid = |v: &Value| {
+        v.pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (new_uid, old_uid) = (uid(obj), uid(old));
+    if new_uid == old_uid {
+        return Vec::new();
+    }
+    let cause = (
+        "metadata.uid".to_string(),
+        format!("Invalid value: {new_uid:?}: field is immutable"),
+    );
+    vec![cause.clone(), cause]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_changed_uid_is_immutable_twice_over() {
+        let old = json!({"metadata": {"name": "a", "uid": "u1"}});
+        assert!(validate_update(&old, &old).is_empty());
+        let causes = validate_update(&json!({"metadata": {"name": "a", "uid": "u2"}}), &old);
+        assert_eq!(causes.len(), 2);
+        assert_eq!(causes[0].1, "Invalid value: \"u2\": field is immutable");
+    }
 
     #[test]
     fn unknown_metadata_fields_are_pruned() {

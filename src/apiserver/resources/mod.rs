@@ -20,7 +20,6 @@ mod watch;
 mod consistency;
 mod fields;
 mod fields_v1;
-mod labels;
 mod managed;
 mod meta;
 mod object;
@@ -300,6 +299,9 @@ impl Cx {
     /// update, what is unchanged from `old` is not held against it (kube's ratcheting).
     fn validate(&self, v: &Value, old: Option<&Value>) -> Result<(), Status> {
         let mut causes = meta::validate(v);
+        if let Some(old) = old {
+            causes.extend(meta::validate_update(v, old));
+        }
         if let Some(s) = self.schema() {
             causes.extend(schema::validate_update(v, old, s));
         }
@@ -327,17 +329,18 @@ impl Cx {
         // selector) always restricts the selection, as in kube's ListResource: a selector
         // naming another object is refused, anything else is ANDed with the name.
         let f = self.q("fieldSelector");
+        let name = crate::apiserver::fieldselector::escape(&self.name);
         let field = if self.name.is_empty() {
             f.to_string()
         } else if f.trim().is_empty() {
-            format!("metadata.name={}", self.name)
+            format!("metadata.name={name}")
         } else {
             if crate::apiserver::request::exact_name(f).is_some_and(|n| n != self.name) {
                 return Err(Status::bad_request(
                     "fieldSelector metadata.name doesn't match requested name",
                 ));
             }
-            format!("{f},metadata.name={}", self.name)
+            format!("{f},metadata.name={name}")
         };
         Selector::parse(self.q("labelSelector"), &field).map_err(Status::bad_request)
     }

@@ -3,6 +3,7 @@
 
 use super::Cx;
 use crate::apiserver::apierrors::Status;
+use crate::apiserver::names::dns1123_subdomain_error;
 use serde_json::{json, Map, Value};
 
 /// The body of a create or update as JSON: JSON as sent, YAML converted (kubectl and
@@ -201,24 +202,6 @@ pub fn name_suffix() -> String {
         .collect()
 }
 
-/// The problem with a DNS-1123 subdomain, as `validation.IsDNS1123Subdomain` words it.
-pub fn dns1123_subdomain_error(name: &str) -> Option<String> {
-    if name.len() > 253 {
-        return Some("must be no more than 253 characters".into());
-    }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if name.split('.').all(label_ok) {
-        return None;
-    }
-    Some("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into())
-}
-
 fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
     // Callers pass objects (decode and check_patched refuse anything else); indexing a
     // non-object would panic, so make sure.
@@ -286,12 +269,16 @@ pub fn prepare_create(cx: &Cx, v: &mut Value) -> Result<(), Status> {
     Ok(())
 }
 
-/// Everything outside metadata and status, which is what `generation` counts changes of.
-fn spec_part(v: &Value) -> Value {
+/// What `generation` counts changes of: everything outside metadata, and outside status when
+/// status is a subresource. Without one, status is written with the object and counts like
+/// the rest of it, as in the CRD strategy's `PrepareForUpdate`.
+fn spec_part(v: &Value, status_sub_enabled: bool) -> Value {
     let mut c = v.clone();
     if let Some(o) = c.as_object_mut() {
         o.remove("metadata");
-        o.remove("status");
+        if status_sub_enabled {
+            o.remove("status");
+        }
     }
     c
 }
@@ -328,11 +315,22 @@ pub fn prepare_update(cx: &Cx, old: &Value, new: Value, status_sub_enabled: bool
     };
     let name = name_of(old);
     let m = meta_mut(&mut next);
+    // A uid the write names stays, for validation to refuse when it differs (kube's
+    // `BeforeUpdate` fills in only an empty one); a patch has no uid precondition to stop it.
+    if m.get("uid").and_then(Value::as_str).is_none_or(str::is_empty) {
+        match old.pointer("/metadata/uid") {
+            Some(x) => {
+                m.insert("uid".into(), x.clone());
+            }
+            None => {
+                m.remove("uid");
+            }
+        }
+    }
     // Fields only the server sets are kept as they were.
     for k in [
         "name",
         "namespace",
-        "uid",
         "creationTimestamp",
         "deletionTimestamp",
         "deletionGracePeriodSeconds",
@@ -363,7 +361,7 @@ pub fn prepare_update(cx: &Cx, old: &Value, new: Value, status_sub_enabled: bool
             ));
         }
     }
-    if spec_part(old) != spec_part(&next) {
+    if spec_part(old, status_sub_enabled) != spec_part(&next, status_sub_enabled) {
         let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
         meta_mut(&mut next).insert("generation".into(), json!(g + 1));
     }

@@ -57,7 +57,12 @@ impl StorageHandler {
             let mut new = old_v.clone();
             match &json_patch {
                 None => json_patch::merge(&mut new, &patch),
+                // `apply` counts the operations before applying any: too many is kube's 413,
+                // any other failure its bare 422.
                 Some(p) => apply(&mut new, p).map_err(|e| {
+                    if let Err(too_many) = check(p) {
+                        return Status::entity_too_large(&too_many);
+                    }
                     // kube answers a failed operation with a bare 422 and no causes; what
                     // failed goes to the log.
                     tracing::debug!(error = %e, name = %cx.name, "JSON patch failed");

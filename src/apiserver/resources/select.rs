@@ -1,7 +1,8 @@
 //! Label and field selectors as `labels.Parse` / `fields.ParseSelector` accept them, reduced to
 //! what lists and watches of custom resources need.
 
-use super::labels::{self, Req};
+use crate::apiserver::fieldselector;
+use crate::apiserver::labels::{self, Req};
 use crate::apiserver::storage::Object;
 use std::collections::BTreeMap;
 
@@ -20,21 +21,13 @@ impl Selector {
             labels: labels::parse(label)?,
             ..Default::default()
         };
-        if !field.trim().is_empty() {
-            for term in field.split(',') {
-                let (k, v, eq) = if let Some((k, v)) = term.split_once("!=") {
-                    (k, v, false)
-                } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                    (k, v, true)
-                } else {
-                    return Err(format!("invalid field selector term {term:?}"));
-                };
-                let k = k.trim();
-                if k != "metadata.name" && k != "metadata.namespace" {
-                    return Err(format!("field label not supported: {k}"));
-                }
-                sel.fields.push((k.to_string(), v.trim().to_string(), eq));
+        // Parsed as authorization parsed it (escapes, sorted terms, nothing trimmed), then
+        // each field checked as the custom resource field label conversion checks it.
+        for r in fieldselector::parse(field)? {
+            if r.field != "metadata.name" && r.field != "metadata.namespace" {
+                return Err(format!("field label not supported: {}", r.field));
             }
+            sel.fields.push((r.field, r.value, r.equals));
         }
         Ok(sel)
     }

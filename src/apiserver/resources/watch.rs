@@ -37,7 +37,7 @@ fn error_line(s: &Status) -> Bytes {
 
 /// kube's `validateWatchOptions`: watch-list parameters go together.
 fn check_options(cx: &Cx) -> Result<(), Status> {
-    let send_initial = cx.query.get("sendInitialEvents").map(|v| truthy(v));
+    let send_initial = flag(cx, "sendInitialEvents");
     let rvm = cx.q("resourceVersionMatch");
     let mut causes: Vec<(String, String)> = Vec::new();
     let field = || "resourceVersionMatch".to_string();
@@ -60,10 +60,10 @@ fn check_options(cx: &Cx) -> Result<(), Status> {
                 format!("Unsupported value: {rvm:?}: supported values: \"NotOlderThan\""),
             ));
         }
-        if rvm == "NotOlderThan" && send_initial == Some(true) && !truthy(cx.q("allowWatchBookmarks")) {
+        if !cx.q("continue").is_empty() {
             causes.push((
-                "allowWatchBookmarks".into(),
-                "Forbidden: allowWatchBookmarks must be set to true when sendInitialEvents is true".into(),
+                field(),
+                "Forbidden: resourceVersionMatch is forbidden when continue is provided".into(),
             ));
         }
     }
@@ -74,8 +74,10 @@ fn check_options(cx: &Cx) -> Result<(), Status> {
     }
 }
 
-fn truthy(v: &str) -> bool {
-    matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
+/// A boolean parameter, `None` when absent, read as Kubernetes reads query booleans (see
+/// [`go_query_bool`](crate::apiserver::request::go_query_bool)).
+fn flag(cx: &Cx, key: &str) -> Option<bool> {
+    cx.query.get(key).map(|v| crate::apiserver::request::go_query_bool(v))
 }
 
 /// Encodes events in the form the client asked for.
@@ -159,7 +161,7 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
         return s.into_response();
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let bookmarks = truthy(cx.q("allowWatchBookmarks"));
+    let bookmarks = flag(cx, "allowWatchBookmarks") == Some(true);
     let timeout = cx
         .q("timeoutSeconds")
         .parse::<u64>()
@@ -170,7 +172,7 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
     let prefix = cx.prefix();
     let rv_param = cx.q("resourceVersion").to_string();
     // `sendInitialEvents` given: it alone decides whether the current state comes first.
-    let send_initial_param = cx.query.get("sendInitialEvents").map(|v| truthy(v));
+    let send_initial_param = flag(cx, "sendInitialEvents");
     let send_initial = send_initial_param == Some(true);
     let mut render = Render {
         cx: cx.clone(),
@@ -184,9 +186,9 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
     let start = match rv_param.as_str() {
         // Unset or "0": current state as ADDED events, then changes (kube-apiserver semantics).
         "" | "0" => None,
-        s => match s.parse::<u64>() {
+        s => match super::consistency::parse_rv(s) {
             Ok(v) => Some(v),
-            Err(_) => return Status::bad_request(format!("invalid resource version {s:?}")).into_response(),
+            Err(e) => return super::consistency::unparsable_rv(e).into_response(),
         },
     };
     // The version bookmarks report: the initial list's when one was sent, so a bookmark never

@@ -3,7 +3,7 @@
 //! grammar and the same error texts, and keys and values validated as label keys and values.
 //! kubectl prints these errors as they are, so clients see kube's wording.
 
-use super::meta::{label_value_error, qualified_name_errors};
+use super::names::{label_value_error, qualified_name_errors};
 
 /// One requirement of a selector.
 #[derive(Debug, Clone, PartialEq)]
