@@ -15,7 +15,7 @@ use crate::crd::ExtensionApiServer;
 use crate::operator::events::Recorder;
 use crate::operator::metrics::Metrics;
 use crate::operator::reconcile::build::BuildOptions;
-use crate::operator::reconcile::cache::{self, Caches, SyncGate, CACHE_COUNT};
+use crate::operator::reconcile::cache::{self, Caches, Sink, Slimming, SyncGate, CACHE_COUNT};
 use crate::operator::reconcile::names::{
     api_service_name, labelled_owner, KUBE_SYSTEM, OWNER_NAMESPACE_LABEL, OWNER_NAME_LABEL,
 };
@@ -28,7 +28,7 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, reflector, store::Writer, ObjectRef, Store};
+use kube::runtime::reflector::{self, reflector, ObjectRef, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -54,26 +54,31 @@ fn owner_of<K: Resource>(obj: &K) -> Option<ObjectRef<ExtensionApiServer>> {
     Some(ObjectRef::new(name).within(ns))
 }
 
-/// A reflector of `api` into `writer`, each object slimmed by `slim` (what the cache keeps:
-/// [`cache::slim`] for children), that opens its part
-/// of `gate` after its first initial list and yields every object it touches.
+/// A watch of `api` whose events go to `sink` (a cache), that opens its part of `gate` after its
+/// first initial list and yields every object it touches (stripped of managedFields), for the
+/// controller to map to owners.
 fn cached_stream<K>(
     api: Api<K>,
     config: watcher::Config,
-    writer: Writer<K>,
+    mut sink: impl Sink<K>,
     gate: Arc<SyncGate>,
-    slim: fn(&mut K),
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let synced = AtomicBool::new(false);
-    reflector(writer, watcher(api, config).default_backoff().modify(slim))
+    watcher(api, config)
+        .default_backoff()
         .inspect(move |event| {
+            if let Ok(ev) = event {
+                // Before stripping: the cache's fingerprint reads managedFields.
+                sink.apply(ev);
+            }
             if matches!(event, Ok(watcher::Event::InitDone)) && !synced.swap(true, Ordering::SeqCst) {
                 gate.synced_one();
             }
         })
+        .modify(cache::strip::<K>)
         .touched_objects()
 }
 
@@ -171,9 +176,8 @@ pub async fn run(
     let auth_changes = cached_stream(
         Api::<ConfigMap>::namespaced(c.clone(), KUBE_SYSTEM),
         auth_config,
-        w.auth_config,
+        Slimming(w.auth_config, cache::strip),
         g(),
-        cache::strip,
     )
     .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
     let not_ours = watcher::Config::default().labels(&format!(
@@ -189,63 +193,50 @@ pub async fn run(
         .owns_stream(cached_stream(
             Api::<Secret>::all(c.clone()),
             ours.clone(),
-            w.secrets,
+            Slimming(w.secrets, cache::slim),
             g(),
-            cache::slim,
         ))
         .owns_stream(cached_stream(
             Api::<ServiceAccount>::all(c.clone()),
             ours.clone(),
             w.service_accounts,
             g(),
-            cache::slim,
         ))
         .owns_stream(cached_stream(
             Api::<ConfigMap>::all(c.clone()),
             ours.clone(),
             w.config_maps,
             g(),
-            cache::slim,
         ))
         .owns_stream(cached_stream(
             Api::<Service>::all(c.clone()),
             ours.clone(),
             w.services,
             g(),
-            cache::slim,
         ))
         .owns_stream(cached_stream(
             Api::<Deployment>::all(c.clone()),
             ours.clone(),
-            w.deployments,
+            Slimming(w.deployments, cache::slim),
             g(),
-            cache::slim,
         ))
         .owns_stream(cached_stream(
             Api::<PersistentVolumeClaim>::all(c.clone()),
             ours.clone(),
             w.claims,
             g(),
-            cache::slim,
         ))
         .watches_stream(
             cached_stream(
                 Api::<APIService>::all(c.clone()),
                 watcher::Config::default(),
-                w.api_services,
+                Slimming(w.api_services, cache::slim),
                 g(),
-                cache::slim,
             ),
             move |svc| claimants(&s1, &svc),
         )
         .watches_stream(
-            cached_stream(
-                Api::<ClusterRole>::all(c.clone()),
-                ours.clone(),
-                w.cluster_roles,
-                g(),
-                cache::slim,
-            ),
+            cached_stream(Api::<ClusterRole>::all(c.clone()), ours.clone(), w.cluster_roles, g()),
             |o| owner_of(&o),
         )
         .watches_stream(
@@ -254,7 +245,6 @@ pub async fn run(
                 ours.clone(),
                 w.cluster_role_bindings,
                 g(),
-                cache::slim,
             ),
             |o| owner_of(&o),
         )
@@ -264,7 +254,6 @@ pub async fn run(
                 ours,
                 w.role_bindings,
                 g(),
-                cache::slim,
             ),
             |o| owner_of(&o),
         )

@@ -5,7 +5,6 @@
 use super::fake_api::FakeApi;
 use crate::operator::reconcile::cache::{self, Writers};
 use crate::operator::reconcile::names::MANAGER;
-use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
 use kube::Resource;
 use serde::de::DeserializeOwned;
@@ -23,9 +22,9 @@ fn ours(obj: &Value) -> bool {
         == Some(MANAGER)
 }
 
-/// Replaces the content of `writer` with the objects at paths matching `pattern` that pass
-/// `keep`, as a watch's initial list does.
-fn fill<K>(api: &FakeApi, writer: &mut Writer<K>, pattern: &str, keep: impl Fn(&Value) -> bool, slim: fn(&mut K))
+/// Replaces the content of a cache (through `apply`) with the objects at paths matching
+/// `pattern` that pass `keep`, as a watch's initial list does.
+fn fill<K>(api: &FakeApi, mut apply: impl FnMut(&Event<K>), pattern: &str, keep: impl Fn(&Value) -> bool)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 'static,
 {
@@ -37,74 +36,84 @@ where
             .map(|(_, obj)| obj.clone())
             .collect()
     };
-    writer.apply_watcher_event(&Event::Init);
+    apply(&Event::Init);
     for mut obj in objects {
         obj["apiVersion"] = Value::String(K::api_version(&()).into_owned());
         obj["kind"] = Value::String(K::kind(&()).into_owned());
-        if let Ok(mut k) = serde_json::from_value::<K>(obj) {
-            slim(&mut k);
-            writer.apply_watcher_event(&Event::InitApply(k));
+        if let Ok(k) = serde_json::from_value::<K>(obj) {
+            apply(&Event::InitApply(k));
         }
     }
-    writer.apply_watcher_event(&Event::InitDone);
+    apply(&Event::InitDone);
 }
 
 /// Makes every cache hold what `api` holds now.
 pub fn sync(api: &FakeApi, w: &mut Writers) {
-    fill(api, &mut w.secrets, "/api/v1/namespaces/*/secrets/*", ours, cache::slim);
+    let ns = |kind: &str| format!("/api/v1/namespaces/*/{kind}/*");
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
     fill(
         api,
-        &mut w.service_accounts,
-        "/api/v1/namespaces/*/serviceaccounts/*",
+        |e: &Event<_>| w.secrets.apply_watcher_event(&e.clone().modify(cache::slim)),
+        &ns("secrets"),
         ours,
-        cache::slim,
     );
     fill(
         api,
-        &mut w.config_maps,
-        "/api/v1/namespaces/*/configmaps/*",
+        |e: &Event<_>| w.service_accounts.apply_watcher_event(e),
+        &ns("serviceaccounts"),
         ours,
-        cache::slim,
     );
     fill(
         api,
-        &mut w.services,
-        "/api/v1/namespaces/*/services/*",
+        |e: &Event<_>| w.config_maps.apply_watcher_event(e),
+        &ns("configmaps"),
         ours,
-        cache::slim,
     );
     fill(
         api,
-        &mut w.deployments,
-        "/apis/apps/v1/namespaces/*/deployments/*",
+        |e: &Event<_>| w.services.apply_watcher_event(e),
+        &ns("services"),
         ours,
-        cache::slim,
+    );
+    let deployments = "/apis/apps/v1/namespaces/*/deployments/*";
+    fill(
+        api,
+        |e: &Event<_>| w.deployments.apply_watcher_event(&e.clone().modify(cache::slim)),
+        deployments,
+        ours,
     );
     fill(
         api,
-        &mut w.claims,
-        "/api/v1/namespaces/*/persistentvolumeclaims/*",
+        |e: &Event<_>| w.claims.apply_watcher_event(e),
+        &ns("persistentvolumeclaims"),
         ours,
-        cache::slim,
     );
     fill(
         api,
-        &mut w.cluster_roles,
-        "/apis/rbac.authorization.k8s.io/v1/clusterroles/*",
+        |e: &Event<_>| w.cluster_roles.apply_watcher_event(e),
+        &format!("{rbac}/clusterroles/*"),
         ours,
-        cache::slim,
     );
-    let crb = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/*";
-    fill(api, &mut w.cluster_role_bindings, crb, ours, cache::slim);
-    let rb = "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings/*";
-    fill(api, &mut w.role_bindings, rb, ours, cache::slim);
     fill(
         api,
-        &mut w.api_services,
-        "/apis/apiregistration.k8s.io/v1/apiservices/*",
+        |e: &Event<_>| w.cluster_role_bindings.apply_watcher_event(e),
+        &format!("{rbac}/clusterrolebindings/*"),
+        ours,
+    );
+    let rb = format!("{rbac}/namespaces/kube-system/rolebindings/*");
+    fill(api, |e: &Event<_>| w.role_bindings.apply_watcher_event(e), &rb, ours);
+    let api_services = "/apis/apiregistration.k8s.io/v1/apiservices/*";
+    fill(
+        api,
+        |e: &Event<_>| w.api_services.apply_watcher_event(&e.clone().modify(cache::slim)),
+        api_services,
         |_| true,
-        cache::slim,
     );
     let auth = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication";
-    fill(api, &mut w.auth_config, auth, |_| true, cache::strip);
+    fill(
+        api,
+        |e: &Event<_>| w.auth_config.apply_watcher_event(&e.clone().modify(cache::strip)),
+        auth,
+        |_| true,
+    );
 }

@@ -13,6 +13,7 @@
 //! one, i.e. what server-side apply records as ours is exactly what we would apply. A field the
 //! spec no longer sets is still ours until the next apply, so it too makes a difference.
 
+use super::compact::CompactStore;
 use super::fingerprint;
 use super::names::FIELD_MANAGER;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -86,27 +87,29 @@ impl SyncGate {
     }
 }
 
-/// The stores of every child kind and of the authentication ConfigMap.
+/// The stores of every child kind and of the authentication ConfigMap. Kinds a reconcile reads
+/// (Secrets, Deployments, APIServices) are typed stores of slimmed objects; kinds it only
+/// applies are [`CompactStore`]s.
 #[derive(Clone)]
 pub struct Caches {
     /// CA and serving Secrets.
     pub secrets: Store<Secret>,
     /// Server ServiceAccounts.
-    pub service_accounts: Store<ServiceAccount>,
+    pub service_accounts: CompactStore<ServiceAccount>,
     /// Bundled-server ConfigMaps.
-    pub config_maps: Store<ConfigMap>,
+    pub config_maps: CompactStore<ConfigMap>,
     /// Services.
-    pub services: Store<Service>,
+    pub services: CompactStore<Service>,
     /// Deployments (with status: availability gates the APIService).
     pub deployments: Store<Deployment>,
     /// Data PersistentVolumeClaims.
-    pub claims: Store<PersistentVolumeClaim>,
+    pub claims: CompactStore<PersistentVolumeClaim>,
     /// ClusterRoles.
-    pub cluster_roles: Store<ClusterRole>,
+    pub cluster_roles: CompactStore<ClusterRole>,
     /// ClusterRoleBindings.
-    pub cluster_role_bindings: Store<ClusterRoleBinding>,
+    pub cluster_role_bindings: CompactStore<ClusterRoleBinding>,
     /// RoleBindings in kube-system.
-    pub role_bindings: Store<RoleBinding>,
+    pub role_bindings: CompactStore<RoleBinding>,
     /// Every APIService of the cluster, ours or not.
     pub api_services: Store<APIService>,
     /// kube-system/extension-apiserver-authentication.
@@ -115,19 +118,47 @@ pub struct Caches {
     pub gate: Arc<SyncGate>,
 }
 
-/// The writing halves of [`Caches`], for the reflectors (or a test filling them).
+/// The writing halves of [`Caches`], for the watches (or a test filling them). Typed stores are
+/// written slimmed ([`slim`]).
 pub struct Writers {
     pub secrets: reflector::store::Writer<Secret>,
-    pub service_accounts: reflector::store::Writer<ServiceAccount>,
-    pub config_maps: reflector::store::Writer<ConfigMap>,
-    pub services: reflector::store::Writer<Service>,
+    pub service_accounts: CompactStore<ServiceAccount>,
+    pub config_maps: CompactStore<ConfigMap>,
+    pub services: CompactStore<Service>,
     pub deployments: reflector::store::Writer<Deployment>,
-    pub claims: reflector::store::Writer<PersistentVolumeClaim>,
-    pub cluster_roles: reflector::store::Writer<ClusterRole>,
-    pub cluster_role_bindings: reflector::store::Writer<ClusterRoleBinding>,
-    pub role_bindings: reflector::store::Writer<RoleBinding>,
+    pub claims: CompactStore<PersistentVolumeClaim>,
+    pub cluster_roles: CompactStore<ClusterRole>,
+    pub cluster_role_bindings: CompactStore<ClusterRoleBinding>,
+    pub role_bindings: CompactStore<RoleBinding>,
     pub api_services: reflector::store::Writer<APIService>,
     pub auth_config: reflector::store::Writer<ConfigMap>,
+}
+
+/// Something a watch's events are written to.
+pub trait Sink<K>: Send + 'static {
+    /// Records one event.
+    fn apply(&mut self, event: &watcher::Event<K>);
+}
+
+impl<K> Sink<K> for CompactStore<K>
+where
+    K: Resource<DynamicType = ()> + Default + Serialize + Send + Sync + 'static,
+{
+    fn apply(&mut self, event: &watcher::Event<K>) {
+        self.apply_watcher_event(event);
+    }
+}
+
+/// A typed store written with each object passed through a function first.
+pub struct Slimming<K: Resource<DynamicType = ()> + Clone + 'static>(pub reflector::store::Writer<K>, pub fn(&mut K));
+
+impl<K> Sink<K> for Slimming<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    fn apply(&mut self, event: &watcher::Event<K>) {
+        self.0.apply_watcher_event(&event.clone().modify(self.1));
+    }
 }
 
 /// Number of stores in [`Caches`], i.e. initial lists the gate waits for.
@@ -136,84 +167,89 @@ pub const CACHE_COUNT: usize = 11;
 /// New empty caches whose gate waits for `CACHE_COUNT` initial lists.
 pub fn caches(gate: Arc<SyncGate>) -> (Caches, Writers) {
     let (secrets, w_secrets) = reflector::store();
-    let (service_accounts, w_sa) = reflector::store();
-    let (config_maps, w_cm) = reflector::store();
-    let (services, w_svc) = reflector::store();
     let (deployments, w_dep) = reflector::store();
-    let (claims, w_pvc) = reflector::store();
-    let (cluster_roles, w_cr) = reflector::store();
-    let (cluster_role_bindings, w_crb) = reflector::store();
-    let (role_bindings, w_rb) = reflector::store();
     let (api_services, w_as) = reflector::store();
     let (auth_config, w_auth) = reflector::store();
-    (
-        Caches {
-            secrets,
-            service_accounts,
-            config_maps,
-            services,
-            deployments,
-            claims,
-            cluster_roles,
-            cluster_role_bindings,
-            role_bindings,
-            api_services,
-            auth_config,
-            gate,
-        },
-        Writers {
-            secrets: w_secrets,
-            service_accounts: w_sa,
-            config_maps: w_cm,
-            services: w_svc,
-            deployments: w_dep,
-            claims: w_pvc,
-            cluster_roles: w_cr,
-            cluster_role_bindings: w_crb,
-            role_bindings: w_rb,
-            api_services: w_as,
-            auth_config: w_auth,
-        },
-    )
+    let caches = Caches {
+        secrets,
+        service_accounts: CompactStore::default(),
+        config_maps: CompactStore::default(),
+        services: CompactStore::default(),
+        deployments,
+        claims: CompactStore::default(),
+        cluster_roles: CompactStore::default(),
+        cluster_role_bindings: CompactStore::default(),
+        role_bindings: CompactStore::default(),
+        api_services,
+        auth_config,
+        gate,
+    };
+    let writers = Writers {
+        secrets: w_secrets,
+        service_accounts: caches.service_accounts.clone(),
+        config_maps: caches.config_maps.clone(),
+        services: caches.services.clone(),
+        deployments: w_dep,
+        claims: caches.claims.clone(),
+        cluster_roles: caches.cluster_roles.clone(),
+        cluster_role_bindings: caches.cluster_role_bindings.clone(),
+        role_bindings: caches.role_bindings.clone(),
+        api_services: w_as,
+        auth_config: w_auth,
+    };
+    (caches, writers)
 }
 
 /// A child kind with a store in [`Caches`].
 pub trait Cached: Resource<DynamicType = ()> + Clone + Serialize + 'static {
-    /// The store of this kind.
-    fn store(caches: &Caches) -> &Store<Self>;
+    /// The cached object `namespace/name` (cluster-scoped: `namespace` None).
+    fn cached(caches: &Caches, namespace: Option<&str>, name: &str) -> Option<Arc<Self>>;
 }
 
-macro_rules! cached {
+macro_rules! typed {
     ($($kind:ty => $field:ident),* $(,)?) => {
         $(impl Cached for $kind {
-            fn store(caches: &Caches) -> &Store<Self> {
-                &caches.$field
+            fn cached(caches: &Caches, namespace: Option<&str>, name: &str) -> Option<Arc<Self>> {
+                let mut key = ObjectRef::<$kind>::new(name);
+                if let Some(ns) = namespace {
+                    key = key.within(ns);
+                }
+                caches.$field.get(&key)
             }
         })*
     };
 }
 
-cached!(
+macro_rules! compact {
+    ($($kind:ty => $field:ident),* $(,)?) => {
+        $(impl Cached for $kind {
+            fn cached(caches: &Caches, namespace: Option<&str>, name: &str) -> Option<Arc<Self>> {
+                caches.$field.get(namespace, name)
+            }
+        })*
+    };
+}
+
+typed!(
     Secret => secrets,
+    Deployment => deployments,
+    APIService => api_services,
+);
+
+compact!(
     ServiceAccount => service_accounts,
     ConfigMap => config_maps,
     Service => services,
-    Deployment => deployments,
     PersistentVolumeClaim => claims,
     ClusterRole => cluster_roles,
     ClusterRoleBinding => cluster_role_bindings,
     RoleBinding => role_bindings,
-    APIService => api_services,
 );
 
 impl Caches {
     /// The cached object `namespace/name` (cluster-scoped: `namespace` None).
     pub fn get<K: Cached>(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
-        let mut key = ObjectRef::<K>::new(name);
-        if let Some(ns) = namespace {
-            key = key.within(ns);
-        }
-        K::store(self).get(&key)
+        K::cached(self, namespace, name)
     }
 }
 
@@ -228,29 +264,36 @@ pub fn strip<K: Resource>(obj: &mut K) {
     }
 }
 
-/// What a child cache keeps: the fingerprint of our fields, then only what a reconcile reads
-/// ([`Slim`]).
+/// What a typed child cache keeps: the fingerprint of our fields, identity, the owner labels,
+/// the operator's annotations (a Secret's carry the rotation state), and what [`Slim`] keeps of
+/// the rest.
 pub fn slim<K: Resource + Serialize + Slim>(obj: &mut K) {
     let owned = serde_json::to_value(&*obj)
         .ok()
         .and_then(|v| fingerprint::owned(&v, FIELD_MANAGER));
-    strip(obj);
     let meta = obj.meta_mut();
-    // Annotations stay: they are small, and a Secret's carry the rotation state.
-    match owned {
-        Some(f) => {
-            meta.annotations
-                .get_or_insert_with(Default::default)
-                .insert(OWNED_FINGERPRINT.to_string(), f);
-        }
-        None => {
-            if let Some(a) = meta.annotations.as_mut() {
-                a.remove(OWNED_FINGERPRINT);
-            }
-        }
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| OWNER_LABELS.contains(&k.as_str()));
     }
+    let mut annotations = meta.annotations.take().unwrap_or_default();
+    annotations.retain(|k, _| k.starts_with("aggregation.dev/") && k != DESIRED_HASH_ANNOTATION);
+    if let Some(f) = owned {
+        annotations.insert(OWNED_FINGERPRINT.to_string(), f);
+    }
+    meta.annotations = (!annotations.is_empty()).then_some(annotations);
     obj.slim();
 }
+
+/// Labels a reconcile reads of a child ([`labelled_owner`](super::names::labelled_owner)).
+const OWNER_LABELS: [&str; 3] = [
+    "app.kubernetes.io/managed-by",
+    super::names::OWNER_NAMESPACE_LABEL,
+    super::names::OWNER_NAME_LABEL,
+];
 
 /// The part of a child kind that no reconcile reads, dropped from the cache.
 pub trait Slim {
@@ -267,55 +310,6 @@ impl Slim for Deployment {
     /// The status (availability) is read; the spec is in the fingerprint.
     fn slim(&mut self) {
         self.spec = None;
-    }
-}
-
-impl Slim for ServiceAccount {
-    fn slim(&mut self) {
-        self.secrets = None;
-        self.image_pull_secrets = None;
-    }
-}
-
-impl Slim for ConfigMap {
-    fn slim(&mut self) {
-        self.data = None;
-        self.binary_data = None;
-    }
-}
-
-impl Slim for Service {
-    fn slim(&mut self) {
-        self.spec = None;
-        self.status = None;
-    }
-}
-
-impl Slim for PersistentVolumeClaim {
-    fn slim(&mut self) {
-        self.spec = None;
-        self.status = None;
-    }
-}
-
-impl Slim for ClusterRole {
-    fn slim(&mut self) {
-        self.rules = None;
-        self.aggregation_rule = None;
-    }
-}
-
-impl Slim for ClusterRoleBinding {
-    fn slim(&mut self) {
-        self.subjects = None;
-        self.role_ref = Default::default();
-    }
-}
-
-impl Slim for RoleBinding {
-    fn slim(&mut self) {
-        self.subjects = None;
-        self.role_ref = Default::default();
     }
 }
 
@@ -353,7 +347,7 @@ mod tests {
     #[test]
     fn slim_keeps_the_fingerprint_of_our_fields_and_drops_the_spec() {
         let mut d: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "d", "labels": {"a": "b"}, "annotations": {"x": "y"},
+            "metadata": {"name": "d", "labels": {"a": "b", "app.kubernetes.io/managed-by": "x"}, "annotations": {"x": "y"},
                          "managedFields": [{"manager": FIELD_MANAGER, "operation": "Apply",
                                             "fieldsType": "FieldsV1",
                                             "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},

@@ -14,6 +14,7 @@ pub mod build;
 pub mod cache;
 pub mod certs;
 pub mod cleanup;
+pub mod compact;
 pub mod conditions;
 pub mod context;
 pub mod fingerprint;
