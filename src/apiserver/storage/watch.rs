@@ -3,7 +3,7 @@
 //! then subscribes sees every event exactly once.
 
 use super::{EventType, Object, Result, StorageError};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
@@ -127,6 +127,27 @@ impl Hub {
     /// The oldest resourceVersion a watch can start from.
     pub(super) fn oldest(&self) -> u64 {
         self.state.lock().map(|s| s.compacted).unwrap_or(0)
+    }
+
+    /// For keys under `prefix` from `lower` on that changed after `at`, their state at `at`
+    /// (`None`: they did not exist). Complete for `at` not older than [`Hub::oldest`].
+    pub(super) fn state_at(&self, lower: &str, prefix: &str, at: u64) -> BTreeMap<String, Option<Arc<Object>>> {
+        let mut out = BTreeMap::new();
+        let Ok(st) = self.state.lock() else { return out };
+        // The first change after `at` of each key tells its state before.
+        // History is in version order: start at the first change after `at`.
+        let first = st.history.partition_point(|e| e.rv() <= at);
+        for ev in st.history.range(first..) {
+            if ev.key.as_str() < lower || !ev.key.starts_with(prefix) || out.contains_key(&ev.key) {
+                continue;
+            }
+            let before = match ev.type_ {
+                EventType::Added => None,
+                EventType::Modified | EventType::Deleted => ev.prev.clone(),
+            };
+            out.insert(ev.key.clone(), before);
+        }
+        out
     }
 
     /// A watch of `prefix` that sees every change after `from_rv`.
