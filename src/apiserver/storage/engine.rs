@@ -231,18 +231,28 @@ impl Storage {
         } else {
             BTreeMap::new()
         };
-        let mut snapshot: BTreeMap<String, Option<Arc<Object>>> = objects
-            .range::<String, _>((Bound::Included(lower.clone()), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| !undone.contains_key(*k))
-            .map(|(k, o)| (k.clone(), Some(o.clone())))
-            .collect();
-        drop(objects);
-        snapshot.extend(undone);
+        let range = || {
+            objects
+                .range::<String, _>((Bound::Included(lower.clone()), Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+        };
+        // Only a continuation with changes since its first page merges the undone state in; a
+        // plain list walks the objects as they are, without copying keys.
+        let merged: Option<BTreeMap<&String, Option<&Arc<Object>>>> = (!undone.is_empty()).then(|| {
+            range()
+                .filter(|(k, _)| !undone.contains_key(*k))
+                .map(|(k, o)| (k, Some(o)))
+                .chain(undone.iter().map(|(k, o)| (k, o.as_ref())))
+                .collect()
+        });
+        let snapshot: Box<dyn Iterator<Item = (&String, &Arc<Object>)>> = match &merged {
+            Some(m) => Box::new(m.iter().filter_map(|(k, o)| Some((*k, (*o)?)))),
+            None => Box::new(range()),
+        };
         let mut items = Vec::new();
         let mut next = None;
         let mut remaining = 0u64;
-        for (k, obj) in snapshot.iter().filter_map(|(k, o)| Some((k, o.as_ref()?))) {
+        for (k, obj) in snapshot {
             if !keep(obj) {
                 continue;
             }
