@@ -24,14 +24,21 @@ impl StorageHandler {
         }
         .filter(|_| cx.q("resourceVersion") != "0");
         let cont = Some(cx.q("continue")).filter(|c| !c.is_empty());
-        let page = match self.storage.list(&cx.prefix(), limit, cont, |o| sel.matches(o)) {
-            Ok(p) => p,
-            Err(StorageError::ContinueExpired(fresh)) => return Ok(expired_continue(&fresh)),
-            Err(e) => return Err(cx.storage_err("", e)),
+        let page = match exact {
+            // As of a past version: etcd reads at that revision until it is compacted.
+            Some(want) => match self.storage.list_at(&cx.prefix(), want, limit, &|o| sel.matches(o)) {
+                Ok(p) => p,
+                Err(StorageError::ContinueExpired(_)) => {
+                    return Err(consistency::exact_gone(want, self.storage.current_rv()))
+                }
+                Err(e) => return Err(cx.storage_err("", e)),
+            },
+            None => match self.storage.list(&cx.prefix(), limit, cont, |o| sel.matches(o)) {
+                Ok(p) => p,
+                Err(StorageError::ContinueExpired(fresh)) => return Ok(expired_continue(&fresh)),
+                Err(e) => return Err(cx.storage_err("", e)),
+            },
         };
-        if let Some(want) = exact.filter(|w| *w != page.rv) {
-            return Err(consistency::exact_gone(want, page.rv));
-        }
         let mut meta = json!({"resourceVersion": page.rv.to_string()});
         if let Some(c) = &page.continue_token {
             meta["continue"] = json!(c);

@@ -276,6 +276,19 @@ impl Storage {
         })
     }
 
+    /// Objects under `prefix` as they were at `at` (an `Exact` list): read as the
+    /// continuation of a list begun at `at`, from its first key.
+    pub fn list_at(
+        &self,
+        prefix: &str,
+        at: u64,
+        limit: Option<usize>,
+        keep: impl Fn(&Object) -> bool,
+    ) -> Result<ListPage> {
+        let token = encode_continue(i64::try_from(at).unwrap_or(i64::MAX).max(1), prefix);
+        self.list(prefix, limit, Some(&token), keep)
+    }
+
     /// Watches changes under `prefix` after `from_rv` (the current version when `None`).
     pub fn watch(&self, prefix: &str, from_rv: Option<u64>) -> Result<WatchStream> {
         let from = from_rv.unwrap_or_else(|| self.current_rv());
