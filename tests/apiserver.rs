@@ -1128,6 +1128,75 @@ async fn oversize_bodies_get_413_status() {
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
 }
 
+/// Sends a 4 MiB POST over HTTP/2 (with or without a declared length) and returns the status
+/// and body of the answer. The body is pushed as flow control allows, as kube-apiserver's
+/// aggregator proxies it.
+async fn oversize_over_h2(h: &H, declare_length: bool) -> (StatusCode, Value) {
+    let tls = tk::tls_stream(h.server.addr, &h.serving_ca.cert_pem, Some(&h.front), &[b"h2"])
+        .await
+        .expect("tls");
+    let (client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let total = 4 * 1024 * 1024;
+    let mut req = Request::post(format!("https://127.0.0.1{}", flunders("default")))
+        .header("x-remote-user", "admin")
+        .header("content-type", "application/json");
+    if declare_length {
+        req = req.header("content-length", total.to_string());
+    }
+    let mut client = client.ready().await.expect("ready");
+    let (resp, mut body) = client.send_request(req.body(()).expect("req"), false).expect("send");
+    let push = tokio::spawn(async move {
+        let mut left = total;
+        while left > 0 {
+            body.reserve_capacity(left.min(64 * 1024));
+            let Some(Ok(n)) = std::future::poll_fn(|cx| body.poll_capacity(cx)).await else {
+                return;
+            };
+            let n = n.min(left);
+            if body.send_data(Bytes::from(vec![b'a'; n]), false).is_err() {
+                return;
+            }
+            left -= n;
+        }
+        let _ = body.send_data(Bytes::new(), true);
+    });
+    let resp = tokio::time::timeout(Duration::from_secs(20), resp)
+        .await
+        .expect("an answer within 20 s")
+        .expect("a response, not a stream reset");
+    let status = resp.status();
+    let mut recv = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.expect("the Status body, not a stream reset");
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    push.abort();
+    conn.abort();
+    (status, serde_json::from_slice(&data).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn oversize_bodies_get_413_status_over_http2() {
+    // kube-apiserver's aggregator talks HTTP/2 to aggregated servers: a too-large body must get
+    // the 413 Status HTTP/1.1 gets, declared or found while reading.
+    let h = harness().await;
+    h.wait_ready().await;
+    for declare_length in [true, false] {
+        let (status, body) = oversize_over_h2(&h, declare_length).await;
+        assert_eq!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "declared {declare_length}: {body}"
+        );
+        assert_eq!(body["kind"], "Status", "{body}");
+        assert_eq!(body["reason"], "RequestEntityTooLarge", "{body}");
+        assert_eq!(body["code"], 413, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn upgrade_requests_are_refused_and_closed() {
     let h = harness().await;

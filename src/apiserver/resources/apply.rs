@@ -151,11 +151,30 @@ pub(super) fn apply_create(cx: &Cx, cfg: &Value) -> Result<Value, Status> {
     Ok(v)
 }
 
+/// The manager kube gives an object's fields at the first apply to it when nothing tracked them.
+const BEFORE_FIRST_APPLY: &str = "before-first-apply";
+
 /// The object an apply of `cfg` onto the stored `live` writes, or the conflicts that stop it.
 pub(super) fn apply_update(cx: &Cx, live: &Value, cfg: &Value, force: bool) -> Result<Value, Status> {
     let sub = subresource(cx);
     let mut entries = decode(live).unwrap_or_default();
     let schema = schema_of(cx);
+    if entries.is_empty() {
+        // kube's skipNonAppliedManager: the first apply to an object that tracks no fields
+        // first gives every existing field to an Update manager "before-first-apply", so the
+        // apply conflicts with what was there, as it would with any other manager.
+        let (existing, _) = fields::compare(&json!({}), live, &schema);
+        if !existing.is_empty() {
+            entries.push(Entry {
+                manager: BEFORE_FIRST_APPLY.into(),
+                operation: UPDATE.into(),
+                api_version: cx.api_version.clone(),
+                time: Some(object::now()),
+                subresource: sub.into(),
+                set: existing,
+            });
+        }
+    }
     let set = applied_set(cx, cfg);
     let own = entries.iter().position(|e| e.is(&cx.manager, APPLY, "", sub));
     let last = own.map(|i| entries[i].set.clone()).unwrap_or_default();

@@ -24,16 +24,21 @@ impl StorageHandler {
         }
         .filter(|_| cx.q("resourceVersion") != "0");
         let cont = Some(cx.q("continue")).filter(|c| !c.is_empty());
-        let page = self
-            .storage
-            .list(&cx.prefix(), limit, cont, |o| sel.matches(o))
-            .map_err(|e| match e {
-                StorageError::Gone { .. } => Status::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."),
-                e => cx.storage_err("", e),
-            })?;
-        if let Some(want) = exact.filter(|w| *w != page.rv) {
-            return Err(consistency::exact_gone(want, page.rv));
-        }
+        let page = match exact {
+            // As of a past version: etcd reads at that revision until it is compacted.
+            Some(want) => match self.storage.list_at(&cx.prefix(), want, limit, &|o| sel.matches(o)) {
+                Ok(p) => p,
+                Err(StorageError::ContinueExpired(_)) => {
+                    return Err(consistency::exact_gone(want, self.storage.current_rv()))
+                }
+                Err(e) => return Err(cx.storage_err("", e)),
+            },
+            None => match self.storage.list(&cx.prefix(), limit, cont, |o| sel.matches(o)) {
+                Ok(p) => p,
+                Err(StorageError::ContinueExpired(fresh)) => return Ok(expired_continue(&fresh)),
+                Err(e) => return Err(cx.storage_err("", e)),
+            },
+        };
         let mut meta = json!({"resourceVersion": page.rv.to_string()});
         if let Some(c) = &page.continue_token {
             meta["continue"] = json!(c);
@@ -72,5 +77,39 @@ impl StorageHandler {
         }
         out.extend_from_slice(b"]}");
         Ok(json_response(StatusCode::OK, out))
+    }
+}
+
+/// kube-apiserver's answer to a continue token older than its storage's history (etcd3's
+/// `handleCompactedErrorForPaging`): 410 Expired whose Status carries, in `metadata.continue`,
+/// a token that goes on after the same key at the latest version.
+fn expired_continue(fresh: &str) -> Response<Body> {
+    let status = Status::expired(INCONSISTENT_CONTINUE);
+    let mut body = status.to_json();
+    body["metadata"]["continue"] = json!(fresh);
+    let (parts, _) = status.into_response().into_parts();
+    Response::from_parts(
+        parts,
+        crate::apiserver::body::full(bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default())),
+    )
+}
+
+const INCONSISTENT_CONTINUE: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn an_expired_continue_carries_a_fresh_token_in_the_status() {
+        let r = expired_continue("tok");
+        assert_eq!(r.status(), StatusCode::GONE);
+        let bytes = r.into_body().collect().await.expect("body").to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(v["kind"], "Status");
+        assert_eq!(v["reason"], "Expired");
+        assert_eq!(v["code"], 410);
+        assert_eq!(v["metadata"], json!({"continue": "tok"}));
     }
 }

@@ -288,6 +288,11 @@ pub fn track_update(cx: &Cx, old: Option<&Value>, next: &mut Value) {
         Ok(e) if !e.is_empty() && !cx.status_sub => e,
         _ => old.map(|o| decode(o).unwrap_or_default()).unwrap_or_default(),
     };
+    // kube's skipNonAppliedManager: an update (not an apply) of an object that tracks no
+    // fields does not start tracking them; only a create or an apply does.
+    if old.is_some() && entries.is_empty() {
+        return;
+    }
     let empty = json!({});
     let (changed, removed) = fields::compare(old.unwrap_or(&empty), next, &schema_of(cx));
     let sub = subresource(cx);

@@ -16,8 +16,12 @@ use serde_json::json;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// How often an idle watch that allows bookmarks gets one.
-const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
+/// How often a watch that allows bookmarks gets one: kube-apiserver's cacher sends them
+/// "roughly every minute" (its `bookmarkFrequency`).
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+/// The cacher also sends one this long before the watch's deadline, so the client can resume
+/// from there.
+const BOOKMARK_BEFORE_DEADLINE: Duration = Duration::from_secs(2);
 /// Longest watch when the client sets no `timeoutSeconds` (kube-apiserver: 30–60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -191,15 +195,14 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
             Err(e) => return super::consistency::unparsable_rv(e).into_response(),
         },
     };
-    // The version bookmarks report: the initial list's when one was sent, so a bookmark never
-    // takes a reflector back behind the state it already has.
-    let mut last_rv = start.unwrap_or(0);
     let stream = if send_initial || (start.is_none() && send_initial_param.is_none()) {
         match storage.list(&prefix, None, None, |o| sel.matches(o)) {
             Ok(page) => {
-                last_rv = page.rv;
                 initial.extend(page.items.iter().map(|o| render.event("ADDED", o)));
-                if send_initial && bookmarks {
+                // kube-apiserver ends the initial events with this bookmark whenever it sends
+                // them (a watch-list, or a watch from "" or "0") to a client that allows
+                // bookmarks.
+                if bookmarks {
                     initial.push(render.bookmark(page.rv, true));
                 }
                 storage.watch(&prefix, Some(page.rv))
@@ -229,20 +232,34 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
                 return;
             }
         }
-        let mut last_rv = last_rv;
         let mut shutdown = shutdown;
-        let deadline = tokio::time::sleep(timeout);
+        let end = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::sleep_until(end);
         tokio::pin!(deadline);
-        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
-        tick.tick().await;
+        let last_call = end.checked_sub(BOOKMARK_BEFORE_DEADLINE);
+        let next_bookmark = |now: tokio::time::Instant| match last_call {
+            Some(l) if now < l => Some((now + BOOKMARK_EVERY).min(l)),
+            _ => None,
+        };
+        let mut bookmark_at = next_bookmark(tokio::time::Instant::now()).filter(|_| bookmarks);
         loop {
+            let bookmark_due = async {
+                match bookmark_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let ev = tokio::select! {
                 ev = stream.next() => ev,
                 _ = &mut deadline => return,
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
                 _ = tx.closed() => return,
-                _ = tick.tick(), if bookmarks => {
-                    if tx.send(render.bookmark(last_rv, false)).await.is_err() { return; }
+                _ = bookmark_due => {
+                    // The newest version the stream has passed, changes to other resources
+                    // included: the client resumes from the server's version, not from the
+                    // last change of a quiet resource, which may have left the history.
+                    if tx.send(render.bookmark(stream.seen_rv(), false)).await.is_err() { return; }
+                    bookmark_at = next_bookmark(tokio::time::Instant::now());
                     continue;
                 }
             };
@@ -254,13 +271,10 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
                     let _ = tx.send(error_line(&s)).await;
                     return;
                 }
-                Some(Ok(ev)) => {
-                    last_rv = ev.rv();
-                    match render.change(&ev, |o| sel.matches(o)) {
-                        Some(l) => l,
-                        None => continue,
-                    }
-                }
+                Some(Ok(ev)) => match render.change(&ev, |o| sel.matches(o)) {
+                    Some(l) => l,
+                    None => continue,
+                },
             };
             if tx.send(out).await.is_err() {
                 return;

@@ -69,14 +69,16 @@ fn backend<E: std::fmt::Display>(e: E) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
+/// kube-apiserver's continue token: the version the first page read, and the key to resume
+/// at. `rv` is -1 in the token an expired one is traded for: "continue at the latest version".
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ContinueToken {
     v: String,
-    rv: u64,
+    rv: i64,
     start: String,
 }
 
-fn encode_continue(rv: u64, start: &str) -> String {
+fn encode_continue(rv: i64, start: &str) -> String {
     let t = ContinueToken {
         v: "meta.k8s.io/v1".into(),
         rv,
@@ -179,9 +181,11 @@ impl Storage {
     }
 
     /// Lists objects under `prefix` that pass `keep`, in key order, at most `limit` of them,
-    /// continuing after a previous page's token. A continuation reads the current data after
-    /// the last key of the previous page; a token older than the watch history is refused
-    /// with `Gone`, as kube-apiserver refuses a compacted one.
+    /// continuing after a previous page's token. A continuation reads the data as it was at
+    /// the first page's version, undoing later changes from the watch history, so the pages
+    /// of one list are one snapshot as with etcd. A token older than the history is refused
+    /// with `ContinueExpired`, which carries a token to go on at the latest version, as
+    /// kube-apiserver answers a compacted one.
     pub fn list(
         &self,
         prefix: &str,
@@ -189,35 +193,66 @@ impl Storage {
         continue_token: Option<&str>,
         keep: impl Fn(&Object) -> bool,
     ) -> Result<ListPage> {
-        let start = match continue_token {
+        let token = match continue_token {
             Some(t) => {
                 let token = decode_continue(t)?;
                 if !token.start.starts_with(prefix) {
                     return Err(StorageError::BadContinue("token is for another list".into()));
                 }
-                if token.rv < self.inner.hub.oldest() {
-                    return Err(StorageError::Gone {
-                        requested: token.rv,
-                        oldest: self.inner.hub.oldest(),
-                    });
+                if token.rv == 0 {
+                    // etcd3's store: 0 is no version at all (a token of another kind).
+                    return Err(StorageError::BadContinue(
+                        "incorrect encoded start resourceVersion (version meta.k8s.io/v1)".into(),
+                    ));
                 }
-                Some(token.start)
+                Some(token)
             }
             None => None,
         };
+        // The writer publishes to the hub while it holds the write lock, so under the read
+        // lock the history holds every change the objects reflect.
         let objects = self.inner.objects.read().map_err(|_| StorageError::Closed)?;
-        let rv = self.inner.rv.load(Ordering::SeqCst);
-        let lower = match &start {
-            Some(s) => Bound::Included(s.clone()),
-            None => Bound::Included(prefix.to_string()),
+        let current = self.inner.rv.load(Ordering::SeqCst);
+        let (start, at) = match &token {
+            Some(t) if t.rv > 0 => {
+                let at = t.rv.unsigned_abs();
+                if at < self.inner.hub.oldest() {
+                    return Err(StorageError::ContinueExpired(encode_continue(-1, &t.start)));
+                }
+                (Some(t.start.clone()), at.min(current))
+            }
+            Some(t) => (Some(t.start.clone()), current),
+            None => (None, current),
+        };
+        let lower = start.unwrap_or_else(|| prefix.to_string());
+        // Keys changed after `at`, with their state at `at` (None: absent then).
+        let undone = if at < current {
+            self.inner.hub.state_at(&lower, prefix, at)
+        } else {
+            BTreeMap::new()
+        };
+        let range = || {
+            objects
+                .range::<String, _>((Bound::Included(lower.clone()), Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+        };
+        // Only a continuation with changes since its first page merges the undone state in; a
+        // plain list walks the objects as they are, without copying keys.
+        let merged: Option<BTreeMap<&String, Option<&Arc<Object>>>> = (!undone.is_empty()).then(|| {
+            range()
+                .filter(|(k, _)| !undone.contains_key(*k))
+                .map(|(k, o)| (k, Some(o)))
+                .chain(undone.iter().map(|(k, o)| (k, o.as_ref())))
+                .collect()
+        });
+        let snapshot: Box<dyn Iterator<Item = (&String, &Arc<Object>)>> = match &merged {
+            Some(m) => Box::new(m.iter().filter_map(|(k, o)| Some((*k, (*o)?)))),
+            None => Box::new(range()),
         };
         let mut items = Vec::new();
         let mut next = None;
         let mut remaining = 0u64;
-        for (k, obj) in objects.range::<String, _>((lower, Bound::Unbounded)) {
-            if !k.starts_with(prefix) {
-                break;
-            }
+        for (k, obj) in snapshot {
             if !keep(obj) {
                 continue;
             }
@@ -232,12 +267,26 @@ impl Storage {
             }
             items.push(obj.clone());
         }
+        let at_signed = i64::try_from(at).unwrap_or(i64::MAX);
         Ok(ListPage {
             items,
-            continue_token: next.map(|k| encode_continue(rv, &k)),
+            continue_token: next.map(|k| encode_continue(at_signed, &k)),
             remaining: (remaining > 0).then_some(remaining),
-            rv,
+            rv: at,
         })
+    }
+
+    /// Objects under `prefix` as they were at `at` (an `Exact` list): read as the
+    /// continuation of a list begun at `at`, from its first key.
+    pub fn list_at(
+        &self,
+        prefix: &str,
+        at: u64,
+        limit: Option<usize>,
+        keep: impl Fn(&Object) -> bool,
+    ) -> Result<ListPage> {
+        let token = encode_continue(i64::try_from(at).unwrap_or(i64::MAX).max(1), prefix);
+        self.list(prefix, limit, Some(&token), keep)
     }
 
     /// Watches changes under `prefix` after `from_rv` (the current version when `None`).
@@ -350,7 +399,9 @@ fn writer(db: Database, inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>, max_batch
                         type_,
                         key: op.key.clone(),
                         object,
-                        prev: (type_ == EventType::Modified).then_some(current).flatten(),
+                        // The state before a change or a delete, so a list can be read as of an
+                        // earlier version.
+                        prev: (type_ != EventType::Added).then_some(current).flatten(),
                     })
                 });
                 results.push((op.reply, event));
@@ -371,6 +422,7 @@ fn writer(db: Database, inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>, max_batch
             }
             continue;
         }
+        let events: Vec<_> = results.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect();
         if let Ok(mut objects) = inner.objects.write() {
             for (k, v) in overlay {
                 match v {
@@ -379,9 +431,9 @@ fn writer(db: Database, inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>, max_batch
                 };
             }
             inner.rv.store(rv, Ordering::SeqCst);
+            // Still under the lock: a list's snapshot finds every change it sees in the history.
+            inner.hub.publish(events);
         }
-        let events: Vec<_> = results.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect();
-        inner.hub.publish(events);
         for (reply, result) in results {
             let _ = reply.send(result.map(|e| e.object.clone()));
         }

@@ -240,3 +240,63 @@ fn acknowledged_writes_survive_kill_9() {
     assert!(missing.is_empty(), "acknowledged but lost after kill -9: {missing:?}");
     assert!(s.current_rv() >= 2000);
 }
+
+fn names(page: &ListPage) -> Vec<String> {
+    page.items.iter().map(|o| o.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn continued_pages_read_the_first_page_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(
+        dir.path(),
+        StorageOptions {
+            history: 6,
+            max_batch: 16,
+        },
+    )
+    .unwrap();
+    for n in ["a", "b", "c", "d"] {
+        s.create(&key(n), obj(n)).await.unwrap();
+    }
+    let first = s.list("/flunders/ns/", Some(2), None, |_| true).unwrap();
+    assert_eq!(names(&first), ["a", "b"]);
+    let token = first.continue_token.clone().unwrap();
+    // After the first page: c changes, d goes, e and bb appear.
+    let mut changed = obj("c");
+    changed["spec"] = json!({"size": 9});
+    s.update(&key("c"), changed, Preconditions::default()).await.unwrap();
+    s.delete(&key("d"), Preconditions::default()).await.unwrap();
+    s.create(&key("e"), obj("e")).await.unwrap();
+    s.create(&key("bb"), obj("bb")).await.unwrap();
+    let next = s.list("/flunders/ns/", Some(5), Some(&token), |_| true).unwrap();
+    assert_eq!(names(&next), ["c", "d"], "as of the first page");
+    assert_eq!(next.rv, first.rv);
+    assert_eq!(next.items[0].value()["spec"], json!(null), "c before its change");
+    assert!(next.continue_token.is_none());
+
+    // More writes than the history holds: the token expires with one to go on at the latest.
+    for i in 0..8 {
+        s.create(&key(&format!("z{i}")), obj(&format!("z{i}"))).await.unwrap();
+    }
+    let fresh = match s.list("/flunders/ns/", Some(2), Some(&token), |_| true) {
+        Err(StorageError::ContinueExpired(t)) => t,
+        other => panic!("{other:?}"),
+    };
+    let latest = s.list("/flunders/ns/", Some(2), Some(&fresh), |_| true).unwrap();
+    assert_eq!(names(&latest), ["c", "e"], "the remainder, now");
+    assert_eq!(latest.rv, s.current_rv());
+    let rest = s
+        .list("/flunders/ns/", Some(100), latest.continue_token.as_deref(), |_| true)
+        .unwrap();
+    assert_eq!(rest.items.len(), 8);
+    assert!(matches!(
+        s.list(
+            "/flunders/ns/",
+            None,
+            Some(&encode_continue(0, "/flunders/ns/c")),
+            |_| true
+        ),
+        Err(StorageError::BadContinue(_))
+    ));
+}

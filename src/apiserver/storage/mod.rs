@@ -146,6 +146,9 @@ pub enum StorageError {
         /// The oldest resourceVersion still available.
         oldest: u64,
     },
+    /// A continue token older than the history; the token to go on at the latest version.
+    #[error("continue token expired")]
+    ContinueExpired(String),
     /// A malformed continue token.
     #[error("invalid continue token: {0}")]
     BadContinue(String),

@@ -22,6 +22,9 @@ pub trait Store: Send + Sync {
         continue_token: Option<&str>,
         keep: &dyn Fn(&Object) -> bool,
     ) -> Result<ListPage>;
+    /// Objects under `prefix` that pass `keep` as they were at `at`, paginated;
+    /// `ContinueExpired` when `at` is older than the retained history.
+    fn list_at(&self, prefix: &str, at: u64, limit: Option<usize>, keep: &dyn Fn(&Object) -> bool) -> Result<ListPage>;
     /// Changes under `prefix` after `from_rv` (now when `None`).
     fn watch(&self, prefix: &str, from_rv: Option<u64>) -> Result<WatchStream>;
     /// Creates `key`; `AlreadyExists` when it exists. Durable when it returns.
@@ -62,6 +65,9 @@ impl Store for super::Storage {
         keep: &dyn Fn(&Object) -> bool,
     ) -> Result<ListPage> {
         super::Storage::list(self, prefix, limit, continue_token, keep)
+    }
+    fn list_at(&self, prefix: &str, at: u64, limit: Option<usize>, keep: &dyn Fn(&Object) -> bool) -> Result<ListPage> {
+        super::Storage::list_at(self, prefix, at, limit, keep)
     }
     fn watch(&self, prefix: &str, from_rv: Option<u64>) -> Result<WatchStream> {
         super::Storage::watch(self, prefix, from_rv)

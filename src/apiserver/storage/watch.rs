@@ -3,7 +3,7 @@
 //! then subscribes sees every event exactly once.
 
 use super::{EventType, Object, Result, StorageError};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
@@ -46,13 +46,32 @@ pub struct WatchStream {
     replay: VecDeque<Arc<WatchEvent>>,
     rx: broadcast::Receiver<Arc<WatchEvent>>,
     prefix: String,
+    /// The start version: a live event at or below it is already in the watcher's state (a
+    /// list answered at that version may include writes not yet published to the hub).
+    from_rv: u64,
+    /// The newest history entry when the watch began: once the replay is drained, every
+    /// change up to it has been seen.
+    replay_top: u64,
+    /// The newest resourceVersion of any change this stream has passed, under its prefix or
+    /// not: bookmarks carry it, so a watcher of a quiet resource keeps up with the server's
+    /// version (kube-apiserver's bookmarks carry its watch cache's version, which follows
+    /// etcd's revision across all resources) instead of falling out of the history.
+    seen_rv: u64,
 }
 
 impl WatchStream {
+    /// The newest resourceVersion whose changes this stream has fully delivered or skipped.
+    pub fn seen_rv(&self) -> u64 {
+        self.seen_rv
+    }
+
     /// The next event under the prefix. `Err(Gone)` means the watcher fell too far behind (its
     /// buffer overflowed) and must re-list, as a kube-apiserver watcher would.
     pub async fn next(&mut self) -> Option<Result<Arc<WatchEvent>>> {
         loop {
+            if self.replay.is_empty() {
+                self.seen_rv = self.seen_rv.max(self.replay_top);
+            }
             let ev = match self.replay.pop_front() {
                 Some(ev) => ev,
                 None => match self.rx.recv().await {
@@ -66,6 +85,10 @@ impl WatchStream {
                     }
                 },
             };
+            if ev.rv() <= self.from_rv {
+                continue;
+            }
+            self.seen_rv = self.seen_rv.max(ev.rv());
             if ev.key.starts_with(&self.prefix) {
                 return Some(Ok(ev));
             }
@@ -106,6 +129,27 @@ impl Hub {
         self.state.lock().map(|s| s.compacted).unwrap_or(0)
     }
 
+    /// For keys under `prefix` from `lower` on that changed after `at`, their state at `at`
+    /// (`None`: they did not exist). Complete for `at` not older than [`Hub::oldest`].
+    pub(super) fn state_at(&self, lower: &str, prefix: &str, at: u64) -> BTreeMap<String, Option<Arc<Object>>> {
+        let mut out = BTreeMap::new();
+        let Ok(st) = self.state.lock() else { return out };
+        // The first change after `at` of each key tells its state before.
+        // History is in version order: start at the first change after `at`.
+        let first = st.history.partition_point(|e| e.rv() <= at);
+        for ev in st.history.range(first..) {
+            if ev.key.as_str() < lower || !ev.key.starts_with(prefix) || out.contains_key(&ev.key) {
+                continue;
+            }
+            let before = match ev.type_ {
+                EventType::Added => None,
+                EventType::Modified | EventType::Deleted => ev.prev.clone(),
+            };
+            out.insert(ev.key.clone(), before);
+        }
+        out
+    }
+
     /// A watch of `prefix` that sees every change after `from_rv`.
     pub(super) fn watch(&self, prefix: &str, from_rv: u64) -> Result<WatchStream> {
         let st = self.state.lock().map_err(|_| StorageError::Closed)?;
@@ -122,10 +166,69 @@ impl Hub {
             .cloned()
             .collect();
         let rx = self.tx.subscribe();
+        let replay_top = st.history.back().map_or(from_rv, |e| e.rv()).max(from_rv);
         Ok(WatchStream {
             replay,
             rx,
             prefix: prefix.to_string(),
+            from_rv,
+            replay_top,
+            seen_rv: from_rv,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(key: &str, rv: u64) -> Arc<WatchEvent> {
+        Arc::new(WatchEvent {
+            type_: EventType::Added,
+            key: key.into(),
+            object: Object::new(json!({"metadata": {"name": key}}), rv),
+            prev: None,
+        })
+    }
+
+    async fn next_rv(s: &mut WatchStream) -> u64 {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(1), s.next()).await;
+        got.ok().flatten().and_then(|r| r.ok()).map_or(0, |e| e.rv())
+    }
+
+    #[tokio::test]
+    async fn live_events_at_or_below_the_start_are_not_sent_again() {
+        // A list may answer at a version whose events the writer has not published yet: the
+        // watch that follows it must skip them when they arrive.
+        let hub = Hub::new(16, 0);
+        hub.publish(vec![ev("/a/1", 1)]);
+        let mut s = hub.watch("/a/", 3).expect("watch");
+        hub.publish(vec![ev("/a/2", 2), ev("/a/3", 3), ev("/a/4", 4)]);
+        assert_eq!(next_rv(&mut s).await, 4);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_prefix_follows_the_server_version() {
+        let hub = Hub::new(8, 0);
+        let mut s = hub.watch("/quiet/", 0).expect("watch");
+        // More writes elsewhere than the history holds, read as they come (as a watch does).
+        for chunk in [1..=10, 11..=20] {
+            hub.publish(chunk.map(|rv| ev("/busy/x", rv)).collect());
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), s.next()).await;
+            assert_eq!(s.seen_rv() % 10, 0);
+        }
+        hub.publish(vec![ev("/quiet/q", 21)]);
+        assert_eq!(next_rv(&mut s).await, 21);
+        hub.publish((22..=30).map(|rv| ev("/busy/x", rv)).collect());
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), s.next()).await;
+        assert_eq!(s.seen_rv(), 30);
+        // Resuming from that version works, though the quiet prefix's last change is gone.
+        assert!(hub.watch("/quiet/", 21).is_err());
+        assert!(hub.watch("/quiet/", s.seen_rv()).is_ok());
+        // A new watch has seen the history up to its newest entry once it has replayed.
+        let mut fresh = hub.watch("/quiet/", 25).expect("watch");
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), fresh.next()).await;
+        assert_eq!(fresh.seen_rv(), 30);
     }
 }
