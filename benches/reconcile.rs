@@ -7,7 +7,8 @@ use eao::operator::metrics::Metrics;
 use eao::operator::reconcile::build::BuildOptions;
 use eao::operator::reconcile::{reconcile, system_clock, Context};
 use eao::testing::fake_api::FakeApi;
-use kube::runtime::events::{Recorder, Reporter};
+use eao::operator::events::Recorder;
+use kube::runtime::events::Reporter;
 use std::sync::Arc;
 use std::time::Instant;
 

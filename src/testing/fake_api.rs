@@ -380,7 +380,7 @@ fn applied_fields(v: &Value, top: bool) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.iter()
-                .filter(|(k, v)| !v.is_null() && !(top && matches!(k.as_str(), "apiVersion" | "kind" | "status")))
+                .filter(|(k, v)| !(v.is_null() || top && matches!(k.as_str(), "apiVersion" | "kind" | "status")))
                 .map(|(k, v)| {
                     let sub = if top && k == "metadata" {
                         let mut meta = v.clone();

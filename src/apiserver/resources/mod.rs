@@ -304,6 +304,7 @@ impl Cx {
         }
         if let Some(s) = self.schema() {
             causes.extend(schema::validate_update(v, old, s));
+            schema::validate_rules(v, old, s, &mut causes);
         }
         if causes.is_empty() {
             return Ok(());

@@ -83,7 +83,7 @@ fn show_number(n: &Number) -> String {
 
 /// A bad value as `field.Error` prints it: `%q` for strings, `%v` for scalars, Go's `%#v`
 /// for maps and slices.
-fn show_value(v: &Value) -> String {
+pub(super) fn show_value(v: &Value) -> String {
     match v {
         Value::Null => "\"null\"".into(),
         Value::String(s) => format!("{s:?}"),
@@ -112,7 +112,7 @@ fn go_sharp(v: &Value) -> String {
 }
 
 /// JSON equality where `1` and `1.0` are the same number, as after Go's decoding.
-fn json_eq(a: &Value, b: &Value) -> bool {
+pub(super) fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q)),

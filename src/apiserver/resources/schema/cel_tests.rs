@@ -1,0 +1,86 @@
+use super::*;
+use serde_json::json;
+
+fn run(obj: Value, old: Option<Value>, schema: Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    validate(&obj, old.as_ref(), &schema, &mut causes);
+    causes
+}
+
+fn spec(rules: Value) -> Value {
+    json!({"type": "object", "properties": {"spec": {
+        "type": "object",
+        "properties": {"min": {"type": "integer"}, "max": {"type": "integer"},
+                       "l": {"type": "array", "items": {"type": "string"}}},
+        "x-kubernetes-validations": rules}}})
+}
+
+#[test]
+fn rules_pass_fail_and_message_forms() {
+    let s = spec(json!([{"rule": "self.min <= self.max", "message": "min above max"}, {"rule": "self.min >= 0"}]));
+    assert!(run(json!({"spec": {"min": 1, "max": 2}}), None, s.clone()).is_empty());
+    let c = run(json!({"spec": {"min": -3, "max": -4}}), None, s);
+    assert_eq!(
+        c,
+        vec![
+            ("spec".into(), "Invalid value: min above max".into()),
+            ("spec".into(), "Invalid value: failed rule: self.min >= 0".into()),
+        ]
+    );
+}
+
+#[test]
+fn message_expression_reason_and_field_path() {
+    let s = spec(
+        json!([{"rule": "self.min <= self.max", "messageExpression": "'min ' + string(self.min) + ' above max'",
+                         "reason": "FieldValueForbidden", "fieldPath": ".min"}]),
+    );
+    let c = run(json!({"spec": {"min": 5, "max": 4}}), None, s);
+    assert_eq!(c, vec![("spec.min".into(), "Forbidden: min 5 above max".into())]);
+}
+
+#[test]
+fn transition_rules_need_an_old_value_and_ratchet() {
+    let s =
+        spec(json!([{"rule": "self.min >= oldSelf.min", "message": "min may not shrink"}, {"rule": "self.max < 10"}]));
+    // Create: no old value, the transition rule is not run.
+    assert!(run(json!({"spec": {"min": 1, "max": 2}}), None, s.clone()).is_empty());
+    let old = json!({"spec": {"min": 3, "max": 20}});
+    let c = run(json!({"spec": {"min": 1, "max": 20}}), Some(old.clone()), s.clone());
+    assert_eq!(c.len(), 2, "{c:?}");
+    // Unchanged: the invalid max is ratcheted.
+    assert!(run(old.clone(), Some(old), s).is_empty());
+}
+
+#[test]
+fn kubernetes_library_and_escaping() {
+    let s = json!({"type": "object", "properties": {"spec": {"type": "object",
+        "properties": {"a-b": {"type": "string"}, "l": {"type": "array", "items": {"type": "string"}}},
+        "x-kubernetes-validations": [
+            {"rule": "self.a__dash__b.matches('^[a-z]+$') && self.l.all(x, x.startsWith('p'))"},
+            {"rule": "!has(self.missing) && size(self.l) == 2"}]}}});
+    assert!(run(json!({"spec": {"a-b": "abc", "l": ["p1", "p2"]}}), None, s.clone()).is_empty());
+    assert_eq!(run(json!({"spec": {"a-b": "ABC", "l": ["p1", "q"]}}), None, s).len(), 1);
+}
+
+#[test]
+fn cost_over_the_limit_is_refused_without_running() {
+    let s = spec(json!([{"rule": "self.l.all(x, self.l.all(y, self.l.exists_one(z, z == x + y)))"}]));
+    let l: Vec<String> = (0..200).map(|i| format!("s{i}")).collect();
+    let c = run(json!({"spec": {"l": l}}), None, s);
+    assert_eq!(c.len(), 1);
+    assert!(
+        c[0].1
+            .contains("call cost exceeds limit for rule: failed rule: self.l.all"),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn escape_matches_kube() {
+    assert_eq!(escape("namespace").as_deref(), Some("__namespace__"));
+    assert_eq!(escape("a.b-c/d").as_deref(), Some("a__dot__b__dash__c__slash__d"));
+    assert_eq!(escape("a__b").as_deref(), Some("a__underscores__b"));
+    assert_eq!(escape("1a"), None);
+    assert_eq!(unescape("a__dot__b__dash__c"), "a.b-c");
+}
