@@ -3,11 +3,11 @@
 //! (OBJECTS=n changes how many ExtensionApiServers are reconciled.)
 
 use eao::crd::ExtensionApiServer;
+use eao::operator::events::Recorder;
 use eao::operator::metrics::Metrics;
 use eao::operator::reconcile::build::BuildOptions;
 use eao::operator::reconcile::{reconcile, system_clock, Context};
 use eao::testing::fake_api::FakeApi;
-use eao::operator::events::Recorder;
 use kube::runtime::events::Reporter;
 use std::sync::Arc;
 use std::time::Instant;

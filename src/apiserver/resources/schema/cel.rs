@@ -305,9 +305,11 @@ impl Walker<'_> {
                 other.type_of(),
                 r.shown()
             ))),
-            (Err(e), _) => self
-                .causes
-                .push(invalid(format!("{} evaluating rule: {}", go_error(&e), r.shown()))),
+            (Err(e), _) => self.causes.push(invalid(format!(
+                "{} evaluating rule: {}",
+                go_error(&e),
+                r.message_or_default()
+            ))),
         }
     }
 }
