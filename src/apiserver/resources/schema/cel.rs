@@ -31,10 +31,14 @@ pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value, causes: &mut V
     if !has_rules(schema) {
         return;
     }
-    // Type, length and count violations void the cost bounds the rules were admitted with,
-    // so kube runs no rule then and says so (`hasBlockingErr`).
+    // Type, length, count, required and enum violations leave the object unfit for its rules
+    // (and void the cost bounds they were admitted with), so kube runs no rule then and says
+    // so (`hasBlockingErr`).
     let blocking = causes.iter().any(|(_, m)| {
-        m.starts_with("Too long") || m.starts_with("Too many") || m.contains(" in body must be of type ")
+        ["Too long", "Too many", "Required value", "Unsupported value"]
+            .iter()
+            .any(|p| m.starts_with(p))
+            || m.contains(" in body must be of type ")
     });
     if blocking {
         causes.push((
