@@ -8,7 +8,7 @@
 use super::cel_cost;
 use super::validation::{json_eq, show_value, Cause};
 use super::{additional, items, property};
-use kube_cel::cel::objects::{Key, Map};
+use kube_cel::cel::objects::{Key, Map, OptionalValue};
 use kube_cel::cel::{Context, ExecutionError, Program, Value as Cel};
 use kube_cel::KubeCelExt;
 use serde_json::Value;
@@ -261,9 +261,13 @@ impl Walker<'_> {
         let result = BASE.with(|base| {
             let mut ctx = base.new_inner_scope();
             ctx.add_variable_from_value("self", to_cel(&this, Some(s)));
+            // With optionalOldSelf, oldSelf is an optional (empty on create), as in kube.
             match (&old_this, r.optional_old_self) {
-                (Some(o), _) => ctx.add_variable_from_value("oldSelf", to_cel(o, Some(s))),
-                (None, true) => ctx.add_variable_from_value("oldSelf", Cel::Null),
+                (Some(o), false) => ctx.add_variable_from_value("oldSelf", to_cel(o, Some(s))),
+                (Some(o), true) => {
+                    ctx.add_variable_from_value("oldSelf", Cel::Opaque(Arc::new(OptionalValue::of(to_cel(o, Some(s))))))
+                }
+                (None, true) => ctx.add_variable_from_value("oldSelf", Cel::Opaque(Arc::new(OptionalValue::none()))),
                 (None, false) => {}
             }
             let outcome = program.execute(&ctx);

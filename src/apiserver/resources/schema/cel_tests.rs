@@ -84,3 +84,22 @@ fn escape_matches_kube() {
     assert_eq!(escape("1a"), None);
     assert_eq!(unescape("a__dot__b__dash__c"), "a.b-c");
 }
+
+#[test]
+fn optional_old_self_runs_on_create_with_an_empty_optional() {
+    let s = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"level": {
+        "type": "integer",
+        "x-kubernetes-validations": [
+            {"rule": "oldSelf.hasValue() || self < 10", "optionalOldSelf": true, "message": "new below 10"},
+            {"rule": "!oldSelf.hasValue() || self >= oldSelf.value()", "optionalOldSelf": true, "message": "no decrease"}]}}}}});
+    let c = run(json!({"spec": {"level": 50}}), None, s.clone());
+    assert_eq!(c, vec![("spec.level".into(), "Invalid value: 50: new below 10".into())]);
+    assert!(run(
+        json!({"spec": {"level": 50}}),
+        Some(json!({"spec": {"level": 5}})),
+        s.clone()
+    )
+    .is_empty());
+    let c = run(json!({"spec": {"level": 4}}), Some(json!({"spec": {"level": 5}})), s);
+    assert_eq!(c, vec![("spec.level".into(), "Invalid value: 4: no decrease".into())]);
+}
