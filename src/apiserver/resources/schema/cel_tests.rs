@@ -103,3 +103,28 @@ fn optional_old_self_runs_on_create_with_an_empty_optional() {
     let c = run(json!({"spec": {"level": 4}}), Some(json!({"spec": {"level": 5}})), s);
     assert_eq!(c, vec![("spec.level".into(), "Invalid value: 4: no decrease".into())]);
 }
+
+#[test]
+fn the_request_budget_stops_all_further_rules() {
+    let s = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"rows": {
+        "type": "array",
+        "items": {"type": "object", "properties": {"v": {"type": "array", "items": {"type": "string"}}},
+                  "x-kubernetes-validations": [{"rule": "self.v.all(x, self.v.exists_one(y, y == x))"}]}}}}}});
+    let row: Vec<String> = (0..150).map(|i| format!("s{i}")).collect();
+    let one = cel_cost::bound(
+        compile("self.v.all(x, self.v.exists_one(y, y == x))")
+            .expect("compiles")
+            .expression(),
+        &json!({"v": row}),
+        None,
+    );
+    assert!(one < cel_cost::PER_CALL_LIMIT, "{one}");
+    let rows: Vec<Value> = (0..(cel_cost::REQUEST_BUDGET / one + 2))
+        .map(|_| json!({"v": row}))
+        .collect();
+    let c = run(json!({"spec": {"rows": rows}}), None, s);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert!(c[0]
+        .1
+        .ends_with("validation failed due to running out of cost budget, no further validation rules will be run"));
+}
