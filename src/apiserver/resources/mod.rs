@@ -25,6 +25,7 @@ mod meta;
 mod object;
 mod output;
 mod schema;
+pub use schema::rule_problems;
 mod select;
 mod table;
 

@@ -6,7 +6,7 @@ mod cel;
 mod cel_cost;
 mod validation;
 
-pub use cel::validate as validate_rules;
+pub use cel::{rule_problems, validate as validate_rules};
 pub use validation::validate_update;
 
 use crate::crd::ServedResource;

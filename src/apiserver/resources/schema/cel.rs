@@ -26,6 +26,33 @@ pub fn has_rules(s: &Value) -> bool {
     }
 }
 
+/// The rules of `schema` (and its `messageExpression`s) that do not compile, as
+/// `(rule, error)`: kube-apiserver refuses such a CRD; here they are logged when the
+/// configuration is loaded, and every write they would judge gets an internal-error cause.
+pub fn rule_problems(schema: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![schema];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) => {
+                for r in m.get(VALIDATIONS).and_then(Value::as_array).into_iter().flatten() {
+                    for k in ["rule", "messageExpression"] {
+                        if let Some(src) = r.get(k).and_then(Value::as_str) {
+                            if let Err(e) = compile(src) {
+                                out.push((src.to_string(), e));
+                            }
+                        }
+                    }
+                }
+                stack.extend(m.values());
+            }
+            Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Appends the failures of the rules of `schema` on `obj` (updated from `old`) to `causes`.
 pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value, causes: &mut Vec<Cause>) {
     if !has_rules(schema) {

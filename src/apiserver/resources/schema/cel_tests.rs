@@ -128,3 +128,12 @@ fn the_request_budget_stops_all_further_rules() {
         .1
         .ends_with("validation failed due to running out of cost budget, no further validation rules will be run"));
 }
+
+#[test]
+fn rules_that_do_not_compile_are_found_and_fail_writes_without_panicking() {
+    let s = spec(json!([{"rule": "self.min <="}, {"rule": "true", "messageExpression": "'a' +"}]));
+    assert_eq!(rule_problems(&s).len(), 2);
+    let c = run(json!({"spec": {"min": 1}}), None, s);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert!(c[0].1.starts_with("Internal error: rule does not compile"), "{c:?}");
+}
