@@ -475,6 +475,14 @@ fn to_cel(v: &Value, s: Option<&Value>) -> Cel {
                 Cel::Float(n.as_f64().unwrap_or_default())
             }
         }
+        // kube gives `date-time` strings to rules as timestamps (a string that does not parse
+        // was refused by the schema's format check first).
+        Value::String(x) if s.and_then(|s| s.get("format")).and_then(Value::as_str) == Some("date-time") => {
+            match chrono::DateTime::parse_from_rfc3339(x) {
+                Ok(t) => Cel::Timestamp(t),
+                Err(_) => Cel::String(Arc::new(x.clone())),
+            }
+        }
         Value::String(x) => Cel::String(Arc::new(x.clone())),
         Value::Array(a) => {
             let it = s.and_then(items);

@@ -137,3 +137,19 @@ fn rules_that_do_not_compile_are_found_and_fail_writes_without_panicking() {
     assert_eq!(c.len(), 1, "{c:?}");
     assert!(c[0].1.starts_with("Internal error: rule does not compile"), "{c:?}");
 }
+
+#[test]
+fn date_time_strings_are_timestamps() {
+    let s = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"expires": {
+        "type": "string", "format": "date-time",
+        "x-kubernetes-validations": [{"rule": "self > timestamp('2020-01-01T00:00:00Z')", "message": "after 2020"}]}}}}});
+    let c = run(json!({"spec": {"expires": "2019-05-01T10:00:00Z"}}), None, s.clone());
+    assert_eq!(
+        c,
+        vec![(
+            "spec.expires".into(),
+            "Invalid value: \"2019-05-01T10:00:00Z\": after 2020".into()
+        )]
+    );
+    assert!(run(json!({"spec": {"expires": "2030-05-01T10:00:00+02:00"}}), None, s).is_empty());
+}
