@@ -483,6 +483,12 @@ fn to_cel(v: &Value, s: Option<&Value>) -> Cel {
                 Err(_) => Cel::String(Arc::new(x.clone())),
             }
         }
+        Value::String(x) if s.and_then(|s| s.get("format")).and_then(Value::as_str) == Some("duration") => {
+            match go_duration(x) {
+                Some(d) => Cel::Duration(d),
+                None => Cel::String(Arc::new(x.clone())),
+            }
+        }
         Value::String(x) => Cel::String(Arc::new(x.clone())),
         Value::Array(a) => {
             let it = s.and_then(items);
@@ -503,6 +509,48 @@ fn to_cel(v: &Value, s: Option<&Value>) -> Cel {
             Cel::Map(Map { map: Arc::new(out) })
         }
     }
+}
+
+/// A Go `time.ParseDuration` string (`1h30m`, `-1.5s`, `300ms`, `0`), which kube gives to
+/// rules as a duration for `format: duration`.
+fn go_duration(x: &str) -> Option<chrono::Duration> {
+    let (neg, mut rest) = match x.as_bytes().first() {
+        Some(b'-') => (true, &x[1..]),
+        Some(b'+') => (false, &x[1..]),
+        _ => (false, x),
+    };
+    if rest == "0" {
+        return Some(chrono::Duration::zero());
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut nanos: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        nanos += n * scale;
+        rest = &rest[unit_end..];
+    }
+    // Go refuses what overflows an int64 of nanoseconds.
+    if nanos > i64::MAX as f64 {
+        return None;
+    }
+    let d = chrono::Duration::nanoseconds(nanos as i64);
+    Some(if neg { -d } else { d })
 }
 
 #[cfg(test)]

@@ -153,3 +153,14 @@ fn date_time_strings_are_timestamps() {
     );
     assert!(run(json!({"spec": {"expires": "2030-05-01T10:00:00+02:00"}}), None, s).is_empty());
 }
+
+#[test]
+fn go_durations_parse() {
+    assert_eq!(go_duration("1h30m"), Some(chrono::Duration::minutes(90)));
+    assert_eq!(go_duration("-1.5s"), Some(chrono::Duration::milliseconds(-1500)));
+    assert_eq!(go_duration("300ms"), Some(chrono::Duration::milliseconds(300)));
+    assert_eq!(go_duration("0"), Some(chrono::Duration::zero()));
+    assert_eq!(go_duration("5"), None);
+    assert_eq!(go_duration("1d"), None);
+    assert_eq!(go_duration(""), None);
+}
