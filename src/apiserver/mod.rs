@@ -135,6 +135,14 @@ fn load_server_config(args: &Args) -> Result<ServerConfig, ServeError> {
             // The CRD's validation should have refused this; serve the rest rather than fail.
             tracing::warn!(resource = %r.plural, version = %v.name, "version of a resource is not a served version; ignored");
         }
+        for v in &r.versions {
+            let Some(schema) = v.open_api_v3_schema.as_ref() else {
+                continue;
+            };
+            for (rule, error) in resources::rule_problems(schema) {
+                tracing::warn!(resource = %r.plural, version = %v.name, %rule, %error, "CEL rule does not compile; writes it judges fail with an internal error");
+            }
+        }
     }
     Ok(cfg)
 }

@@ -25,6 +25,7 @@ mod meta;
 mod object;
 mod output;
 mod schema;
+pub use schema::rule_problems;
 mod select;
 mod table;
 
@@ -304,6 +305,7 @@ impl Cx {
         }
         if let Some(s) = self.schema() {
             causes.extend(schema::validate_update(v, old, s));
+            schema::validate_rules(v, old, s, &mut causes);
         }
         if causes.is_empty() {
             return Ok(());

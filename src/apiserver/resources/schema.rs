@@ -2,8 +2,11 @@
 //! asked to write, in its order: prune unknown fields, drop non-nullable nulls, apply `default`s,
 //! then validate (see [`validate_update`]). Metadata is the server's business, not the schema's.
 
+mod cel;
+mod cel_cost;
 mod validation;
 
+pub use cel::{rule_problems, validate as validate_rules};
 pub use validation::validate_update;
 
 use crate::crd::ServedResource;

@@ -83,7 +83,7 @@ fn show_number(n: &Number) -> String {
 
 /// A bad value as `field.Error` prints it: `%q` for strings, `%v` for scalars, Go's `%#v`
 /// for maps and slices.
-fn show_value(v: &Value) -> String {
+pub(super) fn show_value(v: &Value) -> String {
     match v {
         Value::Null => "\"null\"".into(),
         Value::String(s) => format!("{s:?}"),
@@ -112,7 +112,7 @@ fn go_sharp(v: &Value) -> String {
 }
 
 /// JSON equality where `1` and `1.0` are the same number, as after Go's decoding.
-fn json_eq(a: &Value, b: &Value) -> bool {
+pub(super) fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q)),
@@ -175,7 +175,78 @@ impl Validator {
             Value::Object(m) => self.object(m, s, path, root, old),
             Value::Bool(_) => {}
         }
+        self.composition(v, s, path);
         self.enumeration(v, s, path);
+    }
+
+    /// The causes of validating `v` at `path` against a subschema on its own.
+    fn sub(v: &Value, s: &Value, path: &str) -> Vec<Cause> {
+        let mut v2 = Validator {
+            causes: Vec::new(),
+            duplicates: Vec::new(),
+        };
+        v2.node(v, s, path, false, None);
+        v2.causes.append(&mut v2.duplicates);
+        v2.causes
+    }
+
+    /// `allOf`, `anyOf`, `oneOf` and `not`, which structural schemas allow with value
+    /// validations only, as kube-openapi's `schemaPropsValidator` reports them: its composite
+    /// errors carry no field (kube prints `<nil>`) and name the path quoted; a failed `allOf`
+    /// or `anyOf`/`oneOf` also reports the failures of its (closest) branches.
+    fn composition(&mut self, v: &Value, s: &Value, path: &str) {
+        let branches = |k: &str| -> Vec<Vec<Cause>> {
+            s.get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|b| Self::sub(v, b, path)).collect())
+                .unwrap_or_default()
+        };
+        let mut composite = Vec::new();
+        let all = branches("allOf");
+        let valid = all.iter().filter(|c| c.is_empty()).count();
+        if valid < all.len() {
+            composite.push(if valid == 0 {
+                "must validate all the schemas (allOf). None validated".to_string()
+            } else {
+                // kube-openapi adds nothing when some branches passed.
+                "must validate all the schemas (allOf)".to_string()
+            });
+        }
+        let any = branches("anyOf");
+        let any_failed = !any.is_empty() && any.iter().all(|c| !c.is_empty());
+        if any_failed {
+            composite.push("must validate at least one schema (anyOf)".into());
+        }
+        let one = branches("oneOf");
+        let valid_one = one.iter().filter(|c| c.is_empty()).count();
+        if !one.is_empty() && valid_one != 1 {
+            composite.push(if valid_one == 0 {
+                "must validate one and only one schema (oneOf). Found none valid".to_string()
+            } else {
+                format!("must validate one and only one schema (oneOf). Found {valid_one} valid alternatives")
+            });
+        }
+        if let Some(not) = s.get("not").filter(|n| n.is_object()) {
+            if Self::sub(v, not, path).is_empty() {
+                composite.push("must not validate the schema (not)".into());
+            }
+        }
+        for what in composite {
+            self.push("<nil>", format!("Invalid value: \"\": {path:?} {what}"));
+        }
+        for mut c in all {
+            self.causes.append(&mut c);
+        }
+        if any_failed {
+            if let Some(best) = any.into_iter().min_by_key(Vec::len) {
+                self.causes.extend(best);
+            }
+        }
+        if !one.is_empty() && valid_one == 0 {
+            if let Some(best) = one.into_iter().min_by_key(Vec::len) {
+                self.causes.extend(best);
+            }
+        }
     }
 
     fn check_type(&mut self, v: &Value, s: &Value, path: &str) -> bool {

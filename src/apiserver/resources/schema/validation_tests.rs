@@ -279,3 +279,44 @@ fn metadata_is_not_the_schemas() {
         "properties": {"name": {"type": "string", "maxLength": 2}}}}});
     assert!(validate(&json!({"metadata": {"name": "long-name"}}), &s).is_empty());
 }
+
+#[test]
+fn composition_is_reported_as_kube_openapi_does() {
+    let spec = json!({"type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
+        "oneOf": [{"required": ["a"]}, {"required": ["b"]}],
+        "not": {"properties": {"a": {"minimum": 10}}, "required": ["a"]},
+        "allOf": [{"properties": {"b": {"maximum": 5}}}]});
+    assert!(causes(spec.clone(), json!({"a": 1})).is_empty());
+    let none = causes(spec.clone(), json!({}));
+    assert!(
+        none.contains(&(
+            "<nil>".into(),
+            "Invalid value: \"\": \"spec\" must validate at least one schema (anyOf)".into()
+        )),
+        "{none:?}"
+    );
+    assert!(
+        none.iter().any(|(_, m)| m.ends_with("(oneOf). Found none valid")),
+        "{none:?}"
+    );
+    assert!(none.contains(&("spec.a".into(), "Required value".into())), "{none:?}");
+    let both = causes(spec.clone(), json!({"a": 20, "b": 9}));
+    assert!(
+        both.iter()
+            .any(|(_, m)| m.ends_with("(oneOf). Found 2 valid alternatives")),
+        "{both:?}"
+    );
+    assert!(
+        both.iter()
+            .any(|(_, m)| m.ends_with("must not validate the schema (not)")),
+        "{both:?}"
+    );
+    assert!(
+        both.iter()
+            .any(|(_, m)| m.ends_with("must validate all the schemas (allOf). None validated")),
+        "{both:?}"
+    );
+    assert!(both.iter().any(|(f, _)| f == "spec.b"), "{both:?}");
+}
