@@ -245,6 +245,51 @@ impl Status {
         }
     }
 
+    /// 403 for one object, as `apierrors.NewForbidden` words it (admission refusals use it):
+    /// `<resource>.<group> "<name>" is forbidden: <why>`.
+    pub fn forbidden(group: &str, resource: &str, name: &str, why: &str) -> Self {
+        Status {
+            code: StatusCode::FORBIDDEN,
+            reason: "Forbidden",
+            message: format!("{} {name:?} is forbidden: {why}", qualified(resource, group)),
+            details: Some(details(name, group, resource)),
+        }
+    }
+
+    /// A Status an admission webhook or policy chose: its code (at least 400) and reason. A
+    /// reason Kubernetes does not define is left out (`reason` is an enumeration).
+    pub fn custom(code: u16, reason: &str, message: impl Into<String>) -> Self {
+        const KNOWN: [&str; 17] = [
+            "Unauthorized",
+            "Forbidden",
+            "NotFound",
+            "AlreadyExists",
+            "Conflict",
+            "Gone",
+            "Invalid",
+            "ServerTimeout",
+            "StoreReadError",
+            "Timeout",
+            "TooManyRequests",
+            "BadRequest",
+            "MethodNotAllowed",
+            "NotAcceptable",
+            "RequestEntityTooLarge",
+            "UnsupportedMediaType",
+            "InternalError",
+        ];
+        let code = StatusCode::from_u16(code)
+            .ok()
+            .filter(|c| c.as_u16() >= 400)
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        Status {
+            code,
+            reason: KNOWN.iter().find(|k| **k == reason).copied().unwrap_or(""),
+            message: message.into(),
+            details: None,
+        }
+    }
+
     /// 500 with a message.
     pub fn internal(message: impl Into<String>) -> Self {
         Status {

@@ -72,6 +72,7 @@ impl Metrics {
             "Request latency by verb, resource and HTTP code",
             latency.clone(),
         );
+        crate::apiserver::admission::metrics::register(&mut registry);
         Metrics {
             registry,
             requests,

@@ -239,7 +239,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     let serving = tls::ServingCert::new(ck);
     let tls_config = tls::server_config(serving.clone())?;
 
-    let (auth_state, tokens, authorizer, namespaces) = if args.standalone {
+    let (auth_state, tokens, authorizer, namespaces, admission) = if args.standalone {
         let state = authn::source::AuthState::loaded(authn::source::from_args(&args)?);
         let tokens = match &args.token_auth_file {
             Some(p) => authn::TokenAuthenticator::from_file(p)?,
@@ -261,6 +261,8 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
             tokens,
             authorizer,
             Arc::new(admission::namespace_lifecycle::Namespaces::Any),
+            // No cluster, so no cluster policy to apply.
+            admission::Admission::none(),
         )
     } else {
         let client = kube_client(&args).await?;
@@ -269,8 +271,14 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         let tokens =
             authn::TokenAuthenticator::Review(authn::TokenReviewer::new(client.clone(), args.authentication_cache_ttl));
         let namespaces = admission::namespace_lifecycle::Namespaces::follow(client.clone());
+        // The cluster's admission policy applies to our resources as to kube-apiserver's:
+        // policies first, then webhooks, in each phase (kube-apiserver's plugin order).
+        let admission = admission::Admission::new(vec![admission::policy::Policies::follow(
+            client.clone(),
+            namespaces.clone(),
+        )]);
         let authorizer = authz::Authorizer::Delegated(authz::SarAuthorizer::new(client, args.authorization_cache_ttl));
-        (state, tokens, authorizer, namespaces)
+        (state, tokens, authorizer, namespaces, admission)
     };
 
     // Opened before binding: a server that cannot keep data must not become ready.
@@ -278,7 +286,8 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     let storage = crate::apiserver::storage::Storage::open(&data_dir, Default::default())
         .map_err(|e| ServeError::Storage(data_dir.display().to_string(), e))?;
     tracing::info!(dir = %data_dir.display(), objects = storage.len(), rv = storage.current_rv(), "storage open");
-    let resources = resources::StorageHandler::new(Arc::new(storage), cfg.group.clone(), namespaces.clone());
+    let resources =
+        resources::StorageHandler::with_admission(Arc::new(storage), cfg.group.clone(), namespaces.clone(), admission);
     let group = cfg.group.clone();
     let config_digest = config_digest(&args);
 

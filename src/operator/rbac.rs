@@ -29,11 +29,28 @@ fn named(groups: &[&str], resources: &[&str], names: &[&str], verbs: &[&str]) ->
     }
 }
 
-/// Rules the bundled server needs beyond `system:auth-delegator` and the auth reader Role:
-/// it watches namespaces for namespace-lifecycle admission (refusing creates in a namespace
-/// that does not exist or is terminating), as kube-apiserver does.
+/// Rules the bundled server needs beyond `system:auth-delegator` and the auth reader Role, to
+/// run the cluster's admission chain as kube-apiserver does:
+/// - namespaces, for namespace-lifecycle admission (refusing creates in a namespace that does
+///   not exist or is terminating) and the `namespaceSelector` of webhooks and policies;
+/// - the webhook configurations, ValidatingAdmissionPolicies and their bindings;
+/// - Services and their EndpointSlices, to reach webhooks given as a Service.
 pub fn bundled_server_rules() -> Vec<PolicyRule> {
-    vec![rule(&[""], &["namespaces"], &["get", "list", "watch"])]
+    vec![
+        rule(&[""], &["namespaces"], &["get", "list", "watch"]),
+        rule(
+            &["admissionregistration.k8s.io"],
+            &[
+                "mutatingwebhookconfigurations",
+                "validatingwebhookconfigurations",
+                "validatingadmissionpolicies",
+                "validatingadmissionpolicybindings",
+            ],
+            &["get", "list", "watch"],
+        ),
+        rule(&[""], &["services"], &["get"]),
+        rule(&["discovery.k8s.io"], &["endpointslices"], &["list"]),
+    ]
 }
 
 /// Cluster-wide rules of the operator.

@@ -97,6 +97,16 @@ impl Namespaces {
         })
     }
 
+    /// Namespace `ns` as admission shows it (`namespaceObject`, the labels that a
+    /// `namespaceSelector` selects): its metadata from the cache. `None` standalone or when
+    /// the namespace is not (yet) known.
+    pub fn object(&self, ns: &str) -> Option<Value> {
+        let Namespaces::Watched(w) = self else { return None };
+        let m = w.store.get(&ObjectRef::new(ns))?;
+        let meta = serde_json::to_value(&m.metadata).ok()?;
+        Some(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta}))
+    }
+
     /// Refuses a create of `name` (of `plural` in `group`) in `ns` when the namespace does not
     /// exist or is terminating.
     pub async fn admit_create(&self, ns: &str, group: &str, plural: &str, name: &str) -> Result<(), Status> {

@@ -7,6 +7,7 @@
 use super::fields::{self, FieldSet};
 use super::managed::{self, decode, schema_of, store, subresource, Entry, APPLY, LAST_APPLIED, UPDATE};
 use super::{json_response, object, value_response, Cx, StorageHandler, PATCH_RETRIES};
+use crate::apiserver::admission::Operation;
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::Body;
 use crate::apiserver::storage::StorageError;
@@ -39,9 +40,12 @@ impl StorageHandler {
                 }
                 let mut v = apply_create(cx, &cfg)?;
                 cx.prune_and_default(&mut v);
+                self.admit_mutate(cx, Operation::Create, &mut v, None).await?;
                 cx.validate(&v, None)?;
                 self.namespaces
                     .admit_create(&cx.namespace, &cx.group, &cx.res.plural, &cx.name)
+                    .await?;
+                self.admit_validate(cx, Operation::Create, &cx.name, Some(&v), None)
                     .await?;
                 if cx.dry_run() {
                     return Ok(value_response(StatusCode::CREATED, &v));
@@ -64,7 +68,11 @@ impl StorageHandler {
             let mut before = live.clone();
             cx.prune_and_default(&mut before);
             cx.prune_and_default(&mut next);
+            self.admit_mutate(cx, Operation::Update, &mut next, Some(&before))
+                .await?;
             cx.validate(&next, Some(&before))?;
+            self.admit_validate(cx, Operation::Update, &cx.name, Some(&next), Some(&before))
+                .await?;
             // Nothing to change, not even ownership: no write, no new resourceVersion.
             if next == live {
                 return Ok(json_response(StatusCode::OK, cx.bytes_of(&old)));

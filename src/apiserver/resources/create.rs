@@ -1,7 +1,9 @@
 //! POST of a new object: decoded, pruned and defaulted, named (`generateName`), validated,
-//! its fields owned by the manager, and admitted by namespace lifecycle before it is stored.
+//! its fields owned by the manager, and admitted (namespace lifecycle, webhooks, policies)
+//! before it is stored.
 
 use super::{json_response, managed, object, value_response, Cx, StorageHandler};
+use crate::apiserver::admission::Operation;
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::Body;
 use crate::apiserver::storage::StorageError;
@@ -61,11 +63,14 @@ impl StorageHandler {
             .flatten();
         cx.prune_request(&mut v)?;
         object::prepare_create(cx, &mut v)?;
+        self.admit_mutate(cx, Operation::Create, &mut v, None).await?;
         cx.validate(&v, None)?;
         managed::track_update(cx, None, &mut v);
         let name = object::name_of(&v);
         self.namespaces
             .admit_create(&cx.namespace, &cx.group, &cx.res.plural, &name)
+            .await?;
+        self.admit_validate(cx, Operation::Create, &name, Some(&v), None)
             .await?;
         if cx.dry_run() {
             if self.storage.get(&cx.key(&name)).is_some() {

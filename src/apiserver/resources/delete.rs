@@ -160,6 +160,7 @@ impl StorageHandler {
     async fn delete_one(&self, cx: &Cx, name: &str, opts: &DeleteOptions) -> Result<(Value, bool), Status> {
         let key = cx.key(name);
         let pre = &opts.pre;
+        let mut admitted = false;
         for _ in 0..PATCH_RETRIES {
             let cur = self.storage.get(&key).ok_or_else(|| cx.not_found(name))?;
             // Precondition failures name the kind, as kube's delete words them.
@@ -182,6 +183,10 @@ impl StorageHandler {
                 }
             }
             let mut v = cur.value();
+            if !admitted {
+                self.admit_delete(cx, name, &v).await?;
+                admitted = true;
+            }
             let exact = Preconditions {
                 resource_version: Some(cur.rv),
                 uid: None,

@@ -25,6 +25,8 @@ fn cx(manager: &str, status_sub: bool) -> Cx {
         manager: manager.into(),
         warnings: Default::default(),
         content_type: "application/json".into(),
+        user: Default::default(),
+        verb: "update".into(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! the JSON responses.
 
 // One file per verb.
+mod admit;
 mod apply;
 mod create;
 mod delete;
@@ -23,14 +24,17 @@ mod fields_v1;
 mod managed;
 mod meta;
 mod object;
+pub(crate) use object::uuid;
 mod output;
 mod schema;
 pub use schema::rule_problems;
+pub(crate) use schema::{cel_compile, cel_context, cel_error, to_cel};
 mod select;
 mod table;
 
 use super::body::{full, Body};
 use crate::apiserver::admission::namespace_lifecycle::Namespaces;
+use crate::apiserver::admission::Admission;
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::request::query_pairs;
 use crate::apiserver::router::{ResourceHandler, ResourceRequest};
@@ -52,15 +56,27 @@ pub struct StorageHandler {
     storage: Arc<dyn Store>,
     group: String,
     namespaces: Arc<Namespaces>,
+    admission: Admission,
 }
 
 impl StorageHandler {
     /// A handler for `group` over `storage`, admitting creates through `namespaces`.
     pub fn new(storage: Arc<dyn Store>, group: String, namespaces: Arc<Namespaces>) -> Arc<Self> {
+        Self::with_admission(storage, group, namespaces, Admission::none())
+    }
+
+    /// [`StorageHandler::new`] with the admission plugins writes go through.
+    pub fn with_admission(
+        storage: Arc<dyn Store>,
+        group: String,
+        namespaces: Arc<Namespaces>,
+        admission: Admission,
+    ) -> Arc<Self> {
         Arc::new(StorageHandler {
             storage,
             group,
             namespaces,
+            admission,
         })
     }
 }
@@ -81,7 +97,7 @@ impl ResourceHandler for StorageHandler {
     }
 
     fn unhealthy(&self) -> Option<String> {
-        self.storage.unhealthy()
+        self.storage.unhealthy().or_else(|| self.admission.not_ready())
     }
 }
 
@@ -145,6 +161,10 @@ pub(crate) struct Cx {
     pub manager: String,
     /// The request body's media type, as sent.
     pub content_type: String,
+    /// Who sent the request (admission tells webhooks and policies).
+    pub user: crate::apiserver::authn::UserInfo,
+    /// The request's verb (`create`, `update`, `patch`, `delete`, ...).
+    pub verb: String,
 }
 
 impl Cx {
@@ -185,6 +205,8 @@ impl Cx {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string(),
+            user: req.user.clone(),
+            verb: req.info.verb.clone(),
         }
     }
 

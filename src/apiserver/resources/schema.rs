@@ -6,6 +6,8 @@ mod cel;
 mod cel_cost;
 mod validation;
 
+/// The CEL environment rules run in, for admission's expressions.
+pub(crate) use cel::{compile as cel_compile, go_error as cel_error, to_cel, with_context as cel_context};
 pub use cel::{rule_problems, validate as validate_rules};
 pub use validation::validate_update;
 

@@ -4,6 +4,7 @@
 //! (server-side apply uses it), completing a delete when the last finalizer goes.
 
 use super::{json_response, managed, object, value_response, Cx, StorageHandler};
+use crate::apiserver::admission::Operation;
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::Body;
 use crate::apiserver::storage::Preconditions;
@@ -87,8 +88,13 @@ impl StorageHandler {
         cx.prune_and_default(&mut old);
         cx.prune_request(&mut new)?;
         let mut next = object::prepare_update(cx, &old, new, cx.has_status())?;
+        self.admit_mutate(cx, Operation::Update, &mut next, Some(&old)).await?;
         // The whole object, also for /status: kube validates what would be stored.
         cx.validate(&next, Some(&old))?;
+        // Judged even when nothing changes, as kube's Update runs admission before its
+        // no-op check.
+        self.admit_validate(cx, Operation::Update, &cx.name, Some(&next), Some(&old))
+            .await?;
         managed::track_update(cx, Some(&old), &mut next);
         if next == old {
             // Nothing changes: kube-apiserver stores nothing, so the resourceVersion stays and

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::crd::{ApiVersion, BundledServer, ExtensionApiServerSpec};
+use crate::operator::rbac::bundled_server_rules;
 use crate::pki;
 
 const NOW: i64 = 1_800_000_000;
@@ -148,9 +149,11 @@ fn rbac_binds_the_service_account_to_the_right_roles() {
         assert_eq!(subjects.as_ref().unwrap(), &vec![subject.clone()]);
     }
     let rules = ch.cluster_role.rules.unwrap();
-    assert_eq!(rules.len(), 2, "bundled server rules plus the user's");
+    let bundled = bundled_server_rules();
+    assert_eq!(rules.len(), bundled.len() + 1, "bundled server rules plus the user's");
     assert_eq!(rules[0].resources, Some(vec!["namespaces".to_string()]));
-    assert_eq!(rules[1].resources, Some(vec!["nodes".to_string()]));
+    assert_eq!(rules[..bundled.len()], bundled[..]);
+    assert_eq!(rules[bundled.len()].resources, Some(vec!["nodes".to_string()]));
 }
 
 #[test]

@@ -87,7 +87,7 @@ pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value, causes: &mut V
 type Compiled = Result<Arc<Program>, String>;
 static PROGRAMS: LazyLock<Mutex<HashMap<String, Compiled>>> = LazyLock::new(Default::default);
 
-fn compile(src: &str) -> Compiled {
+pub(crate) fn compile(src: &str) -> Compiled {
     let mut cache = PROGRAMS.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(p) = cache.get(src) {
         return p.clone();
@@ -108,6 +108,14 @@ thread_local! {
         c.register_all();
         c
     };
+}
+
+/// Runs `f` in a fresh scope of the base environment (the standard and Kubernetes libraries).
+pub(crate) fn with_context<R>(f: impl FnOnce(&mut Context<'_>) -> R) -> R {
+    BASE.with(|base| {
+        let mut ctx = base.new_inner_scope();
+        f(&mut ctx)
+    })
 }
 
 /// One rule as declared.
@@ -350,7 +358,7 @@ impl Walker<'_> {
 }
 
 /// Runtime errors in cel-go's words where they are the same error.
-fn go_error(e: &ExecutionError) -> String {
+pub(crate) fn go_error(e: &ExecutionError) -> String {
     match e {
         ExecutionError::NoSuchKey(k) => format!("no such key: {k}"),
         other => other.to_string(),
@@ -459,7 +467,7 @@ pub fn unescape(name: &str) -> String {
 /// A JSON value as CEL sees it under schema `s`: `number` fields are doubles even when whole,
 /// `integer` fields ints, property names escaped; map (additionalProperties) keys stay as
 /// they are.
-fn to_cel(v: &Value, s: Option<&Value>) -> Cel {
+pub(crate) fn to_cel(v: &Value, s: Option<&Value>) -> Cel {
     let ty = s.map(type_of).unwrap_or_default();
     match v {
         Value::Null => Cel::Null,
