@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod namespace_lifecycle;
 pub mod policy;
 pub mod selector;
+pub mod source;
+pub mod webhook;
 
 pub use attributes::{Attributes, Operation};
 
