@@ -13,7 +13,7 @@
 //! tests run in parallel, each in namespaces of its own. Without `KUBEBUILDER_ASSETS` every test
 //! prints why it is skipped and passes.
 
-use eao::testing::aggregated::{AggregatedServer, ServeOptions};
+use eao::testing::aggregated::{crds_from_config, AggregatedServer, ServeOptions};
 use eao::testing::controlplane::ControlPlane;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -38,55 +38,9 @@ struct Env {
 
 static ENV: OnceCell<Result<Env, String>> = OnceCell::const_new();
 
-/// The CRDs for the resources of the bundled server's configuration, in [`CRD_GROUP`]. Short
-/// names and categories are left out: they would make `fl` and `kubectl get all` ambiguous.
-fn crds_from_config(config_yaml: &str) -> Value {
-    let config: Value = serde_yaml::from_str(config_yaml).expect("server config parses");
-    let items: Vec<Value> = config["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .map(|r| {
-            let plural = r["plural"].as_str().expect("plural");
-            let kind = r["kind"].as_str().expect("kind");
-            let mut names = json!({"kind": kind, "plural": plural});
-            if let Some(s) = r.get("singular") {
-                names["singular"] = s.clone();
-            }
-            let versions: Vec<Value> = r["versions"]
-                .as_array()
-                .expect("versions")
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let mut out = json!({
-                        "name": v["name"], "served": true, "storage": i == 0,
-                        "schema": {"openAPIV3Schema": v["openAPIV3Schema"]},
-                    });
-                    if let Some(s) = r.get("subresources") {
-                        out["subresources"] = s.clone();
-                    }
-                    if let Some(c) = v.get("additionalPrinterColumns") {
-                        out["additionalPrinterColumns"] = c.clone();
-                    }
-                    out
-                })
-                .collect();
-            json!({
-                "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                "metadata": {"name": format!("{plural}.{CRD_GROUP}")},
-                "spec": {"group": CRD_GROUP, "names": names,
-                         "scope": r.get("scope").and_then(Value::as_str).unwrap_or("Namespaced"),
-                         "versions": versions},
-            })
-        })
-        .collect();
-    json!({"apiVersion": "v1", "kind": "List", "items": items})
-}
-
 async fn start_env(cp: &'static ControlPlane) -> Result<Env, String> {
     let kubectl_cache = cp.dir().join("kubectl-cache");
-    let crds = crds_from_config(eao::apiserver::STANDALONE_CONFIG).to_string();
+    let crds = crds_from_config(eao::apiserver::STANDALONE_CONFIG, CRD_GROUP).to_string();
     let out = kubectl_at(cp, &kubectl_cache, &["apply", "-f", "-"], Some(&crds), &[]).await;
     if !out.ok() {
         return Err(format!("CRDs: {}", out.stderr));

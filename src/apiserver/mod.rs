@@ -273,10 +273,10 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         let namespaces = admission::namespace_lifecycle::Namespaces::follow(client.clone());
         // The cluster's admission policy applies to our resources as to kube-apiserver's:
         // policies first, then webhooks, in each phase (kube-apiserver's plugin order).
-        let admission = admission::Admission::new(vec![admission::policy::Policies::follow(
-            client.clone(),
-            namespaces.clone(),
-        )]);
+        let admission = admission::Admission::new(vec![
+            admission::policy::Policies::follow(client.clone(), namespaces.clone()),
+            admission::webhook::Webhooks::follow(client.clone(), namespaces.clone()),
+        ]);
         let authorizer = authz::Authorizer::Delegated(authz::SarAuthorizer::new(client, args.authorization_cache_ttl));
         (state, tokens, authorizer, namespaces, admission)
     };

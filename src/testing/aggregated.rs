@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::PostParams;
 use kube::Api;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -245,4 +245,53 @@ impl Drop for AggregatedServer {
         let _ = cmd.status();
         self.process.kill();
     }
+}
+
+/// The CRDs for the resources of a bundled server's configuration, in `crd_group`, so that
+/// kube-apiserver serves the same resources for differential tests. Short
+/// names and categories are left out: they would make `fl` and `kubectl get all` ambiguous.
+pub fn crds_from_config(config_yaml: &str, crd_group: &str) -> Value {
+    let config: Value = serde_yaml::from_str(config_yaml).unwrap_or_default();
+    let items: Vec<Value> = config["resources"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let plural = r["plural"].as_str().unwrap_or_default();
+            let kind = r["kind"].as_str().unwrap_or_default();
+            let mut names = json!({"kind": kind, "plural": plural});
+            if let Some(s) = r.get("singular") {
+                names["singular"] = s.clone();
+            }
+            let versions: Vec<Value> = r["versions"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let mut out = json!({
+                        "name": v["name"], "served": true, "storage": i == 0,
+                        "schema": {"openAPIV3Schema": v["openAPIV3Schema"]},
+                    });
+                    if let Some(s) = r.get("subresources") {
+                        out["subresources"] = s.clone();
+                    }
+                    if let Some(c) = v.get("additionalPrinterColumns") {
+                        out["additionalPrinterColumns"] = c.clone();
+                    }
+                    out
+                })
+                .collect();
+            json!({
+                "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": format!("{plural}.{crd_group}")},
+                "spec": {"group": crd_group, "names": names,
+                         "scope": r.get("scope").and_then(Value::as_str).unwrap_or("Namespaced"),
+                         "versions": versions},
+            })
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
 }

@@ -15,3 +15,4 @@ pub mod pod_env;
 pub mod pod_status;
 pub mod pod_volumes;
 pub mod testkit;
+pub mod webhook;

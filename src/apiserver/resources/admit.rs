@@ -23,7 +23,11 @@ impl Cx {
             o["dryRun"] = json!(["All"]);
         }
         if op != Operation::Delete {
-            o["fieldManager"] = json!(self.manager);
+            // As sent (kube shows the options as decoded from the query, not the manager
+            // it defaults from the User-Agent).
+            if !self.q("fieldManager").is_empty() {
+                o["fieldManager"] = json!(self.q("fieldManager"));
+            }
             if !self.q("fieldValidation").is_empty() {
                 o["fieldValidation"] = json!(self.q("fieldValidation"));
             }

@@ -1,0 +1,325 @@
+//! Admission webhooks on the real control plane: the bundled server (through the aggregation
+//! layer) and kube-apiserver (serving the same resources as CRDs) call the same webhook
+//! server, configured by the same Mutating/ValidatingWebhookConfigurations, and every answer
+//! is compared: a mutation, a denial on create and on update, a webhook that times out under
+//! `failurePolicy: Fail` and under `Ignore`, a webhook that answers with the wrong uid, and
+//! one reached as a Service. Each step also asserts what it is about, so two servers that
+//! agree on nothing fail too.
+//!
+//! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
+
+use base64::Engine;
+use eao::testing::aggregated::{crds_from_config, AggregatedServer, ServeOptions};
+use eao::testing::controlplane::ControlPlane;
+use eao::testing::webhook::{Answer, WebhookServer};
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+const GROUP: &str = "wardle.example.com";
+const CRD_GROUP: &str = "wardle-crd.example.com";
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The webhook server's decisions, by path.
+fn decide(path: &str, req: &Value) -> Answer {
+    let obj = &req["object"];
+    match path {
+        // Labels every new object, and says so.
+        "/mutate" => {
+            let patch = if obj["metadata"]["labels"].is_object() {
+                json!([{"op": "add", "path": "/metadata/labels/mutated", "value": "yes"}])
+            } else {
+                json!([{"op": "add", "path": "/metadata/labels", "value": {"mutated": "yes"}}])
+            };
+            let p = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
+            Answer {
+                response: json!({"allowed": true, "patchType": "JSONPatch", "patch": p,
+                                 "warnings": ["labelled by the test webhook"]}),
+                delay: Duration::ZERO,
+            }
+        }
+        "/deny" if obj["spec"]["reference"] == "forbidden" => Answer {
+            response: json!({"allowed": false,
+                             "status": {"code": 403, "reason": "Forbidden", "message": "reference is forbidden"}}),
+            delay: Duration::ZERO,
+        },
+        "/slow" => Answer {
+            response: json!({"allowed": true}),
+            delay: Duration::from_secs(4),
+        },
+        "/wrong-uid" => Answer {
+            response: json!({"allowed": true, "uid": "not-the-request"}),
+            delay: Duration::ZERO,
+        },
+        "/service" if obj["spec"]["reference"] == "via-service" => Answer {
+            response: json!({"allowed": false, "status": {"message": "denied through a Service"}}),
+            delay: Duration::ZERO,
+        },
+        _ => Answer::allow(),
+    }
+}
+
+/// Webhook configurations for both groups, limited to namespaces labelled for this test.
+fn configurations(hooks: &WebhookServer) -> Value {
+    let ca = base64::engine::general_purpose::STANDARD.encode(&hooks.ca.cert_pem);
+    let rules = |ops: &[&str]| json!([{"operations": ops, "apiGroups": [GROUP, CRD_GROUP], "apiVersions": ["*"], "resources": ["flunders"]}]);
+    let ns = json!({"matchLabels": {"webhook-test": "yes"}});
+    let hook = |name: &str, path: &str, ops: &[&str], extra: Value| {
+        let mut h = json!({
+            "name": name, "clientConfig": {"url": hooks.url(path), "caBundle": ca},
+            "rules": rules(ops), "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Fail", "namespaceSelector": ns, "timeoutSeconds": 2,
+        });
+        if let (Some(h), Some(e)) = (h.as_object_mut(), extra.as_object()) {
+            h.extend(e.clone());
+        }
+        h
+    };
+    let selected = |k: &str, v: &str| json!({"objectSelector": {"matchLabels": {k: v}}});
+    let service_hook = json!({
+        "name": "service.eao.test",
+        "clientConfig": {"service": {"namespace": "webhook-system", "name": "test-webhook",
+                                     "port": 443, "path": "/service"}, "caBundle": ca},
+        "rules": rules(&["CREATE"]), "sideEffects": "None", "admissionReviewVersions": ["v1"],
+        "failurePolicy": "Fail", "namespaceSelector": ns, "timeoutSeconds": 2,
+    });
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+         "metadata": {"name": "eao-test-mutate"},
+         "webhooks": [hook("mutate.eao.test", "/mutate", &["CREATE"], json!({"reinvocationPolicy": "Never"}))]},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+         "metadata": {"name": "eao-test-validate"},
+         "webhooks": [
+            hook("deny.eao.test", "/deny", &["CREATE", "UPDATE"], json!({})),
+            hook("slow-fail.eao.test", "/slow", &["CREATE"], {
+                let mut s = selected("slow", "fail");
+                s["timeoutSeconds"] = json!(1);
+                s
+            }),
+            hook("slow-ignore.eao.test", "/slow", &["CREATE"], {
+                let mut s = selected("slow", "ignore");
+                s["failurePolicy"] = json!("Ignore");
+                s["timeoutSeconds"] = json!(1);
+                s
+            }),
+            hook("wrong-uid.eao.test", "/wrong-uid", &["CREATE"], selected("broken", "yes")),
+            service_hook,
+         ]},
+    ]})
+}
+
+async fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut cmd = cp.kubectl();
+    cmd.args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input.as_bytes()).await.expect("kubectl reads stdin");
+    }
+    let out = tokio::time::timeout(TIMEOUT, child.wait_with_output())
+        .await
+        .expect("kubectl finishes in time")
+        .expect("kubectl output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn flunders(client: &kube::Client, group: &str, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1alpha1", "Flunder"), "flunders");
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+fn flunder(group: &str, name: &str, reference: &str, labels: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": format!("{group}/v1alpha1"), "kind": "Flunder",
+        "metadata": {"name": name, "labels": labels}, "spec": {"reference": reference},
+    }))
+    .expect("flunder")
+}
+
+/// What a write answered: the object's labels, or the error's code, reason and message
+/// (with the group and the webhook server's address written alike for both servers).
+fn outcome(r: Result<DynamicObject, kube::Error>, hooks: &WebhookServer) -> Value {
+    let uid = regex::Regex::new("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").expect("regex");
+    let norm = |s: &str| {
+        let s = s
+            .replace(CRD_GROUP, GROUP)
+            .replace(&hooks.addr.to_string(), "<webhook>");
+        uid.replace_all(&s, "<uid>").into_owned()
+    };
+    match r {
+        Ok(o) => json!({"ok": true, "labels": o.metadata.labels}),
+        Err(kube::Error::Api(s)) => json!({"code": s.code, "reason": s.reason, "message": norm(&s.message)}),
+        Err(e) => json!({"client error": e.to_string()}),
+    }
+}
+
+/// The outcomes of every step, on one side.
+async fn scenario(client: &kube::Client, group: &str, ns: &str, hooks: &WebhookServer) -> Vec<(String, Value)> {
+    let api = flunders(client, group, ns);
+    let pp = PostParams::default();
+    // The servers pick configurations up from their watches: wait until the denial is in force.
+    let started = Instant::now();
+    loop {
+        let last = api.create(&pp, &flunder(group, "probe", "forbidden", json!({}))).await;
+        match &last {
+            Err(kube::Error::Api(s)) if s.code == 403 => break,
+            Ok(_) => {
+                let _ = api.delete("probe", &Default::default()).await;
+            }
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{group}: the deny webhook never took effect; last answer: {}",
+            outcome(last, hooks)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut out = Vec::new();
+    let created = api
+        .create(&pp, &flunder(group, "ok", "fine", json!({"app": "x"})))
+        .await;
+    out.push(("create, mutated".to_string(), outcome(created, hooks)));
+    let denied = api.create(&pp, &flunder(group, "bad", "forbidden", json!({}))).await;
+    out.push(("create, denied".to_string(), outcome(denied, hooks)));
+    let mut current = api.get("ok").await.expect("created object");
+    current.data["spec"]["reference"] = json!("forbidden");
+    let updated = api.replace("ok", &pp, &current).await;
+    out.push(("update, denied".to_string(), outcome(updated, hooks)));
+    let slow = api
+        .create(&pp, &flunder(group, "slow-fail", "fine", json!({"slow": "fail"})))
+        .await;
+    out.push(("timeout, Fail".to_string(), outcome(slow, hooks)));
+    let ignored = api
+        .create(&pp, &flunder(group, "slow-ignore", "fine", json!({"slow": "ignore"})))
+        .await;
+    out.push(("timeout, Ignore".to_string(), outcome(ignored, hooks)));
+    let broken = api
+        .create(&pp, &flunder(group, "broken", "fine", json!({"broken": "yes"})))
+        .await;
+    out.push(("wrong uid, Fail".to_string(), outcome(broken, hooks)));
+    let service = api.create(&pp, &flunder(group, "svc", "via-service", json!({}))).await;
+    out.push(("service, denied".to_string(), outcome(service, hooks)));
+    out
+}
+
+#[tokio::test]
+async fn webhooks_mutate_deny_and_fail_as_for_a_crd() {
+    let Some(cp) = ControlPlane::shared("webhooks_mutate_deny_and_fail_as_for_a_crd").await else {
+        return;
+    };
+    let crds = crds_from_config(eao::apiserver::STANDALONE_CONFIG, CRD_GROUP).to_string();
+    let (ok, _, err) = kubectl(cp, &["apply", "-f", "-"], Some(&crds)).await;
+    assert!(ok, "CRDs: {err}");
+    let server = AggregatedServer::start(
+        cp,
+        ServeOptions {
+            binary: Path::new(env!("CARGO_BIN_EXE_extension-apiserver")),
+            namespace: "wardle-system",
+            service: "wardle-api",
+            config_yaml: eao::apiserver::STANDALONE_CONFIG,
+            port: 8443,
+            extra_args: vec![],
+        },
+    )
+    .await
+    .expect("aggregated server starts");
+    let (ok, _, err) = kubectl(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/flunders.{CRD_GROUP}"),
+        ],
+        None,
+    )
+    .await;
+    assert!(ok, "CRD established: {err}");
+
+    // The webhook server listens on the host side of the network namespace, which both
+    // kube-apiserver (on the host) and the bundled server (inside) reach.
+    let hooks = WebhookServer::start(cp.addr().ip(), &["test-webhook.webhook-system.svc"], decide)
+        .await
+        .expect("webhook server");
+    // The Service-based webhook: a selector-less Service whose EndpointSlice points at it.
+    let svc = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "webhook-system"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "test-webhook", "namespace": "webhook-system"},
+         "spec": {"ports": [{"name": "https", "port": 443, "targetPort": hooks.addr.port()}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "test-webhook", "namespace": "webhook-system", "labels": {"kubernetes.io/service-name": "test-webhook"}},
+         "addressType": "IPv4",
+         "endpoints": [{"addresses": [hooks.addr.ip().to_string()], "conditions": {"ready": true}}],
+         "ports": [{"name": "https", "port": hooks.addr.port(), "protocol": "TCP"}]},
+    ]});
+    let (ok, _, err) = kubectl(cp, &["apply", "-f", "-"], Some(&svc.to_string())).await;
+    assert!(ok, "webhook Service: {err}");
+    for ns in ["wh-agg", "wh-crd"] {
+        let manifest = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"webhook-test": "yes"}}});
+        let (ok, _, err) = kubectl(cp, &["apply", "-f", "-"], Some(&manifest.to_string())).await;
+        assert!(ok, "namespace {ns}: {err}");
+    }
+    let (ok, _, err) = kubectl(cp, &["apply", "-f", "-"], Some(&configurations(&hooks).to_string())).await;
+    assert!(ok, "webhook configurations: {err}");
+
+    let client = cp.client().await.expect("client");
+    let (ours, crd) = tokio::join!(
+        scenario(&client, GROUP, "wh-agg", &hooks),
+        scenario(&client, CRD_GROUP, "wh-crd", &hooks)
+    );
+    let log = || server.log_tail(40);
+    for ((step, a), (_, c)) in ours.iter().zip(&crd) {
+        println!("{step}:\n  bundled: {a}\n  kube:    {c}");
+    }
+    for ((step, a), (_, c)) in ours.iter().zip(&crd) {
+        assert_eq!(a, c, "{step}: the bundled server and kube-apiserver differ\n{}", log());
+    }
+    // What each step is about.
+    let by = |s: &str| &ours.iter().find(|(k, _)| k == s).expect("step").1;
+    assert_eq!(by("create, mutated")["labels"], json!({"app": "x", "mutated": "yes"}));
+    assert_eq!(by("create, denied")["code"], 403);
+    assert_eq!(
+        by("create, denied")["message"],
+        "admission webhook \"deny.eao.test\" denied the request: reference is forbidden"
+    );
+    assert_eq!(by("update, denied")["code"], 403);
+    assert_eq!(by("timeout, Fail")["code"], 500);
+    assert!(by("timeout, Fail")["message"].as_str().is_some_and(|m| m.starts_with("Internal error occurred: failed calling webhook \"slow-fail.eao.test\": failed to call webhook: Post \"https://<webhook>/slow?timeout=1s\"")), "{}", by("timeout, Fail"));
+    assert_eq!(by("timeout, Ignore")["ok"], true);
+    assert_eq!(by("wrong uid, Fail")["code"], 500);
+    assert_eq!(
+        by("service, denied")["message"],
+        "admission webhook \"service.eao.test\" denied the request: denied through a Service"
+    );
+
+    // What the webhook was told, by each server, about the same request.
+    let reviews = hooks.reviews("/deny");
+    let of = |group: &str| {
+        reviews
+            .iter()
+            .find(|r| r["kind"]["group"] == group && r["name"] == "bad")
+            .cloned()
+            .unwrap_or_else(|| panic!("no review of {group} bad"))
+    };
+    let (a, c) = (of(GROUP), of(CRD_GROUP));
+    for k in ["operation", "userInfo", "dryRun", "options"] {
+        assert_eq!(a[k], c[k], "review field {k}");
+    }
+    assert_eq!(a["object"]["spec"], c["object"]["spec"]);
+    assert_eq!(a["kind"]["kind"], "Flunder");
+    assert_eq!(a["namespace"], "wh-agg");
+}
