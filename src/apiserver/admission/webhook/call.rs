@@ -42,8 +42,11 @@ pub struct Target {
 pub struct Caller {
     client: Option<kube::Client>,
     tls: Mutex<HashMap<Vec<u8>, Arc<rustls::ClientConfig>>>,
-    resolved: Mutex<HashMap<(String, String, i32), (String, Instant)>>,
+    resolved: Mutex<HashMap<ServicePort, (String, Instant)>>,
 }
+
+/// A Service's namespace, name and port.
+type ServicePort = (String, String, i32);
 
 impl Caller {
     /// A caller that resolves Services through `client` (none: only URLs are reachable).
