@@ -93,6 +93,8 @@ impl App {
                 ),
             ),
             ("namespace-lifecycle", self.namespaces.not_ready()),
+            // Webhook configurations and policies: writes are refused until they are read.
+            ("admission", self.resources.admission_not_ready()),
             ("storage", self.resources.unhealthy()),
         ]
     }

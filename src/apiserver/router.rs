@@ -62,6 +62,11 @@ pub trait ResourceHandler: Send + Sync {
     fn unhealthy(&self) -> Option<String> {
         None
     }
+
+    /// Why writes cannot be admitted yet (admission configuration not read), if so.
+    fn admission_not_ready(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The handler used while no storage is plugged in.

@@ -1,5 +1,6 @@
 //! A small HTTPS double of kube-apiserver for the bundled server's tests and `eas-bench`:
-//! it serves the `extension-apiserver-authentication` ConfigMap (list and watch), namespaces
+//! it serves the `extension-apiserver-authentication` ConfigMap (list and watch), empty lists of
+//! admission configuration (webhooks, policies), namespaces
 //! (metadata watch), TokenReview and SubjectAccessReview, and records every request.
 
 use super::certs::{ca, serving_cert, Error};
@@ -287,6 +288,22 @@ async fn double_handle(st: Arc<DoubleState>, req: Request<Incoming>) -> Response
         }
         ("GET", "/api/v1/namespaces") if query.split('&').any(|q| q == "watch=true" || q == "watch=1") => {
             event_stream(st.ns_events.subscribe())
+        }
+        // Admission configuration: none, ever (the bundled server follows it).
+        ("GET", p) if p.starts_with("/apis/admissionregistration.k8s.io/v1/") => {
+            if query.split('&').any(|q| q == "watch=true" || q == "watch=1") {
+                let quiet = futures::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+                let mut r = Response::new(StreamBody::new(quiet.boxed()).boxed_unsync());
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                return r;
+            }
+            json_resp(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
+            )
         }
         ("GET", "/api/v1/namespaces") => {
             let g = lock(&st.namespaces);
