@@ -65,6 +65,9 @@ pub struct ApplyFailure {
     pub message: String,
     /// Whether retrying soon may help (409, 429, 5xx, no answer).
     pub transient: bool,
+    /// How long the API server asked us to wait (`retryAfterSeconds` of a 429 or 5xx Status,
+    /// which kube-apiserver's priority and fairness also sends as `Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApplyFailure {
@@ -87,12 +90,29 @@ impl ApplyFailure {
             reason,
             message,
             transient,
+            retry_after: match err {
+                Error::Kube(e) => retry_after(e),
+                _ => None,
+            },
         }
     }
 
     /// The condition message: which object, then the API's words.
     pub fn describe(&self) -> String {
         format!("applying {} failed: {}", self.what, self.message)
+    }
+}
+
+/// The delay a throttling or failing API server asked for, if any.
+pub fn retry_after(e: &kube::Error) -> Option<std::time::Duration> {
+    match e {
+        kube::Error::Api(s) => s
+            .details
+            .as_ref()
+            .map(|d| d.retry_after_seconds)
+            .filter(|n| *n > 0)
+            .map(|n| std::time::Duration::from_secs(n.into())),
+        _ => None,
     }
 }
 
@@ -364,5 +384,30 @@ fn describe(meta: &kube::api::ObjectMeta) -> String {
     match &meta.namespace {
         Some(ns) => format!("{ns}/{}", meta.name.clone().unwrap_or_default()),
         None => meta.name.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, retry: u32) -> Error {
+        let s: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": code, "reason": "TooManyRequests",
+            "message": "too many requests", "details": {"retryAfterSeconds": retry}
+        }))
+        .expect("status");
+        Error::Kube(kube::Error::Api(Box::new(s)))
+    }
+
+    #[test]
+    fn throttling_is_transient_and_its_retry_after_is_kept() {
+        let f = ApplyFailure::new("Service ns/x".into(), &api_error(429, 7));
+        assert!(f.transient);
+        assert_eq!(f.reason, "TooManyRequests");
+        assert_eq!(f.retry_after, Some(std::time::Duration::from_secs(7)));
+        assert_eq!(ApplyFailure::new("x".into(), &api_error(429, 0)).retry_after, None);
+        let forbidden = ApplyFailure::new("x".into(), &api_error(403, 0));
+        assert!(!forbidden.transient);
     }
 }

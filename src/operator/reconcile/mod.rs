@@ -92,7 +92,16 @@ pub fn error_policy(eas: Arc<ExtensionApiServer>, err: &Error, ctx: Arc<Context>
         Error::Kube(kube::Error::Api(s)) => apply::is_transient(s.code),
         _ => true,
     };
-    Action::requeue(ctx.backoff.next(&backoff_key(&eas), transient))
+    let asked = match inner {
+        Error::Kube(e) => apply::retry_after(e),
+        _ => None,
+    };
+    Action::requeue(retry_delay(ctx.backoff.next(&backoff_key(&eas), transient), asked))
+}
+
+/// The back-off delay, but never sooner than the API server asked (`Retry-After`).
+fn retry_delay(backoff: std::time::Duration, asked: Option<std::time::Duration>) -> std::time::Duration {
+    asked.map_or(backoff, |a| backoff.max(a))
 }
 
 fn backoff_key(eas: &ExtensionApiServer) -> String {
@@ -182,7 +191,8 @@ async fn run(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
         ctx.publish(eas, EventType::Warning, &f.reason, f.describe()).await;
         let desired = status::after_apply(ctx, eas, &names, aggregation, observation.as_ref(), &plan, &applied).await;
         status::write(ctx, eas, &names, desired, now).await?;
-        return Ok(Action::requeue(ctx.backoff.next(&backoff_key(eas), f.transient)));
+        let delay = retry_delay(ctx.backoff.next(&backoff_key(eas), f.transient), f.retry_after);
+        return Ok(Action::requeue(delay));
     }
     ctx.backoff.reset(&backoff_key(eas));
 

@@ -920,3 +920,11 @@ fn parse_requeue(debug: &str) -> std::time::Duration {
     };
     std::time::Duration::from_secs_f64(secs)
 }
+
+#[test]
+fn retry_after_is_a_floor_for_the_backoff() {
+    let s = std::time::Duration::from_secs;
+    assert_eq!(retry_delay(s(2), Some(s(30))), s(30));
+    assert_eq!(retry_delay(s(60), Some(s(30))), s(60));
+    assert_eq!(retry_delay(s(2), None), s(2));
+}
