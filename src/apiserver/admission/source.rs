@@ -63,6 +63,22 @@ where
         }
     }
 
+    /// A cache holding `objects`, synced, that follows nothing (for tests).
+    pub fn fixed(objects: Vec<K>, what: &'static str) -> Followed<K> {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for o in objects {
+            writer.apply_watcher_event(&watcher::Event::InitApply(o));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        Followed {
+            store,
+            synced: Arc::new(AtomicBool::new(true)),
+            last_error: Default::default(),
+            what,
+        }
+    }
+
     /// Why the cache cannot be used yet, if so.
     pub fn not_ready(&self) -> Option<String> {
         if self.synced.load(Ordering::Relaxed) {

@@ -305,7 +305,90 @@ impl Plugin for Webhooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::admission::attributes::tests::attrs;
+    use crate::testing::webhook::{Answer, WebhookServer};
+    use base64::Engine;
     use serde_json::json;
+
+    /// Adds label `key` unless present.
+    fn labeller(key: &'static str) -> impl Fn(&Value) -> Answer {
+        move |req: &Value| {
+            if req["object"]["metadata"]["labels"].get(key).is_some() {
+                return Answer::allow();
+            }
+            let patch = if req["object"]["metadata"]["labels"].is_object() {
+                json!([{"op": "add", "path": format!("/metadata/labels/{key}"), "value": "1"}])
+            } else {
+                json!([{"op": "add", "path": "/metadata/labels", "value": {key: "1"}}])
+            };
+            let p = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
+            Answer {
+                response: json!({"allowed": true, "patchType": "JSONPatch", "patch": p}),
+                delay: std::time::Duration::ZERO,
+            }
+        }
+    }
+
+    fn mutating(name: &str, hooks: &WebhookServer, path: &str, reinvoke: &str) -> MutatingWebhookConfiguration {
+        let ca = base64::engine::general_purpose::STANDARD.encode(&hooks.ca.cert_pem);
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "webhooks": [{"name": format!("{name}.test"), "clientConfig": {"url": hooks.url(path), "caBundle": ca},
+                "rules": [{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}],
+                "sideEffects": "None", "admissionReviewVersions": ["v1"], "reinvocationPolicy": reinvoke}]
+        }))
+        .expect("configuration")
+    }
+
+    #[tokio::test]
+    async fn a_webhook_asking_for_it_is_reinvoked_after_a_later_change() {
+        let (a, b) = (labeller("a"), labeller("b"));
+        let hooks = WebhookServer::start([127, 0, 0, 1].into(), &[], move |path, req| match path {
+            "/a" => a(req),
+            _ => b(req),
+        })
+        .await
+        .expect("webhook server");
+        let w = Webhooks {
+            mutating: Followed::fixed(
+                vec![
+                    mutating("1-a", &hooks, "/a", "IfNeeded"),
+                    mutating("2-b", &hooks, "/b", "Never"),
+                ],
+                "mutating",
+            ),
+            validating: Followed::fixed(vec![], "validating"),
+            namespaces: Arc::new(Namespaces::Any),
+            caller: Caller::new(None),
+        };
+        let mut at = attrs();
+        w.mutate(&mut at).await.expect("admitted");
+        assert_eq!(
+            at.object.as_ref().map(|o| o["metadata"]["labels"].clone()),
+            Some(json!({"a": "1", "b": "1"}))
+        );
+        // a ran, then b changed the object, so a saw it once more; b asked for nothing.
+        assert_eq!((hooks.reviews("/a").len(), hooks.reviews("/b").len()), (2, 1));
+        assert_eq!(
+            hooks.reviews("/a")[1]["object"]["metadata"]["labels"],
+            json!({"a": "1", "b": "1"})
+        );
+
+        // With `Never`, one call each.
+        let w2 = Webhooks {
+            mutating: Followed::fixed(
+                vec![
+                    mutating("1-a", &hooks, "/a", "Never"),
+                    mutating("2-b", &hooks, "/b", "Never"),
+                ],
+                "mutating",
+            ),
+            ..w
+        };
+        let mut at = attrs();
+        w2.mutate(&mut at).await.expect("admitted");
+        assert_eq!((hooks.reviews("/a").len(), hooks.reviews("/b").len()), (3, 2));
+    }
 
     #[test]
     fn denials_are_worded_as_kube_words_them() {
