@@ -226,14 +226,7 @@ async fn webhooks_mutate_deny_and_fail_as_for_a_crd() {
     assert!(ok, "CRDs: {err}");
     let server = AggregatedServer::start(
         cp,
-        ServeOptions {
-            binary: Path::new(env!("CARGO_BIN_EXE_extension-apiserver")),
-            namespace: "wardle-system",
-            service: "wardle-api",
-            config_yaml: eao::apiserver::STANDALONE_CONFIG,
-            port: 8443,
-            extra_args: vec![],
-        },
+        ServeOptions::wardle(Path::new(env!("CARGO_BIN_EXE_extension-apiserver"))),
     )
     .await
     .expect("aggregated server starts");

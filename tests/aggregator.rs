@@ -47,14 +47,7 @@ async fn start_env(cp: &'static ControlPlane) -> Result<Env, String> {
     }
     let server = AggregatedServer::start(
         cp,
-        ServeOptions {
-            binary: Path::new(env!("CARGO_BIN_EXE_extension-apiserver")),
-            namespace: "wardle-system",
-            service: "wardle-api",
-            config_yaml: eao::apiserver::STANDALONE_CONFIG,
-            port: 8443,
-            extra_args: vec![],
-        },
+        ServeOptions::wardle(Path::new(env!("CARGO_BIN_EXE_extension-apiserver"))),
     )
     .await
     .map_err(|e| format!("aggregated server: {e}"))?;

@@ -45,6 +45,20 @@ pub struct ServeOptions<'a> {
     pub extra_args: Vec<String>,
 }
 
+impl<'a> ServeOptions<'a> {
+    /// The wardle example (`STANDALONE_CONFIG`) as `wardle-system/wardle-api` on port 8443.
+    pub fn wardle(binary: &'a Path) -> ServeOptions<'a> {
+        ServeOptions {
+            binary,
+            namespace: "wardle-system",
+            service: "wardle-api",
+            config_yaml: crate::apiserver::STANDALONE_CONFIG,
+            port: 8443,
+            extra_args: vec![],
+        }
+    }
+}
+
 /// A running aggregated server.
 pub struct AggregatedServer {
     process: Process,

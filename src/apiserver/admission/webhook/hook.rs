@@ -57,43 +57,40 @@ fn timeout(t: Option<i32>) -> Duration {
     Duration::from_secs(t.unwrap_or(DEFAULT_TIMEOUT).clamp(1, 30) as u64)
 }
 
+/// The fields both webhook kinds share, read the same way.
+macro_rules! hook {
+    ($configuration:expr, $w:expr, $mutating:expr, $reinvoke:expr) => {
+        Hook {
+            name: $w.name.clone(),
+            configuration: $configuration.to_string(),
+            mutating: $mutating,
+            client: $w.client_config.clone(),
+            rules: $w.rules.clone().unwrap_or_default(),
+            failure_policy: failure_policy($w.failure_policy.as_deref()),
+            equivalent: $w.match_policy.as_deref() != Some("Exact"),
+            namespace_selector: selector($w.namespace_selector.as_ref()),
+            object_selector: selector($w.object_selector.as_ref()),
+            dry_run_safe: matches!($w.side_effects.as_str(), "None" | "NoneOnDryRun"),
+            timeout: timeout($w.timeout_seconds),
+            review_versions: $w.admission_review_versions.clone(),
+            reinvoke: $reinvoke,
+            match_conditions: $w.match_conditions.clone().unwrap_or_default(),
+        }
+    };
+}
+
 impl Hook {
     pub fn mutating(configuration: &str, w: &MutatingWebhook) -> Hook {
-        Hook {
-            name: w.name.clone(),
-            configuration: configuration.to_string(),
-            mutating: true,
-            client: w.client_config.clone(),
-            rules: w.rules.clone().unwrap_or_default(),
-            failure_policy: failure_policy(w.failure_policy.as_deref()),
-            equivalent: w.match_policy.as_deref() != Some("Exact"),
-            namespace_selector: selector(w.namespace_selector.as_ref()),
-            object_selector: selector(w.object_selector.as_ref()),
-            dry_run_safe: matches!(w.side_effects.as_str(), "None" | "NoneOnDryRun"),
-            timeout: timeout(w.timeout_seconds),
-            review_versions: w.admission_review_versions.clone(),
-            reinvoke: w.reinvocation_policy.as_deref() == Some("IfNeeded"),
-            match_conditions: w.match_conditions.clone().unwrap_or_default(),
-        }
+        hook!(
+            configuration,
+            w,
+            true,
+            w.reinvocation_policy.as_deref() == Some("IfNeeded")
+        )
     }
 
     pub fn validating(configuration: &str, w: &ValidatingWebhook) -> Hook {
-        Hook {
-            name: w.name.clone(),
-            configuration: configuration.to_string(),
-            mutating: false,
-            client: w.client_config.clone(),
-            rules: w.rules.clone().unwrap_or_default(),
-            failure_policy: failure_policy(w.failure_policy.as_deref()),
-            equivalent: w.match_policy.as_deref() != Some("Exact"),
-            namespace_selector: selector(w.namespace_selector.as_ref()),
-            object_selector: selector(w.object_selector.as_ref()),
-            dry_run_safe: matches!(w.side_effects.as_str(), "None" | "NoneOnDryRun"),
-            timeout: timeout(w.timeout_seconds),
-            review_versions: w.admission_review_versions.clone(),
-            reinvoke: false,
-            match_conditions: w.match_conditions.clone().unwrap_or_default(),
-        }
+        hook!(configuration, w, false, false)
     }
 
     /// The AdmissionReview version to send: the first the webhook accepts that kube

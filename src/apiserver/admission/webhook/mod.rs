@@ -62,33 +62,15 @@ impl Webhooks {
     }
 
     fn mutating_hooks(&self) -> Vec<Hook> {
-        self.mutating
-            .sorted()
-            .iter()
-            .flat_map(|c| {
-                let name = c.metadata.name.clone().unwrap_or_default();
-                c.webhooks
-                    .iter()
-                    .flatten()
-                    .map(move |w| Hook::mutating(&name, w))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        hooks(&self.mutating, |c, name| {
+            c.webhooks.iter().flatten().map(|w| Hook::mutating(name, w)).collect()
+        })
     }
 
     fn validating_hooks(&self) -> Vec<Hook> {
-        self.validating
-            .sorted()
-            .iter()
-            .flat_map(|c| {
-                let name = c.metadata.name.clone().unwrap_or_default();
-                c.webhooks
-                    .iter()
-                    .flatten()
-                    .map(move |w| Hook::validating(&name, w))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        hooks(&self.validating, |c, name| {
+            c.webhooks.iter().flatten().map(|w| Hook::validating(name, w)).collect()
+        })
     }
 
     /// Calls `h` for `a` if it applies; a [`CallError`] is left to the failure policy.
@@ -218,6 +200,19 @@ impl Webhooks {
         }
         Ok(*obj != before)
     }
+}
+
+/// The webhooks of every configuration, configurations in name order.
+fn hooks<K>(configs: &Followed<K>, of: impl Fn(&K, &str) -> Vec<Hook>) -> Vec<Hook>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + std::hash::Hash + Eq + Clone,
+{
+    configs
+        .sorted()
+        .iter()
+        .flat_map(|c| of(c, c.meta().name.as_deref().unwrap_or_default()))
+        .collect()
 }
 
 /// kube's `NewInternalError`: 500, the cause repeated in `details.causes`.
