@@ -96,7 +96,13 @@ pub(crate) fn compile(src: &str) -> Compiled {
     if cache.len() >= 4096 {
         cache.clear();
     }
-    let p = Program::compile(src).map(Arc::new).map_err(|e| e.to_string());
+    let p =
+        Program::compile(src)
+            .map_err(|e| e.to_string())
+            .and_then(|p| match cel_cost::unsupported(p.expression()) {
+                Some(why) => Err(why.to_string()),
+                None => Ok(Arc::new(p)),
+            });
     cache.insert(src.to_string(), p.clone());
     p
 }
