@@ -64,6 +64,17 @@ pub fn bound(expr: &IdedExpr, this: &Value, old: Option<&Value>) -> u64 {
     Coster { fallback }.cost(expr, &env)
 }
 
+/// The cost bound of `expr` with named variables bound to these values (admission
+/// expressions: `object`, `oldObject`, `request`, `params`, ...).
+pub fn bound_vars(expr: &IdedExpr, vars: &[(&str, &Value)]) -> u64 {
+    let mut env: Env = HashMap::new();
+    for (k, v) in vars {
+        env.insert((*k).to_string(), vec![*v]);
+    }
+    let fallback = vars.iter().map(|(_, v)| weight(v)).sum();
+    Coster { fallback }.cost(expr, &env)
+}
+
 /// Nodes plus string bytes: the largest a value derived from `v` can be.
 fn weight(v: &Value) -> u64 {
     match v {
