@@ -157,6 +157,9 @@ async fn send(client: &kube::Client, method: &str, path: &str, body: Option<&Val
     }
 }
 
+/// A dry-run create that shows whether a policy is applied yet: (policy, spec, applied?).
+type Probe = (&'static str, Value, Box<dyn Fn(&Answer) -> bool>);
+
 fn flunders(group: &str, ns: &str) -> String {
     format!("/apis/{group}/v1alpha1/namespaces/{ns}/flunders")
 }
@@ -273,7 +276,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
 
     // Both sides pick the policies up asynchronously (kube-apiserver's policy informer and its
     // one-second refresh, our reflectors): wait until each side applies each of them.
-    let probes: [(&str, Value, Box<dyn Fn(&Answer) -> bool>); 3] = [
+    let probes: [Probe; 3] = [
         (
             "Deny",
             json!({"reference": "forbidden"}),
