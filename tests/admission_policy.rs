@@ -24,6 +24,8 @@ const NS: &str = "vap-checked";
 const NS_OTHER: &str = "vap-unchecked";
 /// A namespace only the param binding selects, without the params.
 const NS_NO_PARAMS: &str = "vap-no-params";
+/// The namespace of the policy with params selected by labels.
+const NS_LIMITS: &str = "vap-limits";
 
 /// The CRDs for the resources of the bundled server's configuration, in [`CRD_GROUP`] (as in
 /// `tests/aggregator.rs`).
@@ -214,6 +216,29 @@ fn policies() -> Value {
             "paramRef": {"name": "banned", "parameterNotFoundAction": "Deny"},
             "matchResources": {"namespaceSelector": {"matchExpressions": [
                 {"key": "vap", "operator": "In", "values": ["checked", "no-params"]}]}}})),
+        policy("vap-test-limits", json!({
+            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+            "matchConstraints": rules,
+            "validations": [{"expression": "!has(object.spec.size) || object.spec.size <= int(params.data.max)",
+                             "messageExpression": "'size ' + string(object.spec.size) + ' exceeds ' + params.metadata.name"}],
+        })),
+        binding("vap-test-limits", json!({"policyName": "vap-test-limits", "validationActions": ["Deny"],
+            "paramRef": {"selector": {"matchLabels": {"vap-limit": "yes"}}, "parameterNotFoundAction": "Allow"},
+            "matchResources": {"namespaceSelector": {"matchLabels": {"vap": "limits"}}}})),
+        policy("vap-test-status", json!({
+            "matchConstraints": {"resourceRules": [{"apiGroups": [GROUP, CRD_GROUP], "apiVersions": ["*"],
+                "operations": ["UPDATE"], "resources": ["flunders/status"]}]},
+            "validations": [{"expression": "!has(object.status) || !has(object.status.phase) || object.status.phase != 'bad'",
+                             "message": "bad phase", "reason": "Forbidden"}],
+        })),
+        binding("vap-test-status", json!({"policyName": "vap-test-status", "validationActions": ["Deny"]})),
+        policy("vap-test-delete", json!({
+            "matchConstraints": {"resourceRules": [{"apiGroups": [GROUP, CRD_GROUP], "apiVersions": ["*"],
+                "operations": ["DELETE"], "resources": ["flunders"]}]},
+            "validations": [{"expression": "object == null && oldObject.spec.reference != 'keep'",
+                             "messageExpression": "'keep ' + oldObject.metadata.name + ' (' + request.operation + ')'"}],
+        })),
+        binding("vap-test-delete", json!({"policyName": "vap-test-delete", "validationActions": ["Deny"]})),
     ]})
 }
 
@@ -252,6 +277,13 @@ async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS_NO_PARAMS, "labels": {"vap": "no-params"}}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "banned", "namespace": NS},
          "data": {"banned": "bad"}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS_LIMITS, "labels": {"vap": "limits"}}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limit-a", "namespace": NS_LIMITS,
+         "labels": {"vap-limit": "yes"}}, "data": {"max": "150"}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limit-b", "namespace": NS_LIMITS,
+         "labels": {"vap-limit": "yes"}}, "data": {"max": "120"}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limit-c", "namespace": NS_LIMITS},
+         "data": {"max": "1"}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
          "metadata": {"name": "wardle-api-vap-params"},
          "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]},
@@ -383,44 +415,118 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
             json!({"reference": "forbidden"}),
             422,
         ),
-        ("update refused", "PUT", NS, "u", json!({"reference": "forbidden"}), 422),
-        ("update admitted", "PUT", NS, "u", json!({"reference": "fine-too"}), 200),
+        (
+            "update refused",
+            "PUT",
+            NS,
+            "fine",
+            json!({"reference": "forbidden"}),
+            422,
+        ),
+        (
+            "update admitted",
+            "PUT",
+            NS,
+            "fine",
+            json!({"reference": "fine-too"}),
+            200,
+        ),
+        (
+            "warned and refused",
+            "POST",
+            NS,
+            "",
+            json!({"reference": "warned", "size": 200}),
+            403,
+        ),
+        (
+            "first failed validation wins",
+            "POST",
+            NS,
+            "",
+            json!({"reference": "forbidden", "size": 200}),
+            422,
+        ),
+        (
+            "params by selector, one refuses",
+            "POST",
+            NS_LIMITS,
+            "",
+            json!({"size": 130}),
+            422,
+        ),
+        (
+            "params by selector, all admit",
+            "POST",
+            NS_LIMITS,
+            "",
+            json!({"size": 100}),
+            201,
+        ),
+        (
+            "status subresource refused",
+            "PUT status",
+            NS_OTHER,
+            "fine",
+            json!({"phase": "bad"}),
+            403,
+        ),
+        (
+            "status subresource admitted",
+            "PUT status",
+            NS_OTHER,
+            "fine",
+            json!({"phase": "good"}),
+            200,
+        ),
+        ("delete refused (oldObject)", "DELETE", NS_OTHER, "keep", json!({}), 422),
+        ("delete admitted", "DELETE", NS_OTHER, "drop", json!({}), 200),
     ];
     let mut n = 0;
     for (what, method, ns, extra, spec, expected) in cases {
         n += 1;
         let mut answers = Vec::new();
         for group in [GROUP, CRD_GROUP] {
-            let (path, name) = match method {
-                "PUT" => {
-                    // The object to update: created first, then read for its resourceVersion.
-                    let name = format!("{extra}{n}");
-                    let created = send(
-                        &client,
-                        "POST",
-                        &flunders(group, ns),
-                        Some(&flunder(group, &name, json!({"reference": "fine"}))),
-                    )
-                    .await;
-                    assert_eq!(created.code, 201, "{what}: create for update on {group}: {created}");
-                    (format!("{}/{name}", flunders(group, ns)), name)
-                }
-                _ => (format!("{}{extra}", flunders(group, ns)), format!("f{n}")),
-            };
-            let mut obj = flunder(group, &name, spec.clone());
-            if method == "PUT" {
-                let current: Value = serde_json::from_str(
-                    &kubectl(
-                        cp,
-                        &["get", &format!("flunders.{group}"), &name, "-n", ns, "-o", "json"],
-                        None,
-                    )
-                    .await,
-                )
-                .expect("json");
-                obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            let collection = flunders(group, ns);
+            if method == "POST" {
+                let obj = flunder(group, &format!("f{n}"), spec.clone());
+                answers.push(send(&client, "POST", &format!("{collection}{extra}"), Some(&obj)).await);
+                continue;
             }
-            answers.push(send(&client, method, &path, Some(&obj)).await);
+            // Updates, status updates and deletes: the object is created first (with `extra`
+            // as its reference), then read for its resourceVersion.
+            let name = format!("u{n}");
+            let created = send(
+                &client,
+                "POST",
+                &collection,
+                Some(&flunder(group, &name, json!({"reference": extra}))),
+            )
+            .await;
+            assert_eq!(created.code, 201, "{what}: create on {group}: {created}");
+            let path = format!("{collection}/{name}");
+            let current: Value = serde_json::from_str(
+                &kubectl(
+                    cp,
+                    &["get", &format!("flunders.{group}"), &name, "-n", ns, "-o", "json"],
+                    None,
+                )
+                .await,
+            )
+            .expect("json");
+            let mut obj = flunder(group, &name, json!({"reference": extra}));
+            obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            answers.push(match method {
+                "PUT" => {
+                    obj["spec"] = spec.clone();
+                    send(&client, "PUT", &path, Some(&obj)).await
+                }
+                "PUT status" => {
+                    obj["status"] = spec.clone();
+                    send(&client, "PUT", &format!("{path}/status"), Some(&obj)).await
+                }
+                _ => send(&client, "DELETE", &path, None).await,
+            });
         }
         let (ours, crd) = (&answers[0], &answers[1]);
         assert_eq!(

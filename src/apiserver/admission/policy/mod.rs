@@ -541,11 +541,9 @@ fn namespace_object(mut ns: Value) -> Value {
 
 /// kube's refusal: `admission.NewForbidden` with the decision's reason and its code.
 fn denial(a: &Attributes, message: String, reason: Option<&str>) -> Status {
-    let resource = if a.subresource.is_empty() {
-        a.resource.resource.clone()
-    } else {
-        format!("{}/{}", a.resource.resource, a.subresource)
-    };
+    // kube-apiserver 1.36 names the resource without the subresource here (a status update
+    // is refused as `flunders.<group> "x" is forbidden: ...`).
+    let resource = &a.resource.resource;
     let meta = |k: &str| {
         a.object
             .as_ref()
@@ -561,7 +559,7 @@ fn denial(a: &Attributes, message: String, reason: Option<&str>) -> Status {
             .or_else(|| meta("generateName"))
             .unwrap_or_else(|| "Unknown".into())
     };
-    let mut s = Status::forbidden(&a.resource.group, &resource, &name, &message);
+    let mut s = Status::forbidden(&a.resource.group, resource, &name, &message);
     let (code, reason) = match reason.unwrap_or("Invalid") {
         "Forbidden" => (StatusCode::FORBIDDEN, "Forbidden"),
         "Unauthorized" => (StatusCode::UNAUTHORIZED, "Unauthorized"),

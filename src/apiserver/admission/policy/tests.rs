@@ -344,8 +344,9 @@ fn generated_names_and_subresources_in_the_refusal() {
     a.subresource = "status".into();
     let s = denial(&a, "m".into(), Some("Forbidden")).to_json();
     assert_eq!(
-        s["message"],
-        "flunders/status.wardle.example.com \"fl-\" is forbidden: m"
+        s["message"], "flunders.wardle.example.com \"fl-\" is forbidden: m",
+        "kube-apiserver 1.36 leaves the subresource out"
     );
+    assert_eq!(s["details"]["kind"], "flunders");
     assert_eq!(s["code"], 403);
 }
