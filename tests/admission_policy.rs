@@ -239,6 +239,15 @@ fn policies() -> Value {
                              "messageExpression": "'keep ' + oldObject.metadata.name + ' (' + request.operation + ')'"}],
         })),
         binding("vap-test-delete", json!({"policyName": "vap-test-delete", "validationActions": ["Deny"]})),
+        // Cluster-scoped: the namespace selector does not apply, namespaceObject is null.
+        policy("vap-test-fischers", json!({
+            "matchConstraints": {"resourceRules": [{"apiGroups": [GROUP, CRD_GROUP], "apiVersions": ["*"],
+                "operations": ["CREATE"], "resources": ["fischers"]}],
+                "namespaceSelector": {"matchLabels": {"vap": "checked"}}},
+            "validations": [{"expression": "namespaceObject == null && (!has(object.disallowedFlunders) || size(object.disallowedFlunders) < 3)",
+                             "messageExpression": "string(size(object.disallowedFlunders)) + ' disallowed flunders are too many'"}],
+        })),
+        binding("vap-test-fischers", json!({"policyName": "vap-test-fischers", "validationActions": ["Deny"]})),
     ]})
 }
 
@@ -265,6 +274,7 @@ async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
             "--for=condition=Established",
             "--timeout=60s",
             &format!("crd/flunders.{CRD_GROUP}"),
+            &format!("crd/fischers.{CRD_GROUP}"),
         ],
         None,
     )
@@ -527,6 +537,53 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
                 }
                 _ => send(&client, "DELETE", &path, None).await,
             });
+        }
+        let (ours, crd) = (&answers[0], &answers[1]);
+        assert_eq!(
+            ours,
+            crd,
+            "{what}: the bundled server and kube-apiserver (CRD, group renamed) disagree\n=== bundled server:\n{ours}\n=== kube-apiserver:\n{crd}\n{}",
+            diag(&server)
+        );
+        assert_eq!(ours.code, expected, "{what}: {ours}");
+        eprintln!("{what}: {ours}");
+    }
+
+    // Cluster-scoped Fischers (once both sides apply the policy).
+    let fischer = |group: &str, name: &str, list: Value| {
+        json!({"apiVersion": format!("{group}/v1alpha1"), "kind": "Fischer",
+            "metadata": {"name": name}, "disallowedFlunders": list})
+    };
+    for group in [GROUP, CRD_GROUP] {
+        let started = Instant::now();
+        loop {
+            let path = format!("/apis/{group}/v1alpha1/fischers?dryRun=All");
+            let a = send(
+                &client,
+                "POST",
+                &path,
+                Some(&fischer(group, "probe", json!(["a", "b", "c"]))),
+            )
+            .await;
+            if a.code == 422 {
+                break;
+            }
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "{group}: the Fischer policy is not applied within {TIMEOUT:?}; last answer: {a}\n{}",
+                diag(&server)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    for (what, list, expected) in [
+        ("cluster-scoped refused", json!(["a", "b", "c"]), 422),
+        ("cluster-scoped admitted", json!(["a"]), 201),
+    ] {
+        let mut answers = Vec::new();
+        for group in [GROUP, CRD_GROUP] {
+            let obj = fischer(group, &format!("fi-{expected}"), list.clone());
+            answers.push(send(&client, "POST", &format!("/apis/{group}/v1alpha1/fischers"), Some(&obj)).await);
         }
         let (ours, crd) = (&answers[0], &answers[1]);
         assert_eq!(

@@ -100,9 +100,11 @@ impl Input {
         let get = |k: &str| request.get(k).cloned().unwrap_or(Value::Null);
         // kube's `request` variable leaves the objects out (they are `object` and `oldObject`).
         let mut req = request.clone();
+        // Nor does it carry the request's UID (`cel.CreateAdmissionRequest` leaves it empty).
         if let Some(m) = req.as_object_mut() {
             m.remove("object");
             m.remove("oldObject");
+            m.insert("uid".into(), Value::String(String::new()));
         }
         Input {
             vars: vec![

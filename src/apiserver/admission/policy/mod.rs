@@ -12,8 +12,8 @@
 //! denial is the answer, in kube's words.
 //!
 //! Not supported: the `authorizer` variable (an expression that uses it fails, under the
-//! policy's `failurePolicy`); `namespaceObject` carries the namespace's metadata only (no
-//! spec or status); audit annotations are log lines (the server keeps no audit log).
+//! policy's `failurePolicy`); `namespaceObject` carries the namespace's metadata and phase (no
+//! spec); audit annotations are log lines (the server keeps no audit log).
 
 pub mod eval;
 pub mod matching;
@@ -525,8 +525,11 @@ async fn follow_kind(
     }
 }
 
-/// `namespaceObject`: the namespace's metadata, without its type or managed fields.
+/// `namespaceObject`: the namespace's metadata, without its type or managed fields, and its
+/// phase (Terminating exactly when it is being deleted); its spec is not known here.
 fn namespace_object(mut ns: Value) -> Value {
+    let deleting = ns.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null());
+    ns["status"] = json!({"phase": if deleting { "Terminating" } else { "Active" }});
     if let Some(m) = ns.as_object_mut() {
         m.remove("apiVersion");
         m.remove("kind");

@@ -77,6 +77,17 @@ async fn deny_refuses_with_kubes_status() {
         body["details"],
         json!({"name": "f", "group": "wardle.example.com", "kind": "flunders", "causes": [{"message": msg}]})
     );
+    let checks = |action: &str| {
+        METRICS
+            .policy_checks
+            .get_or_create(&PolicyLabels {
+                policy: "no-forbidden".into(),
+                policy_binding: "deny".into(),
+                enforcement_action: action.into(),
+            })
+            .get()
+    };
+    assert!(checks("deny") >= 1 && checks("allow") >= 1);
     // Not matched: other operations, other resources.
     let mut d = write(json!({"reference": "forbidden"}));
     d.operation = Operation::Delete;
@@ -310,7 +321,9 @@ async fn namespace_object_and_cluster_scoped_requests() {
     let spec = json!({"matchConstraints": {"resourceRules": [{"apiGroups": ["*"], "apiVersions": ["*"],
             "operations": ["*"], "resources": ["*"]}], "namespaceSelector": {"matchLabels": {"env": "prod"}}},
         "validations": [{"expression": "namespaceObject == null || namespaceObject.metadata.name != 'ns'",
-                         "message": "not in ns"}]});
+                         "message": "not in ns"},
+                        {"expression": "namespaceObject == null || (namespaceObject.status.phase == 'Active' && !has(namespaceObject.metadata.managedFields) && !has(namespaceObject.kind))"},
+                        {"expression": "request.uid == ''"}]});
     let p = plugin(
         vec![policy("ns", spec)],
         vec![binding("b", json!({"policyName": "ns", "validationActions": ["Deny"]}))],
@@ -318,6 +331,10 @@ async fn namespace_object_and_cluster_scoped_requests() {
     );
     let s = p.check(&write(json!({}))).await.expect_err("in ns");
     assert!(s.message.ends_with("denied request: not in ns"), "{}", s.message);
+    assert_eq!(
+        s.details.as_ref().expect("details")["causes"].as_array().map(Vec::len),
+        Some(1)
+    );
     // Cluster-scoped: the namespace selector does not apply, namespaceObject is null.
     let mut c = write(json!({}));
     c.namespace.clear();
