@@ -195,6 +195,8 @@ fn policies() -> Value {
                  "messageExpression": "'size ' + string(object.spec.size) + ' is too big'"},
                 {"expression": "variables.ref != 'explained'", "message": "explained is not allowed"},
                 {"expression": "variables.ref != 'broken' || object.spec.nope == 1"},
+                {"expression": "variables.ref != 'fallback'", "messageExpression": "string(object.spec.nope)",
+                 "message": "the message when messageExpression fails"},
             ],
         })),
         binding("vap-test-reference-deny", json!({"policyName": "vap-test-reference",
@@ -239,6 +241,21 @@ fn policies() -> Value {
                              "messageExpression": "'keep ' + oldObject.metadata.name + ' (' + request.operation + ')'"}],
         })),
         binding("vap-test-delete", json!({"policyName": "vap-test-delete", "validationActions": ["Deny"]})),
+        // Evaluation errors: ignored under Ignore; under Fail, a Warn binding warns with them.
+        policy("vap-test-ignore", json!({
+            "failurePolicy": "Ignore",
+            "matchConstraints": rules,
+            "matchConditions": [{"name": "ignored", "expression": "has(object.spec.reference) && object.spec.reference == 'ignored'"}],
+            "validations": [{"expression": "object.spec.nope == 1"}],
+        })),
+        binding("vap-test-ignore", json!({"policyName": "vap-test-ignore", "validationActions": ["Deny"]})),
+        policy("vap-test-warn-error", json!({
+            "failurePolicy": "Fail",
+            "matchConstraints": rules,
+            "matchConditions": [{"name": "warn-error", "expression": "has(object.spec.reference) && object.spec.reference == 'warn-error'"}],
+            "validations": [{"expression": "object.spec.nope == 1"}],
+        })),
+        binding("vap-test-warn-error", json!({"policyName": "vap-test-warn-error", "validationActions": ["Warn"]})),
         // Cluster-scoped: the namespace selector does not apply, namespaceObject is null.
         policy("vap-test-fischers", json!({
             "matchConstraints": {"resourceRules": [{"apiGroups": [GROUP, CRD_GROUP], "apiVersions": ["*"],
@@ -442,6 +459,30 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
             200,
         ),
         (
+            "messageExpression fails: message",
+            "POST",
+            NS,
+            "",
+            json!({"reference": "fallback"}),
+            422,
+        ),
+        (
+            "evaluation error under Ignore",
+            "POST",
+            NS,
+            "",
+            json!({"reference": "ignored"}),
+            201,
+        ),
+        (
+            "evaluation error under Fail, Warn",
+            "POST",
+            NS,
+            "",
+            json!({"reference": "warn-error"}),
+            201,
+        ),
+        (
             "warned and refused",
             "POST",
             NS,
@@ -546,6 +587,9 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
             diag(&server)
         );
         assert_eq!(ours.code, expected, "{what}: {ours}");
+        // The cases about warnings must have some (agreeing on none would prove nothing).
+        let warns = what.contains("warn") || what.contains("Warn");
+        assert_eq!(!ours.warnings.is_empty(), warns, "{what}: {ours}");
         eprintln!("{what}: {ours}");
     }
 
