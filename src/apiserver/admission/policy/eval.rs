@@ -608,4 +608,39 @@ mod tests {
             }]
         );
     }
+
+    #[test]
+    fn the_evaluation_budget_stops_further_validations() {
+        // `exists` stops at the first element, but its bound counts every pair: each of these
+        // is under the per-expression limit, and together they are over the budget.
+        let items: Vec<String> = (0..400).map(|i| format!("v{i}")).collect();
+        let obj = json!({"metadata": {"name": "f"}, "spec": {"items": items}});
+        let src = "object.spec.items.exists(x, object.spec.items.exists(y, y == x))";
+        let one = Program {
+            validations: vec![validation(src)],
+            ..Default::default()
+        };
+        assert_eq!(
+            one.validate(&input(obj.clone(), Value::Null)).decisions,
+            vec![Decision::Admit]
+        );
+        let mut p = Program {
+            validations: (0..40).map(|_| validation(src)).collect(),
+            ..Default::default()
+        };
+        let out = p.validate(&input(obj.clone(), Value::Null));
+        assert_eq!(
+            out.decisions,
+            vec![Decision::Deny {
+                message: OUT_OF_BUDGET.into(),
+                reason: None,
+                error: true
+            }]
+        );
+        p.ignore_failures = true;
+        assert_eq!(
+            p.validate(&input(obj, Value::Null)).decisions,
+            vec![Decision::AdmitError(OUT_OF_BUDGET.into())]
+        );
+    }
 }
