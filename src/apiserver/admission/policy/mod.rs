@@ -451,6 +451,7 @@ impl Policies {
                 if actions.is_empty() {
                     actions.push("allow");
                 }
+                actions.sort_unstable();
                 actions.dedup();
                 for act in actions {
                     count(&b.name, act);
