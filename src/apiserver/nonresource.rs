@@ -93,6 +93,8 @@ impl App {
                 ),
             ),
             ("namespace-lifecycle", self.namespaces.not_ready()),
+            // ValidatingAdmissionPolicy (and webhook) configurations not read yet.
+            ("admission", self.resources.admission_not_ready()),
             ("storage", self.resources.unhealthy()),
         ]
     }

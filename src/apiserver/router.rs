@@ -62,6 +62,11 @@ pub trait ResourceHandler: Send + Sync {
     fn unhealthy(&self) -> Option<String> {
         None
     }
+
+    /// Why admission cannot judge writes yet (for `/readyz`), if so.
+    fn admission_not_ready(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The handler used while no storage is plugged in.

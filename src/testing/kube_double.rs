@@ -1,6 +1,7 @@
 //! A small HTTPS double of kube-apiserver for the bundled server's tests and `eas-bench`:
 //! it serves the `extension-apiserver-authentication` ConfigMap (list and watch), namespaces
-//! (metadata watch), TokenReview and SubjectAccessReview, and records every request.
+//! (metadata watch), TokenReview and SubjectAccessReview, no ValidatingAdmissionPolicies (an
+//! empty list and a watch that stays open), and records every request.
 
 use super::certs::{ca, serving_cert, Error};
 use crate::pki::CertKeyPair;
@@ -255,6 +256,17 @@ fn event_stream(rx: broadcast::Receiver<String>) -> Response<DoubleBody> {
     r
 }
 
+/// A watch on which nothing ever happens.
+fn idle_stream() -> Response<DoubleBody> {
+    let stream = futures::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+    let mut r = Response::new(StreamBody::new(stream.boxed()).boxed_unsync());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 type DoubleBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 fn json_resp(code: StatusCode, v: &Value) -> Response<DoubleBody> {
@@ -332,6 +344,27 @@ async fn double_handle(st: Arc<DoubleState>, req: Request<Incoming>) -> Response
         ("GET", "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication") => {
             let g = lock(&st.configmap);
             json_resp(StatusCode::OK, &configmap_json(&g.0, g.1))
+        }
+        // No ValidatingAdmissionPolicies or bindings: empty lists and watches that stay open.
+        (
+            "GET",
+            "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
+            | "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
+        ) => {
+            if query.split('&').any(|q| q == "watch=true" || q == "watch=1") {
+                idle_stream()
+            } else {
+                let kind = if path.ends_with("bindings") {
+                    "ValidatingAdmissionPolicyBindingList"
+                } else {
+                    "ValidatingAdmissionPolicyList"
+                };
+                json_resp(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
+                            "metadata": {"resourceVersion": "1"}, "items": []}),
+                )
+            }
         }
         ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => {
             let token = body["spec"]["token"].as_str().unwrap_or_default();

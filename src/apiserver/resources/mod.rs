@@ -99,7 +99,11 @@ impl ResourceHandler for StorageHandler {
     }
 
     fn unhealthy(&self) -> Option<String> {
-        self.storage.unhealthy().or_else(|| self.admission.not_ready())
+        self.storage.unhealthy()
+    }
+
+    fn admission_not_ready(&self) -> Option<String> {
+        self.admission.not_ready()
     }
 }
 
