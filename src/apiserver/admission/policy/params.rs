@@ -14,6 +14,7 @@ use kube::discovery::Scope;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// A policy's `paramKind`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -108,9 +109,16 @@ pub async fn collect(
 /// Params read from kube-apiserver.
 pub struct KubeParams {
     client: kube::Client,
-    /// Discovered kinds (a failed discovery is retried on the next request).
-    kinds: Mutex<HashMap<ParamKind, (ApiResource, bool)>>,
+    /// Discovered kinds; a failed discovery is remembered for [`RETRY`] so that writes a
+    /// misconfigured policy matches do not each ask again.
+    kinds: Mutex<HashMap<ParamKind, Discovered>>,
 }
+
+/// A param kind's resource and whether it is namespaced, or why discovery failed and when.
+type Discovered = Result<(ApiResource, bool), (String, Instant)>;
+
+/// How long a failed discovery of a param kind stands.
+const RETRY: Duration = Duration::from_secs(5);
 
 impl KubeParams {
     pub fn new(client: kube::Client) -> KubeParams {
@@ -121,17 +129,19 @@ impl KubeParams {
     }
 
     async fn resource(&self, kind: &ParamKind) -> Result<(ApiResource, bool), String> {
-        if let Some(r) = self.kinds.lock().ok().and_then(|k| k.get(kind).cloned()) {
-            return Ok(r);
+        match self.kinds.lock().ok().and_then(|k| k.get(kind).cloned()) {
+            Some(Ok(r)) => return Ok(r),
+            Some(Err((e, at))) if at.elapsed() < RETRY => return Err(e),
+            _ => {}
         }
-        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &kind.gvk())
+        let r = kube::discovery::pinned_kind(&self.client, &kind.gvk())
             .await
-            .map_err(|e| e.to_string())?;
-        let r = (ar, caps.scope == Scope::Namespaced);
+            .map(|(ar, caps)| (ar, caps.scope == Scope::Namespaced))
+            .map_err(|e| e.to_string());
         if let Ok(mut k) = self.kinds.lock() {
-            k.insert(kind.clone(), r.clone());
+            k.insert(kind.clone(), r.clone().map_err(|e| (e, Instant::now())));
         }
-        Ok(r)
+        r
     }
 
     async fn api(&self, kind: &ParamKind, ns: Option<&str>) -> Result<Api<DynamicObject>, String> {
