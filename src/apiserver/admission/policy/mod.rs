@@ -11,6 +11,9 @@
 //! `validationActions` (Deny refuses, Warn adds a `Warning` header, Audit logs), and the first
 //! denial is the answer, in kube's words.
 //!
+//! This file is over 500 lines because parsing, the snapshot and the dispatch loop share the
+//! same few types and read best together; the unit tests are in `tests.rs`.
+//!
 //! Not supported: the `authorizer` variable (an expression that uses it fails, under the
 //! policy's `failurePolicy`); `namespaceObject` carries the namespace's metadata and phase (no
 //! spec); audit annotations are log lines (the server keeps no audit log).
