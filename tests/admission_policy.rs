@@ -5,6 +5,9 @@
 //! details and `Warning` headers once the group name is replaced.
 //!
 //! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
+//!
+//! Over 500 lines: one scenario, whose policies, cases and harness (copied from
+//! `tests/aggregator.rs`, which this file must not share code with) read best together.
 
 use eao::testing::aggregated::{AggregatedServer, ServeOptions};
 use eao::testing::controlplane::ControlPlane;
