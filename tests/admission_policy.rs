@@ -6,8 +6,8 @@
 //!
 //! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
 //!
-//! Over 500 lines: one scenario, whose policies, cases and harness (copied from
-//! `tests/aggregator.rs`, which this file must not share code with) read best together.
+//! Over 500 lines: one scenario, whose policies, cases and harness (the CRD helper copied from
+//! `tests/aggregator.rs`) read best together.
 
 use eao::testing::aggregated::{AggregatedServer, ServeOptions};
 use eao::testing::controlplane::ControlPlane;
