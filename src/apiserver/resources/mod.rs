@@ -28,7 +28,9 @@ pub(crate) use object::uuid;
 mod output;
 mod schema;
 pub use schema::rule_problems;
-pub(crate) use schema::{cel_compile, cel_context, cel_error, to_cel};
+pub(crate) use schema::{
+    cel_compile, cel_context, cel_cost_bound, cel_error, to_cel, CEL_PER_CALL_LIMIT, CEL_REQUEST_BUDGET,
+};
 mod select;
 mod table;
 

@@ -64,6 +64,17 @@ pub fn bound(expr: &IdedExpr, this: &Value, old: Option<&Value>) -> u64 {
     Coster { fallback }.cost(expr, &env)
 }
 
+/// The cost bound of `expr` with named variables bound to these values (admission
+/// expressions: `object`, `oldObject`, `request`, `params`, ...).
+pub fn bound_vars(expr: &IdedExpr, vars: &[(&str, &Value)]) -> u64 {
+    let mut env: Env = HashMap::new();
+    for (k, v) in vars {
+        env.insert((*k).to_string(), vec![*v]);
+    }
+    let fallback = vars.iter().map(|(_, v)| weight(v)).sum();
+    Coster { fallback }.cost(expr, &env)
+}
+
 /// Nodes plus string bytes: the largest a value derived from `v` can be.
 fn weight(v: &Value) -> u64 {
     match v {
@@ -207,6 +218,28 @@ impl Coster {
     }
 }
 
+/// Why cel-rust cannot evaluate `expr`, if so: it panics on message construction
+/// (`Type{field: ...}`, as in `JSONPatch{...}`) and on struct fields in map literals, so such
+/// expressions are refused when compiled instead of aborting a request.
+pub fn unsupported(expr: &IdedExpr) -> Option<&'static str> {
+    fn all<'a>(mut es: impl Iterator<Item = &'a IdedExpr>) -> Option<&'static str> {
+        es.find_map(unsupported)
+    }
+    match &expr.expr {
+        Expr::Unspecified => Some("an unspecified expression"),
+        Expr::Struct(_) => Some("message construction (Type{field: value}) is not supported"),
+        Expr::Literal(_) | Expr::Ident(_) => None,
+        Expr::Select(s) => unsupported(&s.operand),
+        Expr::List(l) => all(l.elements.iter()),
+        Expr::Map(m) => m.entries.iter().find_map(|e| match &e.expr {
+            EntryExpr::MapEntry(me) => unsupported(&me.key).or_else(|| unsupported(&me.value)),
+            EntryExpr::StructField(_) => Some("message construction (Type{field: value}) is not supported"),
+        }),
+        Expr::Call(c) => c.target.as_deref().and_then(unsupported).or_else(|| all(c.args.iter())),
+        Expr::Comprehension(c) => all([&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result].into_iter()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,27 +264,5 @@ mod tests {
         };
         assert!(at(700) > PER_CALL_LIMIT && at(1000) > PER_CALL_LIMIT);
         assert!(at(300) < PER_CALL_LIMIT);
-    }
-}
-
-/// Why cel-rust cannot evaluate `expr`, if so: it panics on message construction
-/// (`Type{field: ...}`, as in `JSONPatch{...}`) and on struct fields in map literals, so such
-/// expressions are refused when compiled instead of aborting a request.
-pub fn unsupported(expr: &IdedExpr) -> Option<&'static str> {
-    fn all<'a>(mut es: impl Iterator<Item = &'a IdedExpr>) -> Option<&'static str> {
-        es.find_map(unsupported)
-    }
-    match &expr.expr {
-        Expr::Unspecified => Some("an unspecified expression"),
-        Expr::Struct(_) => Some("message construction (Type{field: value}) is not supported"),
-        Expr::Literal(_) | Expr::Ident(_) => None,
-        Expr::Select(s) => unsupported(&s.operand),
-        Expr::List(l) => all(l.elements.iter()),
-        Expr::Map(m) => m.entries.iter().find_map(|e| match &e.expr {
-            EntryExpr::MapEntry(me) => unsupported(&me.key).or_else(|| unsupported(&me.value)),
-            EntryExpr::StructField(_) => Some("message construction (Type{field: value}) is not supported"),
-        }),
-        Expr::Call(c) => c.target.as_deref().and_then(unsupported).or_else(|| all(c.args.iter())),
-        Expr::Comprehension(c) => all([&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result].into_iter()),
     }
 }
