@@ -6,17 +6,14 @@
 //!
 //! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
 //!
-//! Over 500 lines: one scenario, whose policies, cases and harness (the CRD helper copied from
-//! `tests/aggregator.rs`) read best together.
+//! Over 500 lines: one scenario, whose policies, cases and harness read best together.
 
-use eao::testing::aggregated::{AggregatedServer, ServeOptions};
+use eao::testing::aggregated::{crds_from_config, AggregatedServer, ServeOptions};
 use eao::testing::controlplane::ControlPlane;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const GROUP: &str = "wardle.example.com";
@@ -30,72 +27,11 @@ const NS_NO_PARAMS: &str = "vap-no-params";
 /// The namespace of the policy with params selected by labels.
 const NS_LIMITS: &str = "vap-limits";
 
-/// The CRDs for the resources of the bundled server's configuration, in [`CRD_GROUP`] (as in
-/// `tests/aggregator.rs`).
-fn crds_from_config(config_yaml: &str) -> Value {
-    let config: Value = serde_yaml::from_str(config_yaml).expect("server config parses");
-    let items: Vec<Value> = config["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .map(|r| {
-            let plural = r["plural"].as_str().expect("plural");
-            let kind = r["kind"].as_str().expect("kind");
-            let mut names = json!({"kind": kind, "plural": plural});
-            if let Some(s) = r.get("singular") {
-                names["singular"] = s.clone();
-            }
-            let versions: Vec<Value> = r["versions"]
-                .as_array()
-                .expect("versions")
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let mut out = json!({
-                        "name": v["name"], "served": true, "storage": i == 0,
-                        "schema": {"openAPIV3Schema": v["openAPIV3Schema"]},
-                    });
-                    if let Some(s) = r.get("subresources") {
-                        out["subresources"] = s.clone();
-                    }
-                    out
-                })
-                .collect();
-            json!({
-                "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                "metadata": {"name": format!("{plural}.{CRD_GROUP}")},
-                "spec": {"group": CRD_GROUP, "names": names,
-                         "scope": r.get("scope").and_then(Value::as_str).unwrap_or("Namespaced"),
-                         "versions": versions},
-            })
-        })
-        .collect();
-    json!({"apiVersion": "v1", "kind": "List", "items": items})
-}
-
 /// `kubectl apply -f -` (or another verb) with `stdin`; panics on failure.
 async fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> String {
-    let mut cmd = tokio::process::Command::from(cp.kubectl());
-    cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("kubectl runs");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(input.as_bytes()).await.expect("kubectl reads stdin");
-    }
-    let out = tokio::time::timeout(TIMEOUT, child.wait_with_output())
-        .await
-        .expect("kubectl finishes in time")
-        .expect("kubectl finishes");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (ok, out, err) = cp.run_kubectl(args, stdin, TIMEOUT).await;
+    assert!(ok, "kubectl {args:?}: {err}");
+    out
 }
 
 /// One answer: the status code, the body (a Status for failures) and the `Warning` headers,
@@ -272,18 +208,11 @@ fn policies() -> Value {
 }
 
 async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
-    let crds = crds_from_config(eao::apiserver::STANDALONE_CONFIG).to_string();
+    let crds = crds_from_config(eao::apiserver::STANDALONE_CONFIG, CRD_GROUP).to_string();
     kubectl(cp, &["apply", "-f", "-"], Some(&crds)).await;
     let server = AggregatedServer::start(
         cp,
-        ServeOptions {
-            binary: Path::new(env!("CARGO_BIN_EXE_extension-apiserver")),
-            namespace: "wardle-system",
-            service: "wardle-api",
-            config_yaml: eao::apiserver::STANDALONE_CONFIG,
-            port: 8443,
-            extra_args: vec![],
-        },
+        ServeOptions::wardle(Path::new(env!("CARGO_BIN_EXE_extension-apiserver"))),
     )
     .await
     .unwrap_or_else(|e| panic!("aggregated server: {e}"));

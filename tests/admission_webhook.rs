@@ -16,9 +16,7 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 
 const GROUP: &str = "wardle.example.com";
 const CRD_GROUP: &str = "wardle-crd.example.com";
@@ -113,27 +111,7 @@ fn configurations(hooks: &WebhookServer) -> Value {
 }
 
 async fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut cmd = cp.kubectl();
-    cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    let mut child = cmd.spawn().expect("kubectl runs");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(input.as_bytes()).await.expect("kubectl reads stdin");
-    }
-    let out = tokio::time::timeout(TIMEOUT, child.wait_with_output())
-        .await
-        .expect("kubectl finishes in time")
-        .expect("kubectl output");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cp.run_kubectl(args, stdin, TIMEOUT).await
 }
 
 fn flunders(client: &kube::Client, group: &str, ns: &str) -> Api<DynamicObject> {

@@ -352,6 +352,40 @@ impl ControlPlane {
         cmd
     }
 
+    /// Runs kubectl with `args` (and `stdin`, if any) within `timeout`: whether it succeeded,
+    /// its stdout and its stderr. Panics when kubectl cannot run or does not finish in time.
+    pub async fn run_kubectl(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> (bool, String, String) {
+        use std::process::Stdio;
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::from(self.kubectl());
+        cmd.args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run kubectl {args:?}: {e}"));
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin piped");
+            pipe.write_all(input.as_bytes()).await.expect("kubectl reads stdin");
+        }
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within {timeout:?}"))
+            .expect("kubectl output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Writes a kubeconfig for this cluster with `credentials` (data inline, so the file is all
     /// a process in the namespace needs).
     pub fn write_kubeconfig(&self, path: &Path, credentials: &Credentials) -> Result<(), Error> {
