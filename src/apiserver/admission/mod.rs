@@ -13,6 +13,7 @@
 pub mod attributes;
 pub mod cel;
 pub mod metrics;
+pub mod mutating;
 pub mod namespace_lifecycle;
 pub mod policy;
 pub mod selector;

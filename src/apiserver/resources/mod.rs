@@ -29,7 +29,8 @@ mod output;
 mod schema;
 pub use schema::rule_problems;
 pub(crate) use schema::{
-    cel_compile, cel_context, cel_cost_bound, cel_error, to_cel, CEL_PER_CALL_LIMIT, CEL_REQUEST_BUDGET,
+    cel_compile, cel_context, cel_cost_bound, cel_error, cel_unsupported, to_cel, CEL_PER_CALL_LIMIT,
+    CEL_REQUEST_BUDGET,
 };
 mod select;
 mod table;
