@@ -101,6 +101,16 @@ fn policies() -> Value {
         policy("map-test-ignore", json!({"failurePolicy": "Ignore", "matchConditions": when("ignore"),
             "mutations": [apply(failing), apply("Object{spec: Object.spec{size: 7}}")]})),
         binding("map-test-ignore"),
+        // Apply configurations kube refuses: a field the schema does not declare, an atomic list.
+        policy("map-test-undeclared", json!({"matchConditions": when("undeclared"),
+            "mutations": [apply("Object{spec: Object.spec{extra: 1}}")]})),
+        binding("map-test-undeclared"),
+        policy("map-test-atomic", json!({
+            "matchConstraints": {"resourceRules": [{"apiGroups": [GROUP, CRD_GROUP], "apiVersions": ["*"],
+                "operations": ["CREATE"], "resources": ["fischers"]}]},
+            "matchConditions": [{"name": "atomic", "expression": "object.metadata.name == 'atomic'"}],
+            "mutations": [apply("Object{disallowedFlunders: ['x']}")]})),
+        binding("map-test-atomic"),
     ]})
 }
 
@@ -120,6 +130,7 @@ async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
             "--for=condition=Established",
             "--timeout=60s",
             &format!("crd/flunders.{CRD_GROUP}"),
+            &format!("crd/fischers.{CRD_GROUP}"),
         ],
         None,
     )
@@ -146,11 +157,12 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
 
     // Both sides pick the policies up asynchronously: wait until each side applies each.
     type Ready = Box<dyn Fn(u16, &Value) -> bool>;
-    let probes: [(&str, Ready); 4] = [
+    let probes: [(&str, Ready); 5] = [
         ("plain", Box::new(|_, b| b["metadata"]["labels"]["map-label"] == "yes")),
         ("sized", Box::new(|_, b| b["spec"]["size"] == 42)),
         ("fail", Box::new(|c, _| c == 403)),
         ("ignore", Box::new(|_, b| b["spec"]["size"] == 7)),
+        ("undeclared", Box::new(|c, _| c == 403)),
     ];
     for group in [GROUP, CRD_GROUP] {
         for (reference, ready) in &probes {
@@ -231,6 +243,13 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
             Some(json!({"reference": "fail"})),
             403,
         ),
+        (
+            "undeclared field refused",
+            NS,
+            json!({"reference": "undeclared"}),
+            None,
+            403,
+        ),
     ];
     for (n, (what, ns, spec, update, expected)) in cases.into_iter().enumerate() {
         let mut outcomes = Vec::new();
@@ -270,6 +289,49 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
         assert_eq!(ours["code"], expected, "{what}: {ours}");
         eprintln!("{what}: {ours}");
     }
+    // An atomic list in an apply configuration (cluster-scoped Fischers), once applied.
+    let mut outcomes = Vec::new();
+    for group in [GROUP, CRD_GROUP] {
+        let fischer = json!({"apiVersion": format!("{group}/v1alpha1"), "kind": "Fischer",
+            "metadata": {"name": "atomic"}, "disallowedFlunders": ["a"]});
+        let started = Instant::now();
+        loop {
+            let (code, body) = send(
+                &client,
+                "POST",
+                &format!("/apis/{group}/v1alpha1/fischers"),
+                Some(&fischer),
+            )
+            .await;
+            if code == 403 {
+                outcomes.push(outcome(code, &body));
+                break;
+            }
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "{group}: the atomic policy is not applied within {TIMEOUT:?}; last answer: {code} {body}\n{}",
+                diag(&server)
+            );
+            if code < 400 {
+                send(
+                    &client,
+                    "DELETE",
+                    &format!("/apis/{group}/v1alpha1/fischers/atomic"),
+                    None,
+                )
+                .await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert_eq!(
+        outcomes[0],
+        outcomes[1],
+        "atomic list: the bundled server and kube-apiserver disagree\n{}",
+        diag(&server)
+    );
+    eprintln!("atomic list refused: {}", outcomes[0]);
+
     // The cases are not vacuous: the mutations did take place.
     let get = |ns: &str, name: &str| {
         let path = format!("{}/{name}", flunders(GROUP, ns));

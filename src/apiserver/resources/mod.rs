@@ -20,6 +20,7 @@ mod watch;
 // What the verbs share.
 mod consistency;
 mod fields;
+pub(crate) use fields::{merge as apply_merge, schema as apply_schema};
 mod fields_v1;
 mod managed;
 mod meta;

@@ -14,9 +14,11 @@
 //! `reinvocationPolicy: IfNeeded` run once more when a later invocation changed the object.
 //!
 //! Simplified: message construction is evaluated as maps (the type names, which kube checks
-//! against the field path, are not checked); an apply configuration is merged without the
-//! schema, so lists are replaced whole (kube merges `x-kubernetes-list-type: map`/`set` lists
-//! and refuses atomic ones); `jsonpatch.escapeKey` and `authorizer` are not available;
+//! against the field path, are not checked); an apply configuration is merged by the
+//! version's declared schema with this server's apply merge (no field ownership, as in kube),
+//! refusing undeclared fields and atomic lists, maps and structs as kube does, but without
+//! kube's typed conversion of every value; `jsonpatch.escapeKey` and `authorizer` are not
+//! available;
 //! reinvocation is within this plugin only (a later webhook's change does not reinvoke a
 //! policy); JSON Patch errors are worded by the `json-patch` crate after kube's `JSONPath: `.
 
@@ -169,7 +171,7 @@ fn invoke(inv: &Invocation<'_>, a: &mut Attributes, ns: &Value, errors: &mut Vec
                     obj["apiVersion"] = json!(format!("{}/{}", a.resource.group, inv.version));
                     let r = match m {
                         Mutation::JsonPatch(_) => patch::json_patch(obj, &v),
-                        _ => patch::apply_configuration(obj, &v),
+                        _ => patch::apply_configuration(obj, &v, a.schema.as_deref()),
                     };
                     if let (Some(o), Some(v)) = (obj.as_object_mut(), &own_version) {
                         o.insert("apiVersion".into(), v.clone());

@@ -3,6 +3,7 @@
 //! merged into the object (`smd.go`).
 
 use crate::apiserver::admission::cel::to_json;
+use crate::apiserver::resources::{apply_merge, apply_schema};
 use kube_cel::cel::Value as Cel;
 use serde_json::{Map, Value};
 
@@ -50,32 +51,109 @@ pub fn json_patch(obj: &mut Value, ops: &Cel) -> Result<(), String> {
 }
 
 /// Merges the apply configuration an `ApplyConfiguration` expression gave (an `Object{...}`,
-/// as a map) into `obj`, as server-side apply merges a configuration: maps (and structs) are
-/// merged key by key, everything else (scalars, and lists, which this server takes as atomic
-/// without the schema at hand) is replaced by the configuration's value.
-pub fn apply_configuration(obj: &mut Value, config: &Cel) -> Result<(), String> {
-    let Value::Object(cfg) = to_json(config) else {
+/// as a map) into `obj` as server-side apply merges a configuration (kube's structured merge
+/// diff without field ownership), by the version's declared `schema` when there is one:
+/// granular maps and structs key by key, `x-kubernetes-list-type: map`/`set` lists item by
+/// item, scalars replaced. As in kube, a field the schema does not declare, and an atomic
+/// list, map or struct anywhere in the configuration, are errors (without a schema every
+/// object is granular and lists are replaced).
+pub fn apply_configuration(obj: &mut Value, config: &Cel, schema: Option<&Value>) -> Result<(), String> {
+    let cfg = to_json(config);
+    if !cfg.is_object() {
         return Err(format!(
             "unsupported return type from ApplyConfiguration expression: {}",
             config.type_of()
         ));
-    };
-    merge(obj, cfg);
+    }
+    let full = apply_schema(schema);
+    if schema.is_some() {
+        if let Some(path) = undeclared(&cfg, &full, "", true) {
+            return Err(format!(
+                "error applying patch: failed to convert patch object to typed object: {path}: field not declared in schema"
+            ));
+        }
+    }
+    let mut atomics = Vec::new();
+    find_atomics(&cfg, Some(&full), String::new(), &mut atomics);
+    if !atomics.is_empty() {
+        return Err(format!(
+            "error applying patch: invalid ApplyConfiguration: may not mutate atomic arrays, maps or structs: {}",
+            atomics.join(", ")
+        ));
+    }
+    apply_merge(obj, &cfg, Some(&full));
     Ok(())
 }
 
-fn merge(into: &mut Value, from: Map<String, Value>) {
-    let Value::Object(target) = into else {
-        *into = Value::Object(from);
-        return;
-    };
-    for (k, v) in from {
-        match (target.get_mut(&k), v) {
-            (Some(t @ Value::Object(_)), Value::Object(m)) => merge(t, m),
-            (_, v) => {
-                target.insert(k, v);
+fn preserves_unknown(s: &Value) -> bool {
+    s.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+}
+
+/// The path (`.spec.x`) of the first field of `v` that the structural schema `s` does not
+/// declare (`apiVersion`, `kind` and `metadata` are always declared at the root).
+fn undeclared(v: &Value, s: &Value, at: &str, root: bool) -> Option<String> {
+    match v {
+        Value::Object(m) => {
+            let props = s.get("properties").and_then(Value::as_object);
+            let extra = s.get("additionalProperties").filter(|a| a.is_object());
+            for (k, x) in m {
+                // ObjectMeta's fields are checked when the object is validated.
+                if root && k == "metadata" {
+                    continue;
+                }
+                let child = props.and_then(|p| p.get(k)).or(extra);
+                let path = format!("{at}.{k}");
+                match child {
+                    Some(c) => {
+                        if let Some(p) = undeclared(x, c, &path, false) {
+                            return Some(p);
+                        }
+                    }
+                    None if root && (k == "apiVersion" || k == "kind") => {}
+                    None if preserves_unknown(s) || (props.is_none() && s.get("type").is_none()) => {}
+                    None => return Some(path),
+                }
+            }
+            None
+        }
+        Value::Array(items) => {
+            let is = s.get("items")?;
+            items
+                .iter()
+                .enumerate()
+                .find_map(|(i, x)| undeclared(x, is, &format!("{at}[{i}]"), false))
+        }
+        _ => None,
+    }
+}
+
+/// kube's `findAtomics`: the paths of the atomic lists (no `x-kubernetes-list-type` of `map` or
+/// `set`), maps and structs (`x-kubernetes-map-type: atomic`) in the configuration `v`.
+fn find_atomics(v: &Value, s: Option<&Value>, at: String, out: &mut Vec<String>) {
+    let Some(s) = s else { return };
+    match v {
+        Value::Object(m) => {
+            if s.get("x-kubernetes-map-type").and_then(Value::as_str) == Some("atomic") {
+                out.push(at.clone());
+            }
+            let props = s.get("properties").and_then(Value::as_object);
+            let extra = s.get("additionalProperties").filter(|a| a.is_object());
+            for (k, x) in m {
+                find_atomics(x, props.and_then(|p| p.get(k)).or(extra), format!("{at}.{k}"), out);
             }
         }
+        Value::Array(items) => {
+            if !matches!(
+                s.get("x-kubernetes-list-type").and_then(Value::as_str),
+                Some("map" | "set")
+            ) {
+                out.push(at.clone());
+            }
+            for (i, x) in items.iter().enumerate() {
+                find_atomics(x, s.get("items"), format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -115,19 +193,49 @@ mod tests {
     }
 
     #[test]
-    fn apply_configurations_merge_maps_and_replace_the_rest() {
+    fn apply_configurations_merge_by_the_schema() {
+        let schema = json!({"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {
+            "size": {"type": "integer"},
+            "keep": {"type": "boolean"},
+            "added": {"type": "object", "properties": {"x": {"type": "string"}}},
+            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                      "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}},
+            "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "list": {"type": "array", "items": {"type": "integer"}},
+            "sel": {"type": "object", "x-kubernetes-map-type": "atomic", "additionalProperties": {"type": "string"}},
+        }}}});
         let mut o = json!({"metadata": {"name": "f", "labels": {"a": "1"}},
-                           "spec": {"size": 1, "list": [1, 2], "keep": true}});
+                           "spec": {"size": 1, "keep": true, "ports": [{"name": "a", "port": 1}, {"name": "b", "port": 2}],
+                                    "tags": ["x"], "list": [1, 2]}});
         let cfg = value(
             "Object{metadata: Object.metadata{labels: {'b': '2'}}, \
-                    spec: Object.spec{size: 3, list: [9], added: Object.spec.added{x: 'y'}}}",
+                    spec: Object.spec{size: 3, added: Object.spec.added{x: 'y'}, \
+                    ports: [Object.spec.ports{name: 'b', port: 20}, Object.spec.ports{name: 'c', port: 3}], tags: ['y']}}",
         );
-        apply_configuration(&mut o, &cfg).expect("merges");
+        apply_configuration(&mut o, &cfg, Some(&schema)).expect("merges");
         assert_eq!(
             o,
             json!({"metadata": {"name": "f", "labels": {"a": "1", "b": "2"}},
-                   "spec": {"size": 3, "list": [9], "keep": true, "added": {"x": "y"}}})
+                   "spec": {"size": 3, "keep": true, "added": {"x": "y"}, "list": [1, 2], "tags": ["x", "y"],
+                            "ports": [{"name": "a", "port": 1}, {"name": "b", "port": 20}, {"name": "c", "port": 3}]}})
         );
-        assert!(apply_configuration(&mut o, &value("[1]")).is_err());
+        let before = o.clone();
+        let err = |src: &str, o: &mut Value| apply_configuration(o, &value(src), Some(&schema)).expect_err("refused");
+        assert_eq!(
+            err("Object{spec: Object.spec{list: [9], sel: {'a': 'b'}}}", &mut o),
+            "error applying patch: invalid ApplyConfiguration: may not mutate atomic arrays, maps or structs: .spec.list, .spec.sel"
+        );
+        assert_eq!(
+            err("Object{spec: Object.spec{nope: 1}}", &mut o),
+            "error applying patch: failed to convert patch object to typed object: .spec.nope: field not declared in schema"
+        );
+        assert_eq!(o, before, "a refused configuration changes nothing");
+        assert!(apply_configuration(&mut o, &value("[1]"), None).is_err());
+
+        // Without a schema: objects merge, lists are replaced.
+        let mut o = json!({"spec": {"list": [1], "a": 1}});
+        apply_configuration(&mut o, &value("Object{spec: Object.spec{list: [2], b: 2}}"), None).expect("merges");
+        assert_eq!(o, json!({"spec": {"list": [2], "a": 1, "b": 2}}));
     }
 }
