@@ -6,9 +6,8 @@
 //!
 //! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
 
-use eao::testing::aggregated::{crds_from_config, AggregatedServer, ServeOptions};
+use eao::testing::aggregated::{flunder, flunders, send_json, wardle_beside_crds, AggregatedServer};
 use eao::testing::controlplane::ControlPlane;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,20 +28,7 @@ async fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Strin
 
 /// A request's status code and body, with the CRD group written as the aggregated server's.
 async fn send(client: &kube::Client, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(kube::client::Body::from(
-            body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
-        ))
-        .expect("request");
-    let resp = tokio::time::timeout(TIMEOUT, client.send(req))
-        .await
-        .expect("answer in time")
-        .expect("answer");
-    let code = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let (code, _, bytes) = send_json(client, method, path, body).await;
     let text = String::from_utf8_lossy(&bytes).replace(CRD_GROUP, GROUP);
     (code, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
@@ -55,14 +41,6 @@ fn outcome(code: u16, body: &Value) -> Value {
     } else {
         json!({"code": code, "labels": body["metadata"]["labels"], "spec": body["spec"]})
     }
-}
-
-fn flunders(group: &str, ns: &str) -> String {
-    format!("/apis/{group}/v1alpha1/namespaces/{ns}/flunders")
-}
-
-fn flunder(group: &str, name: &str, spec: Value) -> Value {
-    json!({"apiVersion": format!("{group}/v1alpha1"), "kind": "Flunder", "metadata": {"name": name}, "spec": spec})
 }
 
 /// The policies; each is limited by a matchCondition on `spec.reference` except the label.
@@ -115,26 +93,8 @@ fn policies() -> Value {
 }
 
 async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
-    let crds = crds_from_config(eao::apiserver::STANDALONE_CONFIG, CRD_GROUP).to_string();
-    kubectl(cp, &["apply", "-f", "-"], Some(&crds)).await;
-    let server = AggregatedServer::start(
-        cp,
-        ServeOptions::wardle(Path::new(env!("CARGO_BIN_EXE_extension-apiserver"))),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("aggregated server: {e}"));
-    kubectl(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &format!("crd/flunders.{CRD_GROUP}"),
-            &format!("crd/fischers.{CRD_GROUP}"),
-        ],
-        None,
-    )
-    .await;
+    let binary = Path::new(env!("CARGO_BIN_EXE_extension-apiserver"));
+    let server = wardle_beside_crds(cp, binary, CRD_GROUP).await;
     let namespaces = json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": {"map": "checked"}}},
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS_OTHER}},
