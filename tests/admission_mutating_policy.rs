@@ -89,6 +89,18 @@ fn policies() -> Value {
             "matchConditions": [{"name": "atomic", "expression": "object.metadata.name == 'atomic'"}],
             "mutations": [apply("Object{disallowedFlunders: ['x']}")]})),
         binding("map-test-atomic"),
+        // Reinvocation: whichever order the two run in, the copy ends up with the grown size
+        // because the copying policy asks to be reinvoked (this server runs them in name order,
+        // copy first).
+        policy("map-test-reinvoke-a-copy", json!({"reinvocationPolicy": "IfNeeded", "matchConditions": when("reinvoke"),
+            "mutations": [apply("Object{metadata: Object.metadata{labels: {'copy': string(object.spec.size)}}}")]})),
+        binding("map-test-reinvoke-a-copy"),
+        policy("map-test-reinvoke-b-grow", json!({"matchConditions": when("reinvoke"),
+            "mutations": [apply("Object{spec: Object.spec{size: 99}}")]})),
+        binding("map-test-reinvoke-b-grow"),
+        policy("map-test-bad-patch", json!({"matchConditions": when("bad-patch"),
+            "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": "[JSONPatch{op: 'remove', path: '/spec/nothere'}]"}}]})),
+        binding("map-test-bad-patch"),
     ]})
 }
 
@@ -117,12 +129,14 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
 
     // Both sides pick the policies up asynchronously: wait until each side applies each.
     type Ready = Box<dyn Fn(u16, &Value) -> bool>;
-    let probes: [(&str, Ready); 5] = [
+    let probes: [(&str, Ready); 7] = [
         ("plain", Box::new(|_, b| b["metadata"]["labels"]["map-label"] == "yes")),
         ("sized", Box::new(|_, b| b["spec"]["size"] == 42)),
         ("fail", Box::new(|c, _| c == 403)),
         ("ignore", Box::new(|_, b| b["spec"]["size"] == 7)),
         ("undeclared", Box::new(|c, _| c == 403)),
+        ("reinvoke", Box::new(|_, b| b["metadata"]["labels"]["copy"] == "99")),
+        ("bad-patch", Box::new(|c, _| c == 403)),
     ];
     for group in [GROUP, CRD_GROUP] {
         for (reference, ready) in &probes {
@@ -207,6 +221,20 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
             "undeclared field refused",
             NS,
             json!({"reference": "undeclared"}),
+            None,
+            403,
+        ),
+        (
+            "reinvoked after a later change",
+            NS,
+            json!({"reference": "reinvoke", "size": 1}),
+            None,
+            201,
+        ),
+        (
+            "JSON Patch that does not apply",
+            NS,
+            json!({"reference": "bad-patch"}),
             None,
             403,
         ),

@@ -20,7 +20,8 @@
 //! kube's typed conversion of every value; `jsonpatch.escapeKey` and `authorizer` are not
 //! available;
 //! reinvocation is within this plugin only (a later webhook's change does not reinvoke a
-//! policy); JSON Patch errors are worded by the `json-patch` crate after kube's `JSONPath: `.
+//! policy); JSON Patch errors other than removing a missing key are worded by the `json-patch`
+//! crate (after kube's `JSON Patch: `).
 
 pub mod patch;
 

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 /// Applies the JSON Patch a `JSONPatch` expression gave (a list of `JSONPatch{op, path,
 /// value, from}`, as maps) to `obj`. A failed `test` operation leaves the object as it was
-/// without an error, as in kube; other failures are errors worded `JSONPath: ...`.
+/// without an error, as in kube; other failures are errors worded `JSON Patch: ...` (a remove
+/// of a missing key in kube's words, others in the `json-patch` crate's).
 pub fn json_patch(obj: &mut Value, ops: &Cel) -> Result<(), String> {
     let Cel::List(items) = ops else {
         return Err("type mismatch: JSONPatchType.expression should evaluate to array".into());
@@ -35,16 +36,29 @@ pub fn json_patch(obj: &mut Value, ops: &Cel) -> Result<(), String> {
         }
         patch.push(Value::Object(op));
     }
-    let patch: json_patch::Patch = serde_json::from_value(Value::Array(patch)).map_err(|e| format!("JSONPath: {e}"))?;
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(patch)).map_err(|e| format!("JSON Patch: {e}"))?;
     let before = obj.clone();
     match json_patch::patch(obj, &patch) {
         Ok(()) => Ok(()),
         Err(e) => {
             *obj = before;
             if matches!(e.kind, json_patch::PatchErrorKind::TestFailed) {
-                Ok(())
-            } else {
-                Err(format!("JSONPath: {e}"))
+                return Ok(());
+            }
+            let path = e.path.to_string();
+            let key = path
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .replace("~1", "/")
+                .replace("~0", "~");
+            match patch.get(e.operation) {
+                // evanphx/json-patch's words, as kube-apiserver answers them.
+                Some(json_patch::PatchOperation::Remove(_)) if !key.is_empty() => Err(format!(
+                    "JSON Patch: error in remove for path: '{path}': Unable to remove nonexistent key: {key}: missing value"
+                )),
+                _ => Err(format!("JSON Patch: {e}")),
             }
         }
     }
@@ -187,7 +201,10 @@ mod tests {
         assert_eq!(o, before, "a failed test leaves the object alone");
 
         let err = json_patch(&mut o, &value("[JSONPatch{op: 'remove', path: '/spec/zz'}]")).expect_err("fails");
-        assert!(err.starts_with("JSONPath: "), "{err}");
+        assert_eq!(
+            err,
+            "JSON Patch: error in remove for path: '/spec/zz': Unable to remove nonexistent key: zz: missing value"
+        );
         assert_eq!(o, before, "a failed patch leaves the object alone");
         assert!(json_patch(&mut o, &value("{'a': 1}")).is_err(), "not a list");
     }
