@@ -101,6 +101,9 @@ fn policies() -> Value {
         policy("map-test-bad-patch", json!({"matchConditions": when("bad-patch"),
             "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": "[JSONPatch{op: 'remove', path: '/spec/nothere'}]"}}]})),
         binding("map-test-bad-patch"),
+        policy("map-test-mistyped", json!({"matchConditions": when("mistyped"),
+            "mutations": [apply("Object{spec: Object.spec.wrong{size: 5}}")]})),
+        binding("map-test-mistyped"),
     ]})
 }
 
@@ -129,7 +132,7 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
 
     // Both sides pick the policies up asynchronously: wait until each side applies each.
     type Ready = Box<dyn Fn(u16, &Value) -> bool>;
-    let probes: [(&str, Ready); 7] = [
+    let probes: [(&str, Ready); 8] = [
         ("plain", Box::new(|_, b| b["metadata"]["labels"]["map-label"] == "yes")),
         ("sized", Box::new(|_, b| b["spec"]["size"] == 42)),
         ("fail", Box::new(|c, _| c == 403)),
@@ -137,6 +140,7 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
         ("undeclared", Box::new(|c, _| c == 403)),
         ("reinvoke", Box::new(|_, b| b["metadata"]["labels"]["copy"] == "99")),
         ("bad-patch", Box::new(|c, _| c == 403)),
+        ("mistyped", Box::new(|c, _| c == 403)),
     ];
     for group in [GROUP, CRD_GROUP] {
         for (reference, ready) in &probes {
@@ -235,6 +239,13 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
             "JSON Patch that does not apply",
             NS,
             json!({"reference": "bad-patch"}),
+            None,
+            403,
+        ),
+        (
+            "construction named off its field path",
+            NS,
+            json!({"reference": "mistyped"}),
             None,
             403,
         ),

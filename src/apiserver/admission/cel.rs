@@ -63,9 +63,12 @@ pub fn compile_with_structs(src: &str) -> Result<IdedExpr, String> {
     }
 }
 
+/// The key under which [`structs_as_maps`] keeps a construction's type name.
+pub const TYPE_KEY: &str = "\u{1}type";
+
 /// `e` with every message construction `Type{field: value, ...}` (which cel-rust cannot
-/// evaluate) turned into the map `{'field': value, ...}`, at any depth. The type name is
-/// dropped: kube only uses it to check that `Object.spec{...}` sits under `spec`.
+/// evaluate) turned into the map `{'field': value, ...}`, at any depth. The type name is kept
+/// under [`TYPE_KEY`], for kube's check that `Object.spec{...}` sits under `spec`.
 pub fn structs_as_maps(e: &IdedExpr) -> IdedExpr {
     let r = structs_as_maps;
     let entry = |en: &IdedEntryExpr| IdedEntryExpr {
@@ -87,9 +90,23 @@ pub fn structs_as_maps(e: &IdedExpr) -> IdedExpr {
         },
     };
     let expr = match &e.expr {
-        Expr::Struct(st) => Expr::Map(kube_cel::cel::common::ast::MapExpr {
-            entries: st.entries.iter().map(entry).collect(),
-        }),
+        Expr::Struct(st) => {
+            let literal = |s: &str| IdedExpr {
+                id: e.id,
+                expr: Expr::Literal(LiteralValue::String(s.into())),
+            };
+            let type_name = IdedEntryExpr {
+                id: e.id,
+                expr: EntryExpr::MapEntry(MapEntryExpr {
+                    key: literal(TYPE_KEY),
+                    value: literal(&st.type_name),
+                    optional: false,
+                }),
+            };
+            Expr::Map(kube_cel::cel::common::ast::MapExpr {
+                entries: std::iter::once(type_name).chain(st.entries.iter().map(entry)).collect(),
+            })
+        }
         Expr::Map(m) => Expr::Map(kube_cel::cel::common::ast::MapExpr {
             entries: m.entries.iter().map(entry).collect(),
         }),

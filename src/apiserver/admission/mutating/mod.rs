@@ -13,8 +13,9 @@
 //! `failurePolicy: Fail` and is ignored under `Ignore`. Invocations of policies with
 //! `reinvocationPolicy: IfNeeded` run once more when a later invocation changed the object.
 //!
-//! Simplified: message construction is evaluated as maps (the type names, which kube checks
-//! against the field path, are not checked); an apply configuration is merged by the
+//! Message construction is evaluated as maps that keep the type names, which are checked
+//! against the field path as kube checks them ([`patch::constructed`]). Simplified: an apply
+//! configuration is merged by the
 //! version's declared schema with this server's apply merge (no field ownership, as in kube),
 //! refusing undeclared fields and atomic lists, maps and structs as kube does, but without
 //! kube's typed conversion of every value; `jsonpatch.escapeKey` and `authorizer` are not

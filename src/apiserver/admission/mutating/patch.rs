@@ -2,7 +2,7 @@
 //! `policy/mutating/patch` does: a JSON Patch (`json_patch.go`), or an apply configuration
 //! merged into the object (`smd.go`).
 
-use crate::apiserver::admission::cel::to_json;
+use crate::apiserver::admission::cel::{to_json, TYPE_KEY};
 use crate::apiserver::resources::{apply_merge, apply_schema};
 use kube_cel::cel::Value as Cel;
 use serde_json::{Map, Value};
@@ -17,7 +17,7 @@ pub fn json_patch(obj: &mut Value, ops: &Cel) -> Result<(), String> {
     };
     let mut patch = Vec::with_capacity(items.len());
     for item in items.iter() {
-        let Value::Object(m) = to_json(item) else {
+        let Value::Object(mut m) = to_json(item) else {
             return Err(format!(
                 "type mismatch: JSONPatchType.expression should evaluate to array of JSONPatch, got element of {}",
                 item.type_of()
@@ -31,8 +31,8 @@ pub fn json_patch(obj: &mut Value, ops: &Cel) -> Result<(), String> {
         if let Some(from) = m.get("from").filter(|f| f.as_str().is_some_and(|f| !f.is_empty())) {
             op.insert("from".into(), from.clone());
         }
-        if let Some(v) = m.get("value") {
-            op.insert("value".into(), v.clone());
+        if let Some(v) = m.get_mut("value") {
+            op.insert("value".into(), constructed(v.take())?);
         }
         patch.push(Value::Object(op));
     }
@@ -72,7 +72,7 @@ pub fn json_patch(obj: &mut Value, ops: &Cel) -> Result<(), String> {
 /// list, map or struct anywhere in the configuration, are errors (without a schema every
 /// object is granular and lists are replaced).
 pub fn apply_configuration(obj: &mut Value, config: &Cel, schema: Option<&Value>) -> Result<(), String> {
-    let cfg = to_json(config);
+    let cfg = constructed(to_json(config))?;
     if !cfg.is_object() {
         return Err(format!(
             "unsupported return type from ApplyConfiguration expression: {}",
@@ -97,6 +97,47 @@ pub fn apply_configuration(obj: &mut Value, config: &Cel, schema: Option<&Value>
     }
     apply_merge(obj, &cfg, Some(&full));
     Ok(())
+}
+
+/// A constructed value without the type names the rewrite kept ([`TYPE_KEY`]), after kube's
+/// `CheckTypeNamesMatchFieldPathNames`: an `Object...{}` under a field of another must be
+/// named after the field path from the outermost one (`Object.spec{...}` under `spec`).
+pub fn constructed(mut v: Value) -> Result<Value, String> {
+    let mut errors = Vec::new();
+    untype(&mut v, None, &mut errors);
+    match errors.is_empty() {
+        true => Ok(v),
+        false => Err(format!("type mismatch: {}", errors.join("\n"))),
+    }
+}
+
+fn untype(v: &mut Value, expected: Option<&str>, errors: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            let typed = m.remove(TYPE_KEY).and_then(|t| t.as_str().map(str::to_string));
+            let base = match (&typed, expected) {
+                (Some(t), Some(e)) => {
+                    if t != e {
+                        errors.push(format!(
+                            "unexpected type name {t:?}, expected {e:?}, which matches field name path from root Object type"
+                        ));
+                    }
+                    Some(e.to_string())
+                }
+                (Some(t), None) => Some(t.clone()),
+                (None, e) => e.map(str::to_string),
+            };
+            for (k, x) in m.iter_mut() {
+                let path = match (&typed, &base) {
+                    (Some(_), Some(b)) => Some(format!("{b}.{k}")),
+                    _ => base.clone(),
+                };
+                untype(x, path.as_deref(), errors);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|x| untype(x, expected, errors)),
+        _ => {}
+    }
 }
 
 fn preserves_unknown(s: &Value) -> bool {
@@ -249,6 +290,10 @@ mod tests {
         );
         assert_eq!(o, before, "a refused configuration changes nothing");
         assert!(apply_configuration(&mut o, &value("[1]"), None).is_err());
+        assert_eq!(
+            err("Object{spec: Object.spec{added: Object.spec.wrong{x: 'y'}}}", &mut o),
+            "type mismatch: unexpected type name \"Object.spec.wrong\", expected \"Object.spec.added\", which matches field name path from root Object type"
+        );
 
         // Without a schema: objects merge, lists are replaced.
         let mut o = json!({"spec": {"list": [1], "a": 1}});
