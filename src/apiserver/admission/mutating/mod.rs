@@ -14,15 +14,15 @@
 //! `reinvocationPolicy: IfNeeded` run once more when a later invocation changed the object.
 //!
 //! Message construction is evaluated as maps that keep the type names, which are checked
-//! against the field path as kube checks them ([`patch::constructed`]). Simplified: an apply
-//! configuration is merged by the
-//! version's declared schema with this server's apply merge (no field ownership, as in kube),
-//! refusing undeclared fields and atomic lists, maps and structs as kube does, but without
-//! kube's typed conversion of every value; `jsonpatch.escapeKey` and `authorizer` are not
-//! available;
-//! reinvocation is within this plugin only (a later webhook's change does not reinvoke a
-//! policy); JSON Patch errors other than removing a missing key are worded by the `json-patch`
-//! crate (after kube's `JSON Patch: `).
+//! against the field path as kube checks them ([`patch::constructed`]).
+//!
+//! Simplified: an apply configuration is merged by the version's declared schema with this
+//! server's apply merge (no field ownership, as in kube), refusing undeclared fields and atomic
+//! lists, maps and structs as kube does, but without kube's typed conversion of every value;
+//! `jsonpatch.escapeKey` and `authorizer` are not available; reinvocation is within this
+//! plugin only (a later webhook's change does not reinvoke a policy); JSON Patch errors other
+//! than removing a missing key are worded by the `json-patch` crate (after kube's
+//! `JSON Patch: `).
 
 pub mod patch;
 
