@@ -207,16 +207,7 @@ impl MutatingPolicies {
         let mut invocations: Vec<Invocation<'_>> = Vec::new();
         for hook in &snap.hooks {
             let p = &hook.policy.base;
-            let Some((version, steps)) = self
-                .select(
-                    a,
-                    p.constraints.as_ref(),
-                    p.param_kind.as_ref(),
-                    &hook.bindings,
-                    ns.as_ref(),
-                )
-                .await
-            else {
+            let Some((version, steps)) = self.select(a, p, &hook.bindings, ns.as_ref()).await else {
                 continue;
             };
             for step in steps {

@@ -132,7 +132,7 @@ impl Policy {
         };
         for e in p.expressions() {
             if let Some(err) = e.error() {
-                tracing::warn!(policy = %p.name, expression = %e.src, error = %err, "ValidatingAdmissionPolicy expression does not compile here; it fails under the policy's failurePolicy");
+                tracing::warn!(policy = %p.name, expression = %e.src, error = %err, "admission policy expression does not compile here; it fails under the policy's failurePolicy");
             }
         }
         Ok(p)
@@ -249,8 +249,8 @@ pub type NamespaceLookup = Box<dyn Fn(&str) -> Option<Value> + Send + Sync>;
 /// The cluster's admission policies of one kind and their bindings: ValidatingAdmissionPolicies
 /// (`P` = [`Policy`]), or MutatingAdmissionPolicies ([`super::mutating`]).
 pub struct Policies<P = Policy> {
-    pub(crate) namespaces: NamespaceLookup,
-    pub(crate) params: Box<dyn ParamSource>,
+    namespaces: NamespaceLookup,
+    params: Box<dyn ParamSource>,
     snapshot: RwLock<Arc<Snapshot<P>>>,
     stores: Option<(Store<DynamicObject>, Store<DynamicObject>)>,
     parse: fn(&Value) -> Result<P, String>,
@@ -350,19 +350,19 @@ impl<P: Send + Sync + 'static> Policies<P> {
         })
     }
 
-    /// Which of `hook`'s bindings (and params) apply to `a`, in kube's `policyDispatcher`
-    /// order: the policy's `matchConstraints`, its `paramKind`, then per binding its
-    /// `matchResources` and params. `None` when the policy does not match; else the version
-    /// the rules matched and the steps (invocations and configuration errors, in order).
+    /// Which of the `bindings` of `p` (and which params) apply to `a`, in kube's
+    /// `policyDispatcher` order: the policy's `matchConstraints`, its `paramKind`, then per
+    /// binding its `matchResources` and params. `None` when the policy does not match; else the
+    /// version the rules matched and the steps (invocations and configuration errors, in order).
     pub(crate) async fn select<'h>(
         &self,
         a: &Attributes,
-        constraints: Option<&Value>,
-        param_kind: Option<&ParamKind>,
+        p: &Policy,
         bindings: &'h [Arc<Binding>],
         ns: Option<&Value>,
     ) -> Option<(String, Vec<Step<'h>>)> {
-        let Some(constraints) = constraints else {
+        let param_kind = p.param_kind.as_ref();
+        let Some(constraints) = &p.constraints else {
             let err = "policy contained no match constraints, a required field".to_string();
             return Some((String::new(), vec![Step::Error(None, err)]));
         };
@@ -446,10 +446,7 @@ impl Policies {
     ) {
         let p = &hook.policy;
         let count = |binding: &str, action: &str| count(&p.name, binding, action);
-        let Some((version, steps)) = self
-            .select(a, p.constraints.as_ref(), p.param_kind.as_ref(), &hook.bindings, ns)
-            .await
-        else {
+        let Some((version, steps)) = self.select(a, p, &hook.bindings, ns).await else {
             return;
         };
         let request = a.request(&version);
