@@ -242,6 +242,10 @@ impl MutatingPolicies {
                 }
             }
         }
+        // A refusal ends the request before any reinvocation, as kube's dispatch returns it.
+        if errors.iter().any(|e| !e.ignored) {
+            return refusal(a, errors);
+        }
         for (i, inv) in invocations.iter().enumerate() {
             if inv.hook.policy.reinvoke && ran_then_changed[i] {
                 invoke(inv, a, &ns, &mut errors);

@@ -290,3 +290,27 @@ async fn failures_refuse_under_fail_and_are_ignored_under_ignore() {
         "policy 'needs-params' with binding 'nb' denied request: failed to configure binding: no params found for policy binding with `Deny` parameterNotFoundAction"
     );
 }
+
+#[tokio::test]
+async fn a_refusal_comes_before_any_reinvocation() {
+    let p = plugin(
+        vec![
+            policy(
+                "a-fails",
+                json!({"reinvocationPolicy": "IfNeeded", "mutations": [apply("Object{spec: Object.spec{size: object.spec.nope}}")]}),
+            ),
+            policy(
+                "b-grow",
+                json!({"mutations": [apply("Object{spec: Object.spec{size: 5}}")]}),
+            ),
+        ],
+        vec![binding("a", "a-fails", json!({})), binding("b", "b-grow", json!({}))],
+        Fake::default(),
+    );
+    let body = p
+        .admit(&mut write(json!({"size": 1})))
+        .await
+        .expect_err("refused")
+        .to_json();
+    assert_eq!(body["details"]["causes"].as_array().map(Vec::len), Some(1), "{body}");
+}
