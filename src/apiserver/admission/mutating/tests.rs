@@ -314,3 +314,26 @@ async fn a_refusal_comes_before_any_reinvocation() {
         .to_json();
     assert_eq!(body["details"]["causes"].as_array().map(Vec::len), Some(1), "{body}");
 }
+
+#[tokio::test]
+async fn mutations_are_cost_bounded_before_they_run() {
+    let src =
+        "Object{spec: Object.spec{size: object.spec.items.filter(x, object.spec.items.exists_one(y, y == x)).size()}}";
+    let p = plugin(
+        vec![policy("expensive", json!({"mutations": [apply(src)]}))],
+        vec![binding("b", "expensive", json!({}))],
+        Fake::default(),
+    );
+    let items: Vec<String> = (0..2000).map(|i| format!("v{i}")).collect();
+    let mut a = write(json!({"size": 1, "items": items}));
+    let body = p.admit(&mut a).await.expect_err("refused").to_json();
+    assert_eq!(
+        body["message"],
+        format!("policy 'expensive' with binding 'b' denied request: expression '{src}' resulted in error: operation cancelled: actual cost limit exceeded")
+    );
+    assert_eq!(a.object.expect("object")["spec"]["size"], 1, "not applied");
+    // A cheap one over the same object runs.
+    let mut a = write(json!({"size": 1, "items": ["a", "b"]}));
+    p.admit(&mut a).await.expect("admitted");
+    assert_eq!(a.object.expect("object")["spec"]["size"], 2);
+}
