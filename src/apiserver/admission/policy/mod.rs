@@ -592,6 +592,15 @@ async fn follow_kind<P: Send + Sync + 'static>(
                 }
                 p.rebuild();
             }
+            Err(e) if not_served(&e) => {
+                // A cluster that does not serve the kind (MutatingAdmissionPolicy before
+                // Kubernetes 1.36, or with its API turned off) has no such policies, as
+                // kube-apiserver then runs no such plugin: nothing to wait for. The watcher
+                // keeps retrying with backoff, so the kind is followed once it is served.
+                if !p.synced[index].swap(true, Ordering::Relaxed) {
+                    tracing::info!(kind = %kind, error = %e, "admission policy kind not served by the cluster; none apply");
+                }
+            }
             Err(e) => {
                 tracing::warn!(kind = %kind, error = %e, "watch failed; retrying with backoff (the server needs get/list/watch on it)");
                 if let Ok(mut last) = p.last_error.lock() {
@@ -600,6 +609,11 @@ async fn follow_kind<P: Send + Sync + 'static>(
             }
         }
     }
+}
+
+/// Whether the cluster answered that it does not serve the kind (404 to the list).
+fn not_served(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
 }
 
 /// `namespaceObject`: the namespace's metadata, without its type or managed fields, and its
