@@ -8,9 +8,8 @@
 //!
 //! Over 500 lines: one scenario, whose policies, cases and harness read best together.
 
-use eao::testing::aggregated::{crds_from_config, AggregatedServer, ServeOptions};
+use eao::testing::aggregated::{flunder, flunders, send_json, wardle_beside_crds, AggregatedServer};
 use eao::testing::controlplane::ControlPlane;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -60,26 +59,12 @@ fn norm(s: &str) -> String {
 }
 
 async fn send(client: &kube::Client, method: &str, path: &str, body: Option<&Value>) -> Answer {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(kube::client::Body::from(
-            body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
-        ))
-        .expect("request");
-    let resp = tokio::time::timeout(TIMEOUT, client.send(req))
-        .await
-        .expect("answer in time")
-        .expect("answer");
-    let code = resp.status().as_u16();
-    let warnings: Vec<String> = resp
-        .headers()
+    let (code, headers, bytes) = send_json(client, method, path, body).await;
+    let warnings: Vec<String> = headers
         .get_all("warning")
         .iter()
         .map(|v| norm(&String::from_utf8_lossy(v.as_bytes())))
         .collect();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let failed = code >= 400;
     let pick = |k: &str| {
@@ -100,14 +85,6 @@ async fn send(client: &kube::Client, method: &str, path: &str, body: Option<&Val
 
 /// A dry-run create that shows whether a policy is applied yet: (policy, spec, applied?).
 type Probe = (&'static str, Value, Box<dyn Fn(&Answer) -> bool>);
-
-fn flunders(group: &str, ns: &str) -> String {
-    format!("/apis/{group}/v1alpha1/namespaces/{ns}/flunders")
-}
-
-fn flunder(group: &str, name: &str, spec: Value) -> Value {
-    json!({"apiVersion": format!("{group}/v1alpha1"), "kind": "Flunder", "metadata": {"name": name}, "spec": spec})
-}
 
 /// The policies: each request below is judged by at most one of them, so that the first
 /// denial (kube-apiserver takes policies in map order) is the same on both sides.
@@ -208,26 +185,8 @@ fn policies() -> Value {
 }
 
 async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
-    let crds = crds_from_config(eao::apiserver::STANDALONE_CONFIG, CRD_GROUP).to_string();
-    kubectl(cp, &["apply", "-f", "-"], Some(&crds)).await;
-    let server = AggregatedServer::start(
-        cp,
-        ServeOptions::wardle(Path::new(env!("CARGO_BIN_EXE_extension-apiserver"))),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("aggregated server: {e}"));
-    kubectl(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &format!("crd/flunders.{CRD_GROUP}"),
-            &format!("crd/fischers.{CRD_GROUP}"),
-        ],
-        None,
-    )
-    .await;
+    let binary = Path::new(env!("CARGO_BIN_EXE_extension-apiserver"));
+    let server = wardle_beside_crds(cp, binary, CRD_GROUP).await;
     // Namespaces, the param, and read access to params for the bundled server (kube-apiserver
     // reads them itself; the bundled server reads them with its ServiceAccount).
     let setup = json!({"apiVersion": "v1", "kind": "List", "items": [

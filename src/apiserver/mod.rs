@@ -274,6 +274,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
         // The cluster's admission policy applies to our resources as to kube-apiserver's:
         // policies first, then webhooks, in each phase (kube-apiserver's plugin order).
         let admission = admission::Admission::new(vec![
+            admission::mutating::follow(client.clone(), namespaces.clone()),
             admission::policy::Policies::follow(client.clone(), namespaces.clone()),
             admission::webhook::Webhooks::follow(client.clone(), namespaces.clone()),
         ]);

@@ -45,6 +45,8 @@ pub fn bundled_server_rules() -> Vec<PolicyRule> {
                 "validatingwebhookconfigurations",
                 "validatingadmissionpolicies",
                 "validatingadmissionpolicybindings",
+                "mutatingadmissionpolicies",
+                "mutatingadmissionpolicybindings",
             ],
             &["get", "list", "watch"],
         ),

@@ -309,3 +309,61 @@ pub fn crds_from_config(config_yaml: &str, crd_group: &str) -> Value {
         .collect();
     json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
+
+/// The setup the admission tests share: kube-apiserver serves the standalone configuration's
+/// resources as CRDs in `crd_group` (waited for until Established), and the bundled server
+/// (`binary`) serves them in `wardle.example.com` through the aggregation layer. Panics on
+/// failure.
+pub async fn wardle_beside_crds(cp: &ControlPlane, binary: &Path, crd_group: &str) -> AggregatedServer {
+    let timeout = Duration::from_secs(90);
+    let kubectl = |args: Vec<String>, stdin: Option<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = cp.run_kubectl(&args, stdin.as_deref(), timeout).await;
+        assert!(ok, "kubectl {args:?}: {err}");
+    };
+    let crds = crds_from_config(crate::apiserver::STANDALONE_CONFIG, crd_group).to_string();
+    kubectl(vec!["apply".into(), "-f".into(), "-".into()], Some(crds)).await;
+    let server = AggregatedServer::start(cp, ServeOptions::wardle(binary))
+        .await
+        .unwrap_or_else(|e| panic!("aggregated server: {e}"));
+    let wait = ["wait", "--for=condition=Established", "--timeout=60s"].map(String::from);
+    let names = ["flunders", "fischers"].map(|r| format!("crd/{r}.{crd_group}"));
+    kubectl(wait.into_iter().chain(names).collect(), None).await;
+    server
+}
+
+/// Sends a JSON request (`body`, if any) with `client` and gives the answer's status code,
+/// headers and body. Panics when there is no answer within 90 seconds.
+pub async fn send_json(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, http::HeaderMap, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(
+            body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+        ))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(90), client.send(req))
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    let (code, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (code, headers, bytes)
+}
+
+/// The URL of the Flunders of `ns` in `group` (`v1alpha1`).
+pub fn flunders(group: &str, ns: &str) -> String {
+    format!("/apis/{group}/v1alpha1/namespaces/{ns}/flunders")
+}
+
+/// A `v1alpha1` Flunder of `group` named `name` with `spec`.
+pub fn flunder(group: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": format!("{group}/v1alpha1"), "kind": "Flunder", "metadata": {"name": name}, "spec": spec})
+}

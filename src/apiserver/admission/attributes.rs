@@ -64,6 +64,9 @@ pub struct Attributes {
     pub options: Value,
     /// `Warning` headers for the response, shared with the request's own.
     pub warnings: Arc<Mutex<Vec<String>>>,
+    /// The declared `openAPIV3Schema` of the request's version, if any (MutatingAdmissionPolicy
+    /// merges apply configurations by it).
+    pub schema: Option<Arc<Value>>,
 }
 
 impl Attributes {
@@ -180,6 +183,7 @@ pub(crate) mod tests {
             dry_run: false,
             options: json!({"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}),
             warnings: Default::default(),
+            schema: None,
         }
     }
 

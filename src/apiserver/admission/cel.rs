@@ -6,8 +6,9 @@
 //! unstructured conversion gives them; an absent object is `null`.
 
 use super::Attributes;
-use crate::apiserver::resources::{cel_compile, cel_context, cel_error, to_cel};
-use kube_cel::cel::{Program, Value as Cel};
+use crate::apiserver::resources::{cel_compile, cel_context, cel_error, cel_unsupported, to_cel};
+use kube_cel::cel::common::ast::{EntryExpr, Expr, IdedEntryExpr, LiteralValue, MapEntryExpr};
+use kube_cel::cel::{IdedExpr, Program, Value as Cel};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -38,12 +39,105 @@ pub fn request_vars(a: &Attributes, version: &str) -> Vec<(&'static str, Cel)> {
 
 /// Evaluates `p` with `vars`; a runtime error is returned in cel-go's words.
 pub fn eval(p: &Program, vars: &[(&str, Cel)]) -> Result<Cel, String> {
+    eval_expr(p.expression(), vars)
+}
+
+/// Evaluates the expression `e` (as [`eval`] does a program).
+pub fn eval_expr(e: &IdedExpr, vars: &[(&str, Cel)]) -> Result<Cel, String> {
     cel_context(|ctx| {
         for (k, v) in vars {
             ctx.add_variable_from_value(*k, v.clone());
         }
-        p.execute(ctx).map_err(|e| cel_error(&e))
+        Cel::resolve(e, ctx).map_err(|e| cel_error(&e))
     })
+}
+
+/// Parses `src` allowing message construction (MutatingAdmissionPolicy's `Object{...}` and
+/// `JSONPatch{...}`), rewritten by [`structs_as_maps`] so that it can be evaluated.
+pub fn compile_with_structs(src: &str) -> Result<IdedExpr, String> {
+    let p = Program::compile(src).map_err(|e| e.to_string())?;
+    let e = structs_as_maps(p.expression());
+    match cel_unsupported(&e) {
+        Some(why) => Err(why.to_string()),
+        None => Ok(e),
+    }
+}
+
+/// The key under which [`structs_as_maps`] keeps a construction's type name.
+pub const TYPE_KEY: &str = "\u{1}type";
+
+/// `e` with every message construction `Type{field: value, ...}` (which cel-rust cannot
+/// evaluate) turned into the map `{'field': value, ...}`, at any depth. The type name is kept
+/// under [`TYPE_KEY`], for kube's check that `Object.spec{...}` sits under `spec`.
+pub fn structs_as_maps(e: &IdedExpr) -> IdedExpr {
+    let r = structs_as_maps;
+    let entry = |en: &IdedEntryExpr| IdedEntryExpr {
+        id: en.id,
+        expr: match &en.expr {
+            EntryExpr::MapEntry(me) => EntryExpr::MapEntry(MapEntryExpr {
+                key: r(&me.key),
+                value: r(&me.value),
+                optional: me.optional,
+            }),
+            EntryExpr::StructField(f) => EntryExpr::MapEntry(MapEntryExpr {
+                key: IdedExpr {
+                    id: en.id,
+                    expr: Expr::Literal(LiteralValue::String(f.field.as_str().into())),
+                },
+                value: r(&f.value),
+                optional: f.optional,
+            }),
+        },
+    };
+    let expr = match &e.expr {
+        Expr::Struct(st) => {
+            let literal = |s: &str| IdedExpr {
+                id: e.id,
+                expr: Expr::Literal(LiteralValue::String(s.into())),
+            };
+            let type_name = IdedEntryExpr {
+                id: e.id,
+                expr: EntryExpr::MapEntry(MapEntryExpr {
+                    key: literal(TYPE_KEY),
+                    value: literal(&st.type_name),
+                    optional: false,
+                }),
+            };
+            Expr::Map(kube_cel::cel::common::ast::MapExpr {
+                entries: std::iter::once(type_name).chain(st.entries.iter().map(entry)).collect(),
+            })
+        }
+        Expr::Map(m) => Expr::Map(kube_cel::cel::common::ast::MapExpr {
+            entries: m.entries.iter().map(entry).collect(),
+        }),
+        Expr::List(l) => {
+            let mut l = l.clone();
+            l.elements = l.elements.iter().map(r).collect();
+            Expr::List(l)
+        }
+        Expr::Call(c) => {
+            let mut c = c.clone();
+            c.target = c.target.as_deref().map(|t| Box::new(r(t)));
+            c.args = c.args.iter().map(r).collect();
+            Expr::Call(c)
+        }
+        Expr::Select(sel) => {
+            let mut sel = sel.clone();
+            sel.operand = Box::new(r(&sel.operand));
+            Expr::Select(sel)
+        }
+        Expr::Comprehension(c) => {
+            let mut c = c.clone();
+            c.iter_range = r(&c.iter_range);
+            c.accu_init = r(&c.accu_init);
+            c.loop_cond = r(&c.loop_cond);
+            c.loop_step = r(&c.loop_step);
+            c.result = r(&c.result);
+            Expr::Comprehension(c)
+        }
+        other => other.clone(),
+    };
+    IdedExpr { id: e.id, expr }
 }
 
 /// Evaluates a condition that must give a bool.

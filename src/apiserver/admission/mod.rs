@@ -2,8 +2,9 @@
 //! authorized and before it is stored, in kube-apiserver's order:
 //!
 //! 1. namespace lifecycle ([`namespace_lifecycle`], called by the create paths);
-//! 2. the mutating phase: mutating admission webhooks ([`webhook`]), one after another, each
-//!    seeing what the previous ones made of the object;
+//! 2. the mutating phase: MutatingAdmissionPolicies ([`mutating`]), then mutating admission
+//!    webhooks ([`webhook`]), one after another, each seeing what the previous ones made of
+//!    the object;
 //! 3. the validating phase, after the schema's own validation: ValidatingAdmissionPolicies
 //!    ([`policy`]), then validating admission webhooks, all of which only judge.
 //!
@@ -13,6 +14,7 @@
 pub mod attributes;
 pub mod cel;
 pub mod metrics;
+pub mod mutating;
 pub mod namespace_lifecycle;
 pub mod policy;
 pub mod selector;

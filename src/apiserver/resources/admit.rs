@@ -8,6 +8,7 @@ use crate::apiserver::admission::{Attributes, Operation};
 use crate::apiserver::apierrors::Status;
 use crate::crd::ResourceScope;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 impl Cx {
     /// The `*Options` of this write, as admission shows them.
@@ -68,6 +69,7 @@ impl Cx {
             dry_run: self.dry_run(),
             options: self.admission_options(op),
             warnings: self.warnings.clone(),
+            schema: self.schema().map(|s| Arc::new(s.clone())),
         }
     }
 }

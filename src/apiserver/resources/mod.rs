@@ -20,6 +20,7 @@ mod watch;
 // What the verbs share.
 mod consistency;
 mod fields;
+pub(crate) use fields::{merge as apply_merge, schema as apply_schema};
 mod fields_v1;
 mod managed;
 mod meta;
@@ -29,7 +30,8 @@ mod output;
 mod schema;
 pub use schema::rule_problems;
 pub(crate) use schema::{
-    cel_compile, cel_context, cel_cost_bound, cel_error, to_cel, CEL_PER_CALL_LIMIT, CEL_REQUEST_BUDGET,
+    cel_compile, cel_context, cel_cost_bound, cel_error, cel_unsupported, to_cel, CEL_PER_CALL_LIMIT,
+    CEL_REQUEST_BUDGET,
 };
 mod select;
 mod table;

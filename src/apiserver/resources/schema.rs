@@ -10,7 +10,8 @@ pub(crate) use cel::{compile as cel_compile, go_error as cel_error, to_cel, with
 pub use cel::{rule_problems, validate as validate_rules};
 /// The CEL environment rules run in, for admission's expressions.
 pub(crate) use cel_cost::{
-    bound_vars as cel_cost_bound, PER_CALL_LIMIT as CEL_PER_CALL_LIMIT, REQUEST_BUDGET as CEL_REQUEST_BUDGET,
+    bound_vars as cel_cost_bound, unsupported as cel_unsupported, PER_CALL_LIMIT as CEL_PER_CALL_LIMIT,
+    REQUEST_BUDGET as CEL_REQUEST_BUDGET,
 };
 pub use validation::validate_update;
 

@@ -6,7 +6,7 @@
 //! Costs are bounded before each expression runs (`cel_cost`), with kube's per-expression
 //! limit and per-evaluation budget, so an expression can never hang a request.
 
-use crate::apiserver::admission::cel::{self, Compiled};
+use crate::apiserver::admission::cel;
 use crate::apiserver::resources::{cel_cost_bound, CEL_PER_CALL_LIMIT, CEL_REQUEST_BUDGET};
 use kube_cel::cel::common::ast::{EntryExpr, Expr as Ast};
 use kube_cel::cel::objects::Key;
@@ -22,14 +22,23 @@ const MAX_MESSAGE_BYTES: usize = 5 * 1024;
 #[derive(Clone)]
 pub struct Expr {
     pub src: String,
-    program: Result<Compiled, String>,
+    program: Result<Arc<IdedExpr>, String>,
 }
 
 impl Expr {
     pub fn new(src: &str) -> Expr {
         Expr {
             src: src.to_string(),
-            program: cel::compile(src),
+            program: cel::compile(src).map(|p| Arc::new(p.expression().clone())),
+        }
+    }
+
+    /// A MutatingAdmissionPolicy's mutation: message construction (`Object{...}`,
+    /// `JSONPatch{...}`) is allowed, and evaluates to maps ([`cel::structs_as_maps`]).
+    pub fn mutation(src: &str) -> Expr {
+        Expr {
+            src: src.to_string(),
+            program: cel::compile_with_structs(src).map(Arc::new),
         }
     }
 
@@ -202,7 +211,7 @@ impl<'a> Evaluator<'a> {
                 Err(err) => Err(format!("composited variable {name:?} fails to compile: {err}")),
                 Ok(prog) => {
                     let prog = prog.clone();
-                    self.prepare(prog.expression(), depth + 1);
+                    self.prepare(&prog, depth + 1);
                     match self.raw(&prog) {
                         Ok(c) => {
                             let j = cel::to_json(&c);
@@ -237,11 +246,11 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Runs `p` (costed) and gives its value or cel-go's error text.
-    fn raw(&mut self, p: &Compiled) -> Result<Cel, String> {
-        let (vars_cel, vars_json) = self.variables_value(p.expression())?;
+    fn raw(&mut self, p: &IdedExpr) -> Result<Cel, String> {
+        let (vars_cel, vars_json) = self.variables_value(p)?;
         let mut json: Vec<(&str, &Value)> = self.json.iter().map(|(k, v)| (*k, v)).collect();
         json.push(("variables", &vars_json));
-        let cost = cel_cost_bound(p.expression(), &json);
+        let cost = cel_cost_bound(p, &json);
         if cost > CEL_PER_CALL_LIMIT {
             return Err("operation cancelled: actual cost limit exceeded".into());
         }
@@ -251,7 +260,7 @@ impl<'a> Evaluator<'a> {
         self.budget -= cost;
         let mut vars = self.cel.clone();
         vars.push(("variables", vars_cel));
-        cel::eval(p, &vars)
+        cel::eval_expr(p, &vars)
     }
 
     /// Runs one expression of the policy.
@@ -260,7 +269,7 @@ impl<'a> Evaluator<'a> {
             Ok(p) => p.clone(),
             Err(err) => return Err(Failure::Expr(format!("compilation error: {err}"))),
         };
-        self.prepare(prog.expression(), 0);
+        self.prepare(&prog, 0);
         match self.raw(&prog) {
             Ok(v) => Ok(v),
             Err(err) if err == OUT_OF_BUDGET => Err(Failure::Budget),
@@ -285,40 +294,61 @@ impl Program {
         }
     }
 
+    /// The `matchConditions`: whether all hold (any false skips the policy), or their
+    /// errors, aggregated as kube's `utilerrors.NewAggregate` words them.
+    fn match_conditions_hold(&self, ev: &mut Evaluator<'_>) -> Result<bool, String> {
+        let mut errors = Vec::new();
+        for (_, c) in &self.match_conditions {
+            match ev.run(c) {
+                Ok(Cel::Bool(false)) => return Ok(false),
+                Ok(Cel::Bool(true)) => {}
+                Ok(other) => errors.push(format!(
+                    "expression '{}' resulted in error: no such overload: expected bool, got {}",
+                    c.src,
+                    other.type_of()
+                )),
+                Err(Failure::Expr(m)) => errors.push(m),
+                Err(Failure::Budget) => errors.push(OUT_OF_BUDGET.to_string()),
+            }
+        }
+        match errors.len() {
+            0 => Ok(true),
+            1 => Err(errors.remove(0)),
+            _ => Err(format!("[{}]", errors.join(", "))),
+        }
+    }
+
+    /// Whether the `matchConditions` hold for `input` (errors whatever the failure policy).
+    pub fn matches(&self, input: &Input) -> Result<bool, String> {
+        self.match_conditions_hold(&mut Evaluator::new(self, input))
+    }
+
+    /// Evaluates one expression `e` (a mutation) over `input` and the `variables`, under the
+    /// per-evaluation budget; errors in kube's words.
+    pub fn evaluate(&self, input: &Input, e: &Expr) -> Result<Cel, String> {
+        match Evaluator::new(self, input).run(e) {
+            Ok(v) => Ok(v),
+            Err(Failure::Expr(m)) => Err(m),
+            Err(Failure::Budget) => Err(OUT_OF_BUDGET.into()),
+        }
+    }
+
     /// `validator.Validate`.
     pub fn validate(&self, input: &Input) -> Outcome {
         let mut ev = Evaluator::new(self, input);
 
         // matchConditions: any false skips the policy, else errors go by the failure policy.
         if !self.match_conditions.is_empty() {
-            let mut errors = Vec::new();
-            for (_, c) in &self.match_conditions {
-                match ev.run(c) {
-                    Ok(Cel::Bool(false)) => return Outcome::default(),
-                    Ok(Cel::Bool(true)) => {}
-                    Ok(other) => errors.push(format!(
-                        "expression '{}' resulted in error: no such overload: expected bool, got {}",
-                        c.src,
-                        other.type_of()
-                    )),
-                    Err(Failure::Expr(m)) => errors.push(m),
-                    Err(Failure::Budget) => errors.push(OUT_OF_BUDGET.to_string()),
+            match self.match_conditions_hold(&mut ev) {
+                Ok(true) => {}
+                Ok(false) => return Outcome::default(),
+                Err(_) if self.ignore_failures => return Outcome::default(),
+                Err(message) => {
+                    return Outcome {
+                        decisions: vec![self.error_decision(message)],
+                        annotations: vec![],
+                    }
                 }
-            }
-            if !errors.is_empty() {
-                if self.ignore_failures {
-                    return Outcome::default();
-                }
-                // `utilerrors.NewAggregate`.
-                let message = if errors.len() == 1 {
-                    errors.remove(0)
-                } else {
-                    format!("[{}]", errors.join(", "))
-                };
-                return Outcome {
-                    decisions: vec![self.error_decision(message)],
-                    annotations: vec![],
-                };
             }
             ev.budget = CEL_REQUEST_BUDGET;
         }

@@ -132,7 +132,7 @@ impl Policy {
         };
         for e in p.expressions() {
             if let Some(err) = e.error() {
-                tracing::warn!(policy = %p.name, expression = %e.src, error = %err, "ValidatingAdmissionPolicy expression does not compile here; it fails under the policy's failurePolicy");
+                tracing::warn!(policy = %p.name, expression = %e.src, error = %err, "admission policy expression does not compile here; it fails under the policy's failurePolicy");
             }
         }
         Ok(p)
@@ -173,51 +173,69 @@ impl Binding {
     }
 }
 
-/// A policy with its bindings.
-pub struct Hook {
-    pub policy: Arc<Policy>,
+/// A policy with its bindings (`P` is a ValidatingAdmissionPolicy here, a
+/// MutatingAdmissionPolicy in [`super::mutating`]).
+pub struct Hook<P = Policy> {
+    pub name: String,
+    pub policy: Arc<P>,
     pub bindings: Vec<Arc<Binding>>,
 }
 
 /// What writes are judged by: the policies that have bindings, by name.
-#[derive(Default)]
-pub struct Snapshot {
-    pub hooks: Vec<Hook>,
+pub struct Snapshot<P = Policy> {
+    pub hooks: Vec<Hook<P>>,
     /// Whether any binding exists.
     pub bindings: bool,
 }
 
-impl Snapshot {
+impl<P> Default for Snapshot<P> {
+    fn default() -> Self {
+        Snapshot {
+            hooks: Vec::new(),
+            bindings: false,
+        }
+    }
+}
+
+impl Snapshot<Policy> {
+    /// Builds the snapshot of ValidatingAdmissionPolicies.
+    pub fn build(policies: &[Value], bindings: &[Value]) -> Snapshot {
+        Snapshot::build_with(policies, bindings, Policy::parse)
+    }
+}
+
+impl<P> Snapshot<P> {
     /// Builds the snapshot from the objects as read; objects that do not parse are logged
     /// and skipped, bindings of policies that do not exist are skipped (as in kube).
-    pub fn build(policies: &[Value], bindings: &[Value]) -> Snapshot {
+    pub fn build_with(policies: &[Value], bindings: &[Value], parse: fn(&Value) -> Result<P, String>) -> Snapshot<P> {
         let mut parsed_bindings: Vec<Arc<Binding>> = bindings
             .iter()
             .filter_map(|b| match Binding::parse(b) {
                 Ok(b) => Some(Arc::new(b)),
                 Err(e) => {
-                    tracing::warn!(binding = ?b.pointer("/metadata/name"), error = %e, "ValidatingAdmissionPolicyBinding skipped");
+                    tracing::warn!(binding = ?b.pointer("/metadata/name"), error = %e, "admission policy binding skipped");
                     None
                 }
             })
             .collect();
         parsed_bindings.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut hooks: Vec<Hook> = Vec::new();
+        let mut hooks: Vec<Hook<P>> = Vec::new();
         for p in policies {
             let name = p.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
             let mine: Vec<Arc<Binding>> = parsed_bindings.iter().filter(|b| b.policy == name).cloned().collect();
             if mine.is_empty() {
                 continue;
             }
-            match Policy::parse(p) {
+            match parse(p) {
                 Ok(policy) => hooks.push(Hook {
+                    name: name.to_string(),
                     policy: Arc::new(policy),
                     bindings: mine,
                 }),
-                Err(e) => tracing::warn!(policy = name, error = %e, "ValidatingAdmissionPolicy skipped"),
+                Err(e) => tracing::warn!(policy = name, error = %e, "admission policy skipped"),
             }
         }
-        hooks.sort_by(|a, b| a.policy.name.cmp(&b.policy.name));
+        hooks.sort_by(|a, b| a.name.cmp(&b.name));
         Snapshot {
             hooks,
             bindings: !bindings.is_empty(),
@@ -225,24 +243,39 @@ impl Snapshot {
     }
 }
 
-/// The cluster's ValidatingAdmissionPolicies and their bindings.
 /// The namespace object of a name, as [`Namespaces::object`] gives it.
 pub type NamespaceLookup = Box<dyn Fn(&str) -> Option<Value> + Send + Sync>;
 
-pub struct Policies {
+/// The cluster's admission policies of one kind and their bindings: ValidatingAdmissionPolicies
+/// (`P` = [`Policy`]), or MutatingAdmissionPolicies ([`super::mutating`]).
+pub struct Policies<P = Policy> {
     namespaces: NamespaceLookup,
     params: Box<dyn ParamSource>,
-    snapshot: RwLock<Arc<Snapshot>>,
+    snapshot: RwLock<Arc<Snapshot<P>>>,
     stores: Option<(Store<DynamicObject>, Store<DynamicObject>)>,
+    parse: fn(&Value) -> Result<P, String>,
     synced: [AtomicBool; 2],
     last_error: Mutex<Option<String>>,
 }
 
 impl Policies {
-    /// Starts following the policies and bindings of the cluster.
+    /// Starts following the ValidatingAdmissionPolicies and bindings of the cluster.
     pub fn follow(client: kube::Client, namespaces: Arc<Namespaces>) -> Arc<Policies> {
         let pol = ApiResource::erase::<ValidatingAdmissionPolicy>(&());
         let bind = ApiResource::erase::<ValidatingAdmissionPolicyBinding>(&());
+        Policies::follow_with(client, namespaces, pol, bind, Policy::parse)
+    }
+}
+
+impl<P: Send + Sync + 'static> Policies<P> {
+    /// Starts following the policies `pol` and bindings `bind` of the cluster, read by `parse`.
+    pub fn follow_with(
+        client: kube::Client,
+        namespaces: Arc<Namespaces>,
+        pol: ApiResource,
+        bind: ApiResource,
+        parse: fn(&Value) -> Result<P, String>,
+    ) -> Arc<Policies<P>> {
         let pol_writer = reflector::store::Writer::new(pol.clone());
         let bind_writer = reflector::store::Writer::new(bind.clone());
         let (pol_store, bind_store) = (pol_writer.as_reader(), bind_writer.as_reader());
@@ -251,6 +284,7 @@ impl Policies {
             params: Box::new(KubeParams::new(client.clone())),
             snapshot: RwLock::default(),
             stores: Some((pol_store, bind_store)),
+            parse,
             synced: [AtomicBool::new(false), AtomicBool::new(false)],
             last_error: Mutex::default(),
         });
@@ -263,12 +297,13 @@ impl Policies {
     }
 
     /// For tests: a fixed snapshot and param source.
-    pub fn fixed(namespaces: NamespaceLookup, params: Box<dyn ParamSource>, snapshot: Snapshot) -> Policies {
+    pub fn fixed(namespaces: NamespaceLookup, params: Box<dyn ParamSource>, snapshot: Snapshot<P>) -> Policies<P> {
         Policies {
             namespaces,
             params,
             snapshot: RwLock::new(Arc::new(snapshot)),
             stores: None,
+            parse: |_| Err("a fixed snapshot".into()),
             synced: [AtomicBool::new(true), AtomicBool::new(true)],
             last_error: Mutex::default(),
         }
@@ -282,31 +317,116 @@ impl Policies {
                 .filter_map(|o| serde_json::to_value(o.as_ref()).ok())
                 .collect()
         };
-        let snap = Snapshot::build(&values(p), &values(b));
-        tracing::debug!(
-            policies = snap.hooks.len(),
-            "ValidatingAdmissionPolicy snapshot rebuilt"
-        );
+        let snap = Snapshot::build_with(&values(p), &values(b), self.parse);
+        tracing::debug!(policies = snap.hooks.len(), "admission policy snapshot rebuilt");
         if let Ok(mut s) = self.snapshot.write() {
             *s = Arc::new(snap);
         }
     }
 
-    fn current(&self) -> Arc<Snapshot> {
+    pub(crate) fn current(&self) -> Arc<Snapshot<P>> {
         self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// `namespaceObject` for the request's namespace (`None` for cluster-scoped requests or
+    /// an unknown namespace).
+    pub(crate) fn namespace_of(&self, a: &Attributes) -> Option<Value> {
+        if a.namespace.is_empty() {
+            None
+        } else {
+            (self.namespaces)(&a.namespace).map(namespace_object)
+        }
+    }
+
+    /// Why the policies cannot be applied yet, if so.
+    pub(crate) fn sync_state(&self) -> Option<String> {
+        if self.synced.iter().all(|s| s.load(Ordering::Relaxed)) {
+            return None;
+        }
+        let last = self.last_error.lock().ok().and_then(|l| l.clone());
+        Some(match last {
+            Some(e) => format!("policies and bindings not synced yet: {e}"),
+            None => "policies and bindings not synced yet".into(),
+        })
+    }
+
+    /// Which of the `bindings` of `p` (and which params) apply to `a`, in kube's
+    /// `policyDispatcher` order: the policy's `matchConstraints`, its `paramKind`, then per
+    /// binding its `matchResources` and params. `None` when the policy does not match; else the
+    /// version the rules matched and the steps (invocations and configuration errors, in order).
+    pub(crate) async fn select<'h>(
+        &self,
+        a: &Attributes,
+        p: &Policy,
+        bindings: &'h [Arc<Binding>],
+        ns: Option<&Value>,
+    ) -> Option<(String, Vec<Step<'h>>)> {
+        let param_kind = p.param_kind.as_ref();
+        let Some(constraints) = &p.constraints else {
+            let err = "policy contained no match constraints, a required field".to_string();
+            return Some((String::new(), vec![Step::Error(None, err)]));
+        };
+        let version = match matching::matches(constraints, a, ns) {
+            Ok(Some(v)) => v,
+            Ok(None) => return None,
+            Err(e) => return Some((String::new(), vec![Step::Error(None, e)])),
+        };
+        let namespaced_params = match param_kind {
+            None => false,
+            Some(k) => match self.params.namespaced(k).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "paramKind discovery failed");
+                    let err = format!("failed to find resource referenced by paramKind: '{}'", k.shown());
+                    return Some((version, vec![Step::Error(None, err)]));
+                }
+            },
+        };
+        let mut steps = Vec::new();
+        for b in bindings {
+            if let Some(mr) = &b.match_resources {
+                match matching::matches(mr, a, ns) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => continue,
+                    Err(e) => {
+                        steps.push(Step::Error(Some(b), e));
+                        continue;
+                    }
+                }
+            }
+            match params::collect(
+                self.params.as_ref(),
+                param_kind,
+                namespaced_params,
+                b.param_ref.as_ref(),
+                &a.namespace,
+            )
+            .await
+            {
+                Ok(ps) => steps.extend(ps.into_iter().map(|param| Step::Invoke(b, param))),
+                Err(e) => steps.push(Step::Error(Some(b), e)),
+            }
+        }
+        Some((version, steps))
+    }
+}
+
+/// One step of a policy's dispatch ([`Policies::select`]).
+pub(crate) enum Step<'h> {
+    /// A configuration error of the policy (no binding) or of a binding.
+    Error(Option<&'h Binding>, String),
+    /// The binding applies, with this param (`null` when none).
+    Invoke(&'h Binding, Value),
+}
+
+impl Policies {
     /// The validating phase for one write.
     pub async fn check(&self, a: &Attributes) -> Result<(), Status> {
         let snap = self.current();
         if snap.hooks.is_empty() {
             return Ok(());
         }
-        let ns = if a.namespace.is_empty() {
-            None
-        } else {
-            (self.namespaces)(&a.namespace).map(namespace_object)
-        };
+        let ns = self.namespace_of(a);
         let mut denied: Vec<(String, Option<String>)> = Vec::new();
         for hook in &snap.hooks {
             self.check_policy(a, hook, ns.as_ref(), &mut denied).await;
@@ -326,139 +446,92 @@ impl Policies {
     ) {
         let p = &hook.policy;
         let count = |binding: &str, action: &str| count(&p.name, binding, action);
-        let config_error = |denied: &mut Vec<(String, Option<String>)>, binding: Option<&str>, err: String| {
-            config_error(p, binding, err, denied)
-        };
-        let Some(constraints) = &p.constraints else {
-            config_error(
-                denied,
-                None,
-                "policy contained no match constraints, a required field".into(),
-            );
+        let Some((version, steps)) = self.select(a, p, &hook.bindings, ns).await else {
             return;
         };
-        let version = match matching::matches(constraints, a, ns) {
-            Ok(Some(v)) => v,
-            Ok(None) => return,
-            Err(e) => return config_error(denied, None, e),
-        };
-        let namespaced_params = match &p.param_kind {
-            None => false,
-            Some(k) => match self.params.namespaced(k).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::debug!(error = %e, "paramKind discovery failed");
-                    return config_error(
-                        denied,
-                        None,
-                        format!("failed to find resource referenced by paramKind: '{}'", k.shown()),
-                    );
-                }
-            },
-        };
         let request = a.request(&version);
-        for b in &hook.bindings {
-            if let Some(mr) = &b.match_resources {
-                match matching::matches(mr, a, ns) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => continue,
-                    Err(e) => {
-                        config_error(denied, Some(&b.name), e);
-                        continue;
-                    }
-                }
-            }
-            let params = match params::collect(
-                self.params.as_ref(),
-                p.param_kind.as_ref(),
-                namespaced_params,
-                b.param_ref.as_ref(),
-                &a.namespace,
-            )
-            .await
-            {
-                Ok(ps) => ps,
-                Err(e) => {
-                    config_error(denied, Some(&b.name), e);
+        for step in steps {
+            let (b, param) = match step {
+                Step::Error(b, e) => {
+                    config_error(p, b.map(|b| b.name.as_str()), e, denied);
                     continue;
                 }
+                Step::Invoke(b, param) => (b, param),
             };
-            for param in params {
-                let input = Input::new(&request, param, ns.cloned().unwrap_or(Value::Null));
-                let out = p.program.validate(&input);
-                let mut actions: Vec<&str> = Vec::new();
-                for (i, d) in out.decisions.iter().enumerate() {
-                    match d {
-                        Decision::Admit => {}
-                        Decision::AdmitError(e) => {
-                            tracing::info!(policy = %p.name, binding = %b.name, error = %e, "ValidatingAdmissionPolicy failed and was ignored (failurePolicy: Ignore)");
-                            actions.push("error");
-                        }
-                        Decision::Deny { message, reason, .. } => {
-                            for action in &b.actions {
-                                match action.as_str() {
-                                    "Deny" => {
-                                        denied.push((
+            let input = Input::new(&request, param, ns.cloned().unwrap_or(Value::Null));
+            let out = p.program.validate(&input);
+            let mut actions: Vec<&str> = Vec::new();
+            for (i, d) in out.decisions.iter().enumerate() {
+                match d {
+                    Decision::Admit => {}
+                    Decision::AdmitError(e) => {
+                        tracing::info!(policy = %p.name, binding = %b.name, error = %e, "ValidatingAdmissionPolicy failed and was ignored (failurePolicy: Ignore)");
+                        actions.push("error");
+                    }
+                    Decision::Deny { message, reason, .. } => {
+                        for action in &b.actions {
+                            match action.as_str() {
+                                "Deny" => {
+                                    denied.push((
                                             format!(
                                                 "ValidatingAdmissionPolicy '{}' with binding '{}' denied request: {message}",
                                                 p.name, b.name
                                             ),
                                             reason.clone(),
                                         ));
-                                        actions.push("deny");
-                                    }
-                                    "Warn" => {
-                                        a.warn(format!(
+                                    actions.push("deny");
+                                }
+                                "Warn" => {
+                                    a.warn(format!(
                                             "Validation failed for ValidatingAdmissionPolicy '{}' with binding '{}': {message}",
                                             p.name, b.name
                                         ));
-                                        actions.push("warn");
-                                    }
-                                    "Audit" => {
-                                        let value = json!([{
-                                            "message": message, "policy": p.name, "binding": b.name,
-                                            "expressionIndex": i, "validationActions": b.actions,
-                                        }]);
-                                        tracing::info!(
-                                            target: "audit",
-                                            annotation = "validation.policy.admission.k8s.io/validation_failure",
-                                            value = %value,
-                                            "ValidatingAdmissionPolicy audit"
-                                        );
-                                        actions.push("audit");
-                                    }
-                                    _ => {}
+                                    actions.push("warn");
                                 }
+                                "Audit" => {
+                                    let value = json!([{
+                                        "message": message, "policy": p.name, "binding": b.name,
+                                        "expressionIndex": i, "validationActions": b.actions,
+                                    }]);
+                                    tracing::info!(
+                                        target: "audit",
+                                        annotation = "validation.policy.admission.k8s.io/validation_failure",
+                                        value = %value,
+                                        "ValidatingAdmissionPolicy audit"
+                                    );
+                                    actions.push("audit");
+                                }
+                                _ => {}
                             }
                         }
                     }
                 }
-                for ann in &out.annotations {
-                    match ann {
-                        Annotation::Publish(key, value) => {
-                            let value: String = value.chars().take(10 * 1024).collect();
-                            tracing::info!(target: "audit", annotation = %format!("{}/{key}", p.name), value = %value, "ValidatingAdmissionPolicy audit annotation");
-                        }
-                        Annotation::Error(message) => {
-                            denied.push((
-                                format!(
-                                    "ValidatingAdmissionPolicy '{}' with binding '{}' denied request: {message}",
-                                    p.name, b.name
-                                ),
-                                None,
-                            ));
-                            actions.push("deny");
-                        }
+            }
+            for ann in &out.annotations {
+                match ann {
+                    Annotation::Publish(key, value) => {
+                        let value: String = value.chars().take(10 * 1024).collect();
+                        tracing::info!(target: "audit", annotation = %format!("{}/{key}", p.name), value = %value, "ValidatingAdmissionPolicy audit annotation");
+                    }
+                    Annotation::Error(message) => {
+                        denied.push((
+                            format!(
+                                "ValidatingAdmissionPolicy '{}' with binding '{}' denied request: {message}",
+                                p.name, b.name
+                            ),
+                            None,
+                        ));
+                        actions.push("deny");
                     }
                 }
-                if actions.is_empty() {
-                    actions.push("allow");
-                }
-                actions.sort_unstable();
-                actions.dedup();
-                for act in actions {
-                    count(&b.name, act);
-                }
+            }
+            if actions.is_empty() {
+                actions.push("allow");
+            }
+            actions.sort_unstable();
+            actions.dedup();
+            for act in actions {
+                count(&b.name, act);
             }
         }
     }
@@ -497,10 +570,10 @@ fn config_error(p: &Policy, binding: Option<&str>, err: String, denied: &mut Vec
     denied.push((message, None));
 }
 
-async fn follow_kind(
+async fn follow_kind<P: Send + Sync + 'static>(
     api: Api<DynamicObject>,
     writer: reflector::store::Writer<DynamicObject>,
-    policies: Weak<Policies>,
+    policies: Weak<Policies<P>>,
     index: usize,
     kind: String,
 ) {
@@ -519,6 +592,15 @@ async fn follow_kind(
                 }
                 p.rebuild();
             }
+            Err(e) if not_served(&e) => {
+                // A cluster that does not serve the kind (MutatingAdmissionPolicy before
+                // Kubernetes 1.36, or with its API turned off) has no such policies, as
+                // kube-apiserver then runs no such plugin: nothing to wait for. The watcher
+                // keeps retrying with backoff, so the kind is followed once it is served.
+                if !p.synced[index].swap(true, Ordering::Relaxed) {
+                    tracing::info!(kind = %kind, error = %e, "admission policy kind not served by the cluster; none apply");
+                }
+            }
             Err(e) => {
                 tracing::warn!(kind = %kind, error = %e, "watch failed; retrying with backoff (the server needs get/list/watch on it)");
                 if let Ok(mut last) = p.last_error.lock() {
@@ -529,9 +611,14 @@ async fn follow_kind(
     }
 }
 
+/// Whether the cluster answered that it does not serve the kind (404 to the list).
+fn not_served(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
+}
+
 /// `namespaceObject`: the namespace's metadata, without its type or managed fields, and its
 /// phase (Terminating exactly when it is being deleted); its spec is not known here.
-fn namespace_object(mut ns: Value) -> Value {
+pub(crate) fn namespace_object(mut ns: Value) -> Value {
     let deleting = ns.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null());
     ns["status"] = json!({"phase": if deleting { "Terminating" } else { "Active" }});
     if let Some(m) = ns.as_object_mut() {
@@ -546,8 +633,8 @@ fn namespace_object(mut ns: Value) -> Value {
     ns
 }
 
-/// kube's refusal: `admission.NewForbidden` with the decision's reason and its code.
-fn denial(a: &Attributes, message: String, reason: Option<&str>) -> Status {
+/// kube's `admission.NewForbidden(a, why)`.
+pub(crate) fn forbidden(a: &Attributes, why: &str) -> Status {
     // kube-apiserver 1.36 names the resource without the subresource here (a status update
     // is refused as `flunders.<group> "x" is forbidden: ...`).
     let resource = &a.resource.resource;
@@ -566,7 +653,12 @@ fn denial(a: &Attributes, message: String, reason: Option<&str>) -> Status {
             .or_else(|| meta("generateName"))
             .unwrap_or_else(|| "Unknown".into())
     };
-    let mut s = Status::forbidden(&a.resource.group, resource, &name, &message);
+    Status::forbidden(&a.resource.group, resource, &name, why)
+}
+
+/// kube's refusal: `admission.NewForbidden` with the decision's reason and its code.
+fn denial(a: &Attributes, message: String, reason: Option<&str>) -> Status {
+    let mut s = forbidden(a, &message);
     let (code, reason) = match reason.unwrap_or("Invalid") {
         "Forbidden" => (StatusCode::FORBIDDEN, "Forbidden"),
         "Unauthorized" => (StatusCode::UNAUTHORIZED, "Unauthorized"),
@@ -591,14 +683,7 @@ impl Plugin for Policies {
     }
 
     fn not_ready(&self) -> Option<String> {
-        if self.synced.iter().all(|s| s.load(Ordering::Relaxed)) {
-            return None;
-        }
-        let last = self.last_error.lock().ok().and_then(|l| l.clone());
-        Some(match last {
-            Some(e) => format!("policies and bindings not synced yet: {e}"),
-            None => "policies and bindings not synced yet".into(),
-        })
+        self.sync_state()
     }
 
     fn configured(&self) -> bool {

@@ -367,3 +367,19 @@ fn generated_names_and_subresources_in_the_refusal() {
     assert_eq!(s["details"]["kind"], "flunders");
     assert_eq!(s["code"], 403);
 }
+
+#[test]
+fn a_kind_the_cluster_does_not_serve_is_not_waited_for() {
+    let api = |code: u16| {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        }))
+    };
+    assert!(not_served(&watcher::Error::InitialListFailed(api(404))));
+    assert!(
+        !not_served(&watcher::Error::InitialListFailed(api(403))),
+        "forbidden: RBAC is missing"
+    );
+    assert!(!not_served(&watcher::Error::WatchStartFailed(api(404))));
+}
