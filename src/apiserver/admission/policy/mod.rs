@@ -317,11 +317,14 @@ impl<P: Send + Sync + 'static> Policies<P> {
                 .filter_map(|o| serde_json::to_value(o.as_ref()).ok())
                 .collect()
         };
+        // The policy and the binding watches rebuild from their own tasks. Reading both stores
+        // under the write lock serialises the rebuilds, so the last one to run has seen both
+        // events: otherwise a policy and its binding arriving together could each be read
+        // without the other, and the snapshot stay without them until the next change.
+        let Ok(mut s) = self.snapshot.write() else { return };
         let snap = Snapshot::build_with(&values(p), &values(b), self.parse);
         tracing::debug!(policies = snap.hooks.len(), "admission policy snapshot rebuilt");
-        if let Ok(mut s) = self.snapshot.write() {
-            *s = Arc::new(snap);
-        }
+        *s = Arc::new(snap);
     }
 
     pub(crate) fn current(&self) -> Arc<Snapshot<P>> {
