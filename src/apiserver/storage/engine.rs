@@ -78,7 +78,7 @@ struct ContinueToken {
     start: String,
 }
 
-fn encode_continue(rv: i64, start: &str) -> String {
+pub(super) fn encode_continue(rv: i64, start: &str) -> String {
     let t = ContinueToken {
         v: "meta.k8s.io/v1".into(),
         rv,
@@ -193,87 +193,9 @@ impl Storage {
         continue_token: Option<&str>,
         keep: impl Fn(&Object) -> bool,
     ) -> Result<ListPage> {
-        let token = match continue_token {
-            Some(t) => {
-                let token = decode_continue(t)?;
-                if !token.start.starts_with(prefix) {
-                    return Err(StorageError::BadContinue("token is for another list".into()));
-                }
-                if token.rv == 0 {
-                    // etcd3's store: 0 is no version at all (a token of another kind).
-                    return Err(StorageError::BadContinue(
-                        "incorrect encoded start resourceVersion (version meta.k8s.io/v1)".into(),
-                    ));
-                }
-                Some(token)
-            }
-            None => None,
-        };
-        // The writer publishes to the hub while it holds the write lock, so under the read
-        // lock the history holds every change the objects reflect.
         let objects = self.inner.objects.read().map_err(|_| StorageError::Closed)?;
         let current = self.inner.rv.load(Ordering::SeqCst);
-        let (start, at) = match &token {
-            Some(t) if t.rv > 0 => {
-                let at = t.rv.unsigned_abs();
-                if at < self.inner.hub.oldest() {
-                    return Err(StorageError::ContinueExpired(encode_continue(-1, &t.start)));
-                }
-                (Some(t.start.clone()), at.min(current))
-            }
-            Some(t) => (Some(t.start.clone()), current),
-            None => (None, current),
-        };
-        let lower = start.unwrap_or_else(|| prefix.to_string());
-        // Keys changed after `at`, with their state at `at` (None: absent then).
-        let undone = if at < current {
-            self.inner.hub.state_at(&lower, prefix, at)
-        } else {
-            BTreeMap::new()
-        };
-        let range = || {
-            objects
-                .range::<String, _>((Bound::Included(lower.clone()), Bound::Unbounded))
-                .take_while(|(k, _)| k.starts_with(prefix))
-        };
-        // Only a continuation with changes since its first page merges the undone state in; a
-        // plain list walks the objects as they are, without copying keys.
-        let merged: Option<BTreeMap<&String, Option<&Arc<Object>>>> = (!undone.is_empty()).then(|| {
-            range()
-                .filter(|(k, _)| !undone.contains_key(*k))
-                .map(|(k, o)| (k, Some(o)))
-                .chain(undone.iter().map(|(k, o)| (k, o.as_ref())))
-                .collect()
-        });
-        let snapshot: Box<dyn Iterator<Item = (&String, &Arc<Object>)>> = match &merged {
-            Some(m) => Box::new(m.iter().filter_map(|(k, o)| Some((*k, (*o)?)))),
-            None => Box::new(range()),
-        };
-        let mut items = Vec::new();
-        let mut next = None;
-        let mut remaining = 0u64;
-        for (k, obj) in snapshot {
-            if !keep(obj) {
-                continue;
-            }
-            if let Some(l) = limit {
-                if items.len() == l {
-                    if next.is_none() {
-                        next = Some(k.clone());
-                    }
-                    remaining += 1;
-                    continue;
-                }
-            }
-            items.push(obj.clone());
-        }
-        let at_signed = i64::try_from(at).unwrap_or(i64::MAX);
-        Ok(ListPage {
-            items,
-            continue_token: next.map(|k| encode_continue(at_signed, &k)),
-            remaining: (remaining > 0).then_some(remaining),
-            rv: at,
-        })
+        list_snapshot(&objects, current, &self.inner.hub, prefix, limit, continue_token, &keep)
     }
 
     /// Objects under `prefix` as they were at `at` (an `Exact` list): read as the
@@ -324,7 +246,99 @@ impl Storage {
     }
 }
 
-fn check(current: Option<&Arc<Object>>, pre: &Preconditions) -> Result<()> {
+/// A page of the objects under `prefix` (see [`Storage::list`]), read from an in-memory index
+/// at version `current` whose changes are all in `hub`'s history (the caller holds the index's
+/// read lock, and writers publish to the hub under its write lock). Shared with the etcd
+/// backend's watch cache.
+pub(super) fn list_snapshot(
+    objects: &BTreeMap<String, Arc<Object>>,
+    current: u64,
+    hub: &Hub,
+    prefix: &str,
+    limit: Option<usize>,
+    continue_token: Option<&str>,
+    keep: &dyn Fn(&Object) -> bool,
+) -> Result<ListPage> {
+    let token = match continue_token {
+        Some(t) => {
+            let token = decode_continue(t)?;
+            if !token.start.starts_with(prefix) {
+                return Err(StorageError::BadContinue("token is for another list".into()));
+            }
+            if token.rv == 0 {
+                // etcd3's store: 0 is no version at all (a token of another kind).
+                return Err(StorageError::BadContinue(
+                    "incorrect encoded start resourceVersion (version meta.k8s.io/v1)".into(),
+                ));
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    let (start, at) = match &token {
+        Some(t) if t.rv > 0 => {
+            let at = t.rv.unsigned_abs();
+            if at < hub.oldest() {
+                return Err(StorageError::ContinueExpired(encode_continue(-1, &t.start)));
+            }
+            (Some(t.start.clone()), at.min(current))
+        }
+        Some(t) => (Some(t.start.clone()), current),
+        None => (None, current),
+    };
+    let lower = start.unwrap_or_else(|| prefix.to_string());
+    // Keys changed after `at`, with their state at `at` (None: absent then).
+    let undone = if at < current {
+        hub.state_at(&lower, prefix, at)
+    } else {
+        BTreeMap::new()
+    };
+    let range = || {
+        objects
+            .range::<String, _>((Bound::Included(lower.clone()), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+    };
+    // Only a continuation with changes since its first page merges the undone state in; a
+    // plain list walks the objects as they are, without copying keys.
+    let merged: Option<BTreeMap<&String, Option<&Arc<Object>>>> = (!undone.is_empty()).then(|| {
+        range()
+            .filter(|(k, _)| !undone.contains_key(*k))
+            .map(|(k, o)| (k, Some(o)))
+            .chain(undone.iter().map(|(k, o)| (k, o.as_ref())))
+            .collect()
+    });
+    let snapshot: Box<dyn Iterator<Item = (&String, &Arc<Object>)>> = match &merged {
+        Some(m) => Box::new(m.iter().filter_map(|(k, o)| Some((*k, (*o)?)))),
+        None => Box::new(range()),
+    };
+    let mut items = Vec::new();
+    let mut next = None;
+    let mut remaining = 0u64;
+    for (k, obj) in snapshot {
+        if !keep(obj) {
+            continue;
+        }
+        if let Some(l) = limit {
+            if items.len() == l {
+                if next.is_none() {
+                    next = Some(k.clone());
+                }
+                remaining += 1;
+                continue;
+            }
+        }
+        items.push(obj.clone());
+    }
+    let at_signed = i64::try_from(at).unwrap_or(i64::MAX);
+    Ok(ListPage {
+        items,
+        continue_token: next.map(|k| encode_continue(at_signed, &k)),
+        remaining: (remaining > 0).then_some(remaining),
+        rv: at,
+    })
+}
+
+pub(super) fn check(current: Option<&Arc<Object>>, pre: &Preconditions) -> Result<()> {
     let Some(cur) = current else {
         return Err(StorageError::NotFound);
     };

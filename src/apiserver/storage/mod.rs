@@ -11,10 +11,12 @@
 //! fields, validation). Storage owns `metadata.resourceVersion`.
 
 mod engine;
+mod etcd;
 mod store;
 mod watch;
 
 pub use engine::{Storage, StorageOptions};
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use store::Store;
 pub use watch::{WatchEvent, WatchStream};
 

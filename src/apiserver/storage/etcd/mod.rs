@@ -1,0 +1,146 @@
+//! The etcd backend of [`Store`](super::Store), modelled on kube-apiserver's etcd3 store: one
+//! key per object (`<prefix><key>`, the object's JSON as value), resourceVersion = etcd
+//! revision (an object's is its key's `mod_revision`), creates as a transaction on
+//! `mod_revision == 0`, updates and deletes as transactions on the `mod_revision` they read, so
+//! preconditions and optimistic concurrency hold across every server on the same etcd.
+//!
+//! Reads never go to etcd: a watch cache (the objects under the prefix, kept current by one
+//! etcd watch, plus a bounded event history) answers gets, lists, continuations and watches,
+//! with the embedded store's list code ([`super::engine::list_snapshot`]). A write returns once
+//! the cache has seen its revision, so a client reads its own writes.
+//!
+//! Not yet: TLS to etcd, consistent reads that confirm the revision with etcd first, lists
+//! older than the cache's history served from etcd, and recovery from a compacted watch (the
+//! store then reports itself unhealthy).
+
+mod cache;
+mod txn;
+
+use super::{ListPage, Object, Preconditions, Result, StorageError, Store, WatchStream};
+use cache::Cache;
+use futures::future::BoxFuture;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where and how to reach etcd.
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    /// Client URLs, `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Prefix of every key this store owns (kube-apiserver's `--etcd-prefix`, e.g. `/registry/<group>`).
+    pub prefix: String,
+    /// Events kept for watch resumption; older resourceVersions answer 410 Gone.
+    pub history: usize,
+    /// Longest wait for one etcd request, and for the cache to see a write.
+    pub request_timeout: Duration,
+}
+
+impl EtcdOptions {
+    /// Defaults for `endpoints` and `prefix`.
+    pub fn new(endpoints: Vec<String>, prefix: impl Into<String>) -> EtcdOptions {
+        EtcdOptions {
+            endpoints,
+            prefix: prefix.into(),
+            history: 10_000,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Stops the cache's watch when the last handle goes.
+struct Shared {
+    cache: Arc<Cache>,
+    follower: tokio::task::AbortHandle,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+/// The store. Cheap to clone; several stores (in one process or many) may share one etcd.
+#[derive(Clone)]
+pub struct EtcdStore {
+    shared: Arc<Shared>,
+    kv: etcd_client::KvClient,
+    prefix: String,
+    timeout: Duration,
+}
+
+pub(super) fn backend<E: std::fmt::Display>(e: E) -> StorageError {
+    StorageError::Backend(format!("etcd: {e}"))
+}
+
+impl EtcdStore {
+    /// Connects, loads the objects under the prefix into the cache and starts following them.
+    pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore> {
+        let connect = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(opts.request_timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        let client = tokio::time::timeout(
+            opts.request_timeout,
+            etcd_client::Client::connect(&opts.endpoints, Some(connect)),
+        )
+        .await
+        .map_err(|_| backend("connect timed out"))?
+        .map_err(backend)?;
+        let (cache, follower) =
+            Cache::start(client.clone(), opts.prefix.clone(), opts.history, opts.request_timeout).await?;
+        Ok(EtcdStore {
+            shared: Arc::new(Shared { cache, follower }),
+            kv: client.kv_client(),
+            prefix: opts.prefix,
+            timeout: opts.request_timeout,
+        })
+    }
+
+    fn cache(&self) -> &Cache {
+        &self.shared.cache
+    }
+
+    /// The oldest resourceVersion a watch can start from.
+    pub fn oldest_rv(&self) -> u64 {
+        self.cache().hub.oldest()
+    }
+}
+
+impl Store for EtcdStore {
+    fn current_rv(&self) -> u64 {
+        self.cache().rv()
+    }
+    fn get(&self, key: &str) -> Option<Arc<Object>> {
+        self.cache().get(key)
+    }
+    fn list_filtered(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+        keep: &dyn Fn(&Object) -> bool,
+    ) -> Result<ListPage> {
+        self.cache().list(prefix, limit, continue_token, keep)
+    }
+    fn list_at(&self, prefix: &str, at: u64, limit: Option<usize>, keep: &dyn Fn(&Object) -> bool) -> Result<ListPage> {
+        let token = super::engine::encode_continue(i64::try_from(at).unwrap_or(i64::MAX).max(1), prefix);
+        self.cache().list(prefix, limit, Some(&token), keep)
+    }
+    fn watch(&self, prefix: &str, from_rv: Option<u64>) -> Result<WatchStream> {
+        let from = from_rv.unwrap_or_else(|| self.cache().rv());
+        self.cache().hub.watch(prefix, from)
+    }
+    fn create<'a>(&'a self, key: &'a str, value: Value) -> BoxFuture<'a, Result<Arc<Object>>> {
+        Box::pin(self.create_(key, value))
+    }
+    fn update<'a>(&'a self, key: &'a str, value: Value, pre: Preconditions) -> BoxFuture<'a, Result<Arc<Object>>> {
+        Box::pin(self.write(key, Some(value), pre))
+    }
+    fn delete<'a>(&'a self, key: &'a str, pre: Preconditions) -> BoxFuture<'a, Result<Arc<Object>>> {
+        Box::pin(self.write(key, None, pre))
+    }
+    fn unhealthy(&self) -> Option<String> {
+        self.cache().error()
+    }
+}
