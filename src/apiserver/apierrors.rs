@@ -259,7 +259,7 @@ impl Status {
     /// A Status an admission webhook or policy chose: its code (at least 400) and reason. A
     /// reason Kubernetes does not define is left out (`reason` is an enumeration).
     pub fn custom(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        const KNOWN: [&str; 17] = [
+        const KNOWN: [&str; 19] = [
             "Unauthorized",
             "Forbidden",
             "NotFound",
@@ -277,6 +277,8 @@ impl Status {
             "RequestEntityTooLarge",
             "UnsupportedMediaType",
             "InternalError",
+            "Expired",
+            "ServiceUnavailable",
         ];
         let code = StatusCode::from_u16(code)
             .ok()

@@ -33,7 +33,7 @@ impl Cx {
                 o["fieldValidation"] = json!(self.q("fieldValidation"));
             }
             if self.verb == "patch" && !self.q("force").is_empty() {
-                o["force"] = json!(matches!(self.q("force"), "1" | "t" | "T" | "true" | "TRUE" | "True"));
+                o["force"] = json!(super::apply::force(self));
             }
         }
         o

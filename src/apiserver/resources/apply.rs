@@ -15,7 +15,7 @@ use http::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 /// `force` as Go's `strconv.ParseBool` reads it; anything else is not forcing.
-fn force(cx: &Cx) -> bool {
+pub(super) fn force(cx: &Cx) -> bool {
     matches!(cx.q("force"), "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
 
