@@ -193,7 +193,7 @@ pub async fn run(
         .owns_stream(cached_stream(
             Api::<Secret>::all(c.clone()),
             ours.clone(),
-            Slimming(w.secrets, cache::slim),
+            w.secrets,
             g(),
         ))
         .owns_stream(cached_stream(
@@ -217,7 +217,7 @@ pub async fn run(
         .owns_stream(cached_stream(
             Api::<Deployment>::all(c.clone()),
             ours.clone(),
-            Slimming(w.deployments, cache::slim),
+            w.deployments,
             g(),
         ))
         .owns_stream(cached_stream(
@@ -230,7 +230,7 @@ pub async fn run(
             cached_stream(
                 Api::<APIService>::all(c.clone()),
                 watcher::Config::default(),
-                Slimming(w.api_services, cache::slim),
+                w.api_services,
                 g(),
             ),
             move |svc| claimants(&s1, &svc),

@@ -53,7 +53,7 @@ pub fn sync(api: &FakeApi, w: &mut Writers) {
     let rbac = "/apis/rbac.authorization.k8s.io/v1";
     fill(
         api,
-        |e: &Event<_>| w.secrets.apply_watcher_event(&e.clone().modify(cache::slim)),
+        |e: &Event<_>| w.secrets.apply_watcher_event(e),
         &ns("secrets"),
         ours,
     );
@@ -78,7 +78,7 @@ pub fn sync(api: &FakeApi, w: &mut Writers) {
     let deployments = "/apis/apps/v1/namespaces/*/deployments/*";
     fill(
         api,
-        |e: &Event<_>| w.deployments.apply_watcher_event(&e.clone().modify(cache::slim)),
+        |e: &Event<_>| w.deployments.apply_watcher_event(e),
         deployments,
         ours,
     );
@@ -105,7 +105,7 @@ pub fn sync(api: &FakeApi, w: &mut Writers) {
     let api_services = "/apis/apiregistration.k8s.io/v1/apiservices/*";
     fill(
         api,
-        |e: &Event<_>| w.api_services.apply_watcher_event(&e.clone().modify(cache::slim)),
+        |e: &Event<_>| w.api_services.apply_watcher_event(e),
         api_services,
         |_| true,
     );

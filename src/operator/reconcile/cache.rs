@@ -1,10 +1,10 @@
 //! Caches of the children, fed by the controller's watches, so a reconcile reads nothing from
 //! the API server and writes only what differs.
 //!
-//! Every child kind has one reflector store holding only objects with our managed-by label
-//! (APIServices: all of them, there are few, so a foreign one is seen too). Objects are stored
-//! slimmed ([`slim`]): what a reconcile reads (identity, labels, owner references, a Secret's
-//! data, a Deployment's status, an APIService) and, in the annotation [`OWNED_FINGERPRINT`], the
+//! Every child kind has one [`CompactStore`] holding only objects with our managed-by label
+//! (APIServices: all of them, there are few, so a foreign one is seen too). What is kept is
+//! what a reconcile reads (identity, owner labels, our annotations, a Secret's data, a
+//! Deployment's status, an APIService) and, in the annotation [`OWNED_FINGERPRINT`], the
 //! [`fingerprint`](super::fingerprint) of the fields our field manager owns. Everything else
 //! (managedFields, kubectl's copy of the object, a Deployment's spec, a role's rules) is dropped:
 //! at 1,000 ExtensionApiServers the full children were most of the operator's memory.
@@ -13,14 +13,13 @@
 //! one, i.e. what server-side apply records as ours is exactly what we would apply. A field the
 //! spec no longer sets is still ours until the next apply, so it too makes a difference.
 
-use super::compact::CompactStore;
+use super::compact::{CompactStore, Kept};
 use super::fingerprint;
-use super::names::FIELD_MANAGER;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::Resource;
 use serde::Serialize;
@@ -87,13 +86,11 @@ impl SyncGate {
     }
 }
 
-/// The stores of every child kind and of the authentication ConfigMap. Kinds a reconcile reads
-/// (Secrets, Deployments, APIServices) are typed stores of slimmed objects; kinds it only
-/// applies are [`CompactStore`]s.
+/// The stores of every child kind and of the authentication ConfigMap.
 #[derive(Clone)]
 pub struct Caches {
     /// CA and serving Secrets.
-    pub secrets: Store<Secret>,
+    pub secrets: CompactStore<Secret>,
     /// Server ServiceAccounts.
     pub service_accounts: CompactStore<ServiceAccount>,
     /// Bundled-server ConfigMaps.
@@ -101,7 +98,7 @@ pub struct Caches {
     /// Services.
     pub services: CompactStore<Service>,
     /// Deployments (with status: availability gates the APIService).
-    pub deployments: Store<Deployment>,
+    pub deployments: CompactStore<Deployment>,
     /// Data PersistentVolumeClaims.
     pub claims: CompactStore<PersistentVolumeClaim>,
     /// ClusterRoles.
@@ -111,26 +108,25 @@ pub struct Caches {
     /// RoleBindings in kube-system.
     pub role_bindings: CompactStore<RoleBinding>,
     /// Every APIService of the cluster, ours or not.
-    pub api_services: Store<APIService>,
+    pub api_services: CompactStore<APIService>,
     /// kube-system/extension-apiserver-authentication.
     pub auth_config: Store<ConfigMap>,
     /// Open once all of the above have their initial list.
     pub gate: Arc<SyncGate>,
 }
 
-/// The writing halves of [`Caches`], for the watches (or a test filling them). Typed stores are
-/// written slimmed ([`slim`]).
+/// The writing halves of [`Caches`], for the watches (or a test filling them).
 pub struct Writers {
-    pub secrets: reflector::store::Writer<Secret>,
+    pub secrets: CompactStore<Secret>,
     pub service_accounts: CompactStore<ServiceAccount>,
     pub config_maps: CompactStore<ConfigMap>,
     pub services: CompactStore<Service>,
-    pub deployments: reflector::store::Writer<Deployment>,
+    pub deployments: CompactStore<Deployment>,
     pub claims: CompactStore<PersistentVolumeClaim>,
     pub cluster_roles: CompactStore<ClusterRole>,
     pub cluster_role_bindings: CompactStore<ClusterRoleBinding>,
     pub role_bindings: CompactStore<RoleBinding>,
-    pub api_services: reflector::store::Writer<APIService>,
+    pub api_services: CompactStore<APIService>,
     pub auth_config: reflector::store::Writer<ConfigMap>,
 }
 
@@ -140,10 +136,7 @@ pub trait Sink<K>: Send + 'static {
     fn apply(&mut self, event: &watcher::Event<K>);
 }
 
-impl<K> Sink<K> for CompactStore<K>
-where
-    K: Resource<DynamicType = ()> + Default + Serialize + Send + Sync + 'static,
-{
+impl<K: Kept + Send + Sync + 'static> Sink<K> for CompactStore<K> {
     fn apply(&mut self, event: &watcher::Event<K>) {
         self.apply_watcher_event(event);
     }
@@ -166,63 +159,49 @@ pub const CACHE_COUNT: usize = 11;
 
 /// New empty caches whose gate waits for `CACHE_COUNT` initial lists.
 pub fn caches(gate: Arc<SyncGate>) -> (Caches, Writers) {
-    let (secrets, w_secrets) = reflector::store();
-    let (deployments, w_dep) = reflector::store();
-    let (api_services, w_as) = reflector::store();
     let (auth_config, w_auth) = reflector::store();
     let caches = Caches {
-        secrets,
+        secrets: CompactStore::default(),
         service_accounts: CompactStore::default(),
         config_maps: CompactStore::default(),
         services: CompactStore::default(),
-        deployments,
+        deployments: CompactStore::default(),
         claims: CompactStore::default(),
         cluster_roles: CompactStore::default(),
         cluster_role_bindings: CompactStore::default(),
         role_bindings: CompactStore::default(),
-        api_services,
+        api_services: CompactStore::default(),
         auth_config,
         gate,
     };
     let writers = Writers {
-        secrets: w_secrets,
+        secrets: caches.secrets.clone(),
         service_accounts: caches.service_accounts.clone(),
         config_maps: caches.config_maps.clone(),
         services: caches.services.clone(),
-        deployments: w_dep,
+        deployments: caches.deployments.clone(),
         claims: caches.claims.clone(),
         cluster_roles: caches.cluster_roles.clone(),
         cluster_role_bindings: caches.cluster_role_bindings.clone(),
         role_bindings: caches.role_bindings.clone(),
-        api_services: w_as,
+        api_services: caches.api_services.clone(),
         auth_config: w_auth,
     };
     (caches, writers)
 }
 
 /// A child kind with a store in [`Caches`].
-pub trait Cached: Resource<DynamicType = ()> + Clone + Serialize + 'static {
+pub trait Cached: Kept + Clone + 'static {
     /// The cached object `namespace/name` (cluster-scoped: `namespace` None).
     fn cached(caches: &Caches, namespace: Option<&str>, name: &str) -> Option<Arc<Self>>;
 }
 
-macro_rules! typed {
-    ($($kind:ty => $field:ident),* $(,)?) => {
-        $(impl Cached for $kind {
-            fn cached(caches: &Caches, namespace: Option<&str>, name: &str) -> Option<Arc<Self>> {
-                let mut key = ObjectRef::<$kind>::new(name);
-                if let Some(ns) = namespace {
-                    key = key.within(ns);
-                }
-                caches.$field.get(&key)
-            }
-        })*
-    };
-}
-
-macro_rules! compact {
-    ($($kind:ty => $field:ident),* $(,)?) => {
-        $(impl Cached for $kind {
+macro_rules! cached {
+    ($($kind:ty => $field:ident keeps [$($f:literal),*]),* $(,)?) => {
+        $(impl Kept for $kind {
+            const FIELDS: &'static [&'static str] = &[$($f),*];
+        }
+        impl Cached for $kind {
             fn cached(caches: &Caches, namespace: Option<&str>, name: &str) -> Option<Arc<Self>> {
                 caches.$field.get(namespace, name)
             }
@@ -230,20 +209,19 @@ macro_rules! compact {
     };
 }
 
-typed!(
-    Secret => secrets,
-    Deployment => deployments,
-    APIService => api_services,
-);
-
-compact!(
-    ServiceAccount => service_accounts,
-    ConfigMap => config_maps,
-    Service => services,
-    PersistentVolumeClaim => claims,
-    ClusterRole => cluster_roles,
-    ClusterRoleBinding => cluster_role_bindings,
-    RoleBinding => role_bindings,
+// What a reconcile reads beyond identity and fingerprint: the certificates and keys, the
+// availability, the published caBundle and the availability of each version.
+cached!(
+    Secret => secrets keeps ["data"],
+    Deployment => deployments keeps ["status"],
+    APIService => api_services keeps ["spec", "status"],
+    ServiceAccount => service_accounts keeps [],
+    ConfigMap => config_maps keeps [],
+    Service => services keeps [],
+    PersistentVolumeClaim => claims keeps [],
+    ClusterRole => cluster_roles keeps [],
+    ClusterRoleBinding => cluster_role_bindings keeps [],
+    RoleBinding => role_bindings keeps [],
 );
 
 impl Caches {
@@ -264,55 +242,6 @@ pub fn strip<K: Resource>(obj: &mut K) {
     }
 }
 
-/// What a typed child cache keeps: the fingerprint of our fields, identity, the owner labels,
-/// the operator's annotations (a Secret's carry the rotation state), and what [`Slim`] keeps of
-/// the rest.
-pub fn slim<K: Resource + Serialize + Slim>(obj: &mut K) {
-    let owned = serde_json::to_value(&*obj)
-        .ok()
-        .and_then(|v| fingerprint::owned(&v, FIELD_MANAGER));
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.uid = None;
-    meta.creation_timestamp = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| OWNER_LABELS.contains(&k.as_str()));
-    }
-    let mut annotations = meta.annotations.take().unwrap_or_default();
-    annotations.retain(|k, _| k.starts_with("aggregation.dev/") && k != DESIRED_HASH_ANNOTATION);
-    if let Some(f) = owned {
-        annotations.insert(OWNED_FINGERPRINT.to_string(), f);
-    }
-    meta.annotations = (!annotations.is_empty()).then_some(annotations);
-    obj.slim();
-}
-
-/// Labels a reconcile reads of a child ([`labelled_owner`](super::names::labelled_owner)).
-const OWNER_LABELS: [&str; 3] = [
-    "app.kubernetes.io/managed-by",
-    super::names::OWNER_NAMESPACE_LABEL,
-    super::names::OWNER_NAME_LABEL,
-];
-
-/// The part of a child kind that no reconcile reads, dropped from the cache.
-pub trait Slim {
-    /// Drops it.
-    fn slim(&mut self) {}
-}
-
-/// Read: the data (the CA and serving certificates and keys).
-impl Slim for Secret {}
-/// Read: spec (caBundle) and status (availability).
-impl Slim for APIService {}
-
-impl Slim for Deployment {
-    /// The status (availability) is read; the spec is in the fingerprint.
-    fn slim(&mut self) {
-        self.spec = None;
-    }
-}
-
 /// Hash of the desired object, as stored in [`DESIRED_HASH_ANNOTATION`].
 pub fn desired_hash<K: Serialize>(desired: &K) -> String {
     let bytes = serde_json::to_vec(desired).unwrap_or_default();
@@ -321,7 +250,7 @@ pub fn desired_hash<K: Serialize>(desired: &K) -> String {
 }
 
 /// Whether applying `desired` (which already carries its hash annotation) would change nothing
-/// we own in the object `cached` (slimmed by [`slim`]).
+/// we own in the object `cached` (as a [`CompactStore`] rebuilds it).
 pub fn unchanged<K: Serialize + Resource>(desired: &K, cached: &K) -> bool {
     let Some(have) = cached
         .meta()
@@ -342,21 +271,27 @@ pub fn ours() -> watcher::Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::reconcile::names::FIELD_MANAGER;
     use serde_json::json;
 
     #[test]
-    fn slim_keeps_the_fingerprint_of_our_fields_and_drops_the_spec() {
-        let mut d: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "d", "labels": {"a": "b", "app.kubernetes.io/managed-by": "x"}, "annotations": {"x": "y"},
+    fn deployments_keep_status_and_the_fingerprint_of_our_fields_not_the_spec() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "d", "namespace": "ns", "resourceVersion": "5",
+                         "labels": {"a": "b", "app.kubernetes.io/managed-by": crate::operator::reconcile::names::MANAGER},
+                         "annotations": {"x": "y", DESIRED_HASH_ANNOTATION: "h"},
                          "managedFields": [{"manager": FIELD_MANAGER, "operation": "Apply",
                                             "fieldsType": "FieldsV1",
                                             "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
             "spec": {"replicas": 2, "selector": {}, "template": {}},
             "status": {"availableReplicas": 1}}))
         .unwrap();
-        slim(&mut d);
+        let store = CompactStore::<Deployment>::default();
+        store.apply_watcher_event(&watcher::Event::Apply(d));
+        let d = store.get(Some("ns"), "d").expect("cached");
         assert!(d.spec.is_none() && d.metadata.managed_fields.is_none());
         assert_eq!(d.status.as_ref().and_then(|s| s.available_replicas), Some(1));
+        assert_eq!(d.metadata.resource_version.as_deref(), Some("5"));
         let want: Deployment = serde_json::from_value(
             json!({"metadata": {"name": "d"}, "spec": {"replicas": 2, "selector": {}, "template": {}}}),
         )
@@ -372,6 +307,34 @@ mod tests {
             Some(1),
             "labels map owners"
         );
+        let annotations = d.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            vec![OWNED_FINGERPRINT],
+            "neither foreign annotations nor the desired hash"
+        );
+    }
+
+    #[test]
+    fn secrets_keep_their_data_and_our_annotations() {
+        let s: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "s-ca", "namespace": "ns",
+                         "annotations": {"aggregation.dev/ca-rotation-phase": "Overlap", "other": "x"}},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}}))
+        .unwrap();
+        let store = CompactStore::<Secret>::default();
+        store.apply_watcher_event(&watcher::Event::Apply(s));
+        let s = store.get(Some("ns"), "s-ca").expect("cached");
+        let data = s.data.clone().unwrap_or_default();
+        assert_eq!(data.get("tls.crt").map(|b| b.0.as_slice()), Some(&b"cert"[..]));
+        assert_eq!(data.get("tls.key").map(|b| b.0.as_slice()), Some(&b"key"[..]));
+        let annotations = s.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.get("aggregation.dev/ca-rotation-phase").map(String::as_str),
+            Some("Overlap")
+        );
+        assert!(!annotations.contains_key("other"));
     }
 
     #[test]

@@ -1,23 +1,34 @@
-//! The cache of the children a reconcile only applies (ServiceAccounts, ConfigMaps, Services,
-//! PersistentVolumeClaims, ClusterRoles and bindings): per object its resourceVersion, owner
-//! labels and the [`fingerprint`] of our fields. About 150 bytes an object, where the typed
-//! object, even emptied, keeps a 2 KiB `ObjectMeta` with two B-tree maps: at 1,000
-//! ExtensionApiServers, 7,000 such children were a third of the operator's memory.
+//! The caches of the children: per object its resourceVersion, owner labels, the
+//! [`fingerprint`] of our fields, the operator's own annotations and, for the few kinds a
+//! reconcile reads beyond that ([`Kept::FIELDS`]: a Secret's data, a Deployment's status, an
+//! APIService), those fields as compact JSON. A typed object, even emptied, keeps a 2 KiB
+//! `ObjectMeta` with two B-tree maps and an `Arc` per field: at 1,000 ExtensionApiServers the
+//! typed caches were most of the operator's memory.
 //!
-//! Reads rebuild a typed object holding just that (name, namespace, resourceVersion, owner
-//! labels, fingerprint annotation), so the apply code reads every cache the same way.
+//! Reads rebuild a typed object holding just that, so the apply code reads every cache the same
+//! way and never sees a field the cache did not keep.
 
-use super::cache::OWNED_FINGERPRINT;
+use super::cache::{DESIRED_HASH_ANNOTATION, OWNED_FINGERPRINT};
 use super::fingerprint;
 use super::names::{FIELD_MANAGER, MANAGER, OWNER_NAMESPACE_LABEL, OWNER_NAME_LABEL};
 use kube::runtime::watcher;
 use kube::Resource;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Annotations of ours that a reconcile reads back (a Secret's carry the rotation state).
+const OUR_ANNOTATIONS: &str = "aggregation.dev/";
+
+/// A kind with a compact cache.
+pub trait Kept: Resource<DynamicType = ()> + Default + Serialize + DeserializeOwned {
+    /// Top-level fields outside `metadata` that a reconcile reads, kept as JSON.
+    const FIELDS: &'static [&'static str] = &[];
+}
 
 /// What is kept of one object.
 struct Compact {
@@ -27,6 +38,10 @@ struct Compact {
     owner_namespace: Option<Box<str>>,
     owner_name: Option<Box<str>>,
     fingerprint: Option<Box<str>>,
+    /// The operator's annotations, but the desired hash (which no reconcile reads).
+    annotations: Box<[(Box<str>, Box<str>)]>,
+    /// [`Kept::FIELDS`] as a JSON object, when the kind keeps any and the object has them.
+    body: Option<Box<[u8]>>,
 }
 
 #[derive(Default)]
@@ -67,10 +82,7 @@ fn key(namespace: Option<&str>, name: &str) -> Box<str> {
     }
 }
 
-impl<K> CompactStore<K>
-where
-    K: Resource<DynamicType = ()> + Default + Serialize,
-{
+impl<K: Kept> CompactStore<K> {
     /// Applies a watch event, as a reflector's writer does (the initial list replaces the
     /// content only once complete).
     pub fn apply_watcher_event(&self, event: &watcher::Event<K>) {
@@ -117,19 +129,39 @@ where
     }
 }
 
-fn compact<K: Resource + Serialize>(obj: &K) -> (Box<str>, Compact) {
+fn compact<K: Kept>(obj: &K) -> (Box<str>, Compact) {
     let meta = obj.meta();
     let label = |l: &str| meta.labels.as_ref().and_then(|m| m.get(l)).map(|v| v.as_str().into());
-    let fingerprint = serde_json::to_value(obj)
-        .ok()
-        .and_then(|v| fingerprint::owned(&v, FIELD_MANAGER))
-        .map(String::into_boxed_str);
+    let json = serde_json::to_value(obj).unwrap_or(Value::Null);
+    let fingerprint = fingerprint::owned(&json, FIELD_MANAGER).map(String::into_boxed_str);
+    let body = match json {
+        Value::Object(mut all) if !K::FIELDS.is_empty() => {
+            let kept: Map<String, Value> = K::FIELDS
+                .iter()
+                .filter_map(|f| all.remove(*f).map(|v| (f.to_string(), v)))
+                .collect();
+            (!kept.is_empty())
+                .then(|| serde_json::to_vec(&kept).ok())
+                .flatten()
+                .map(Vec::into_boxed_slice)
+        }
+        _ => None,
+    };
+    let annotations = meta
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(OUR_ANNOTATIONS) && *k != DESIRED_HASH_ANNOTATION)
+        .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+        .collect();
     let compact = Compact {
         resource_version: meta.resource_version.as_deref().map(Into::into),
         managed: meta.labels.as_ref().and_then(|m| m.get(MANAGED_BY)).map(String::as_str) == Some(MANAGER),
         owner_namespace: label(OWNER_NAMESPACE_LABEL),
         owner_name: label(OWNER_NAME_LABEL),
         fingerprint,
+        annotations,
+        body,
     };
     (
         key(meta.namespace.as_deref(), meta.name.as_deref().unwrap_or_default()),
@@ -137,8 +169,13 @@ fn compact<K: Resource + Serialize>(obj: &K) -> (Box<str>, Compact) {
     )
 }
 
-fn rebuild<K: Resource + Default>(key: &str, c: &Compact) -> K {
-    let mut obj = K::default();
+fn rebuild<K: Kept>(key: &str, c: &Compact) -> K {
+    // The body was serialised from a `K`, so it parses back; an empty object is the fallback.
+    let mut obj: K = c
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or_default();
     let meta = obj.meta_mut();
     match key.split_once('/') {
         Some((ns, name)) => {
@@ -161,10 +198,12 @@ fn rebuild<K: Resource + Default>(key: &str, c: &Compact) -> K {
         }
     }
     meta.labels = (!labels.is_empty()).then_some(labels);
-    meta.annotations = c
-        .fingerprint
-        .as_deref()
-        .map(|f| [(OWNED_FINGERPRINT.to_string(), f.to_string())].into());
+    let mut annotations: BTreeMap<String, String> =
+        c.annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    if let Some(f) = c.fingerprint.as_deref() {
+        annotations.insert(OWNED_FINGERPRINT.to_string(), f.to_string());
+    }
+    meta.annotations = (!annotations.is_empty()).then_some(annotations);
     obj
 }
 
