@@ -148,6 +148,15 @@ pub enum StorageError {
         /// The oldest resourceVersion still available.
         oldest: u64,
     },
+    /// The store has not reached a version it was asked for, or one its backend confirmed,
+    /// in time (kube-apiserver's 504 "Too large resource version", which clients retry).
+    #[error("too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion {
+        /// The version waited for.
+        requested: u64,
+        /// The version reached.
+        current: u64,
+    },
     /// A continue token older than the history; the token to go on at the latest version.
     #[error("continue token expired")]
     ContinueExpired(String),

@@ -35,6 +35,14 @@ pub trait Store: Send + Sync {
     fn delete<'a>(&'a self, key: &'a str, pre: Preconditions) -> BoxFuture<'a, Result<Arc<Object>>>;
     /// Why the store cannot take writes now, if it cannot (for `/readyz`).
     fn unhealthy(&self) -> Option<String>;
+    /// Prepares a consistent read (`resourceVersion=""`): returns once reads reflect every
+    /// write acknowledged before the call, through this store or any other on the same
+    /// backend, with the version they reflect at least. The embedded store is the only writer
+    /// of its data, so it is always current; the etcd store confirms etcd's revision and
+    /// waits for its cache (`TooLargeResourceVersion` when the cache does not catch up).
+    fn consistent_rv(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(std::future::ready(Ok(self.current_rv())))
+    }
 }
 
 impl dyn Store + '_ {

@@ -33,6 +33,19 @@ impl EtcdStore {
             .map_err(backend)
     }
 
+    /// Waits until the cache has seen the write committed at `rev`, so the writer reads it.
+    /// A timeout is an error although the write was committed: the caller cannot tell, as
+    /// with any write whose answer was lost.
+    async fn seen(&self, rev: u64) -> Result<()> {
+        self.shared.cache.wait_for(rev, self.timeout).await.map_err(|e| match e {
+            StorageError::TooLargeResourceVersion { current, .. } => backend(format!(
+                "revision {rev} was committed, but the watch cache has reached only {current} within {:?}",
+                self.timeout
+            )),
+            e => e,
+        })
+    }
+
     /// The object as etcd has it now.
     async fn fetch(&self, key: &str) -> Result<Option<Arc<Object>>> {
         let resp = self.txn(Txn::new().and_then([TxnOp::get(self.key(key), None)])).await?;
@@ -51,7 +64,7 @@ impl EtcdStore {
             return Err(StorageError::AlreadyExists);
         }
         let rev = revision(&resp);
-        self.shared.cache.wait_for(rev, self.timeout).await?;
+        self.seen(rev).await?;
         Ok(Object::new(value, rev))
     }
 
@@ -87,7 +100,7 @@ impl EtcdStore {
             let resp = self.txn(txn).await?;
             if resp.succeeded() {
                 let rev = revision(&resp);
-                self.shared.cache.wait_for(rev, self.timeout).await?;
+                self.seen(rev).await?;
                 return Ok(match value {
                     Some(v) => Object::new(v, rev),
                     None => Object::new(cur.value(), rev),
