@@ -239,6 +239,28 @@ async fn watch_in_order_without_gaps(s: &dyn Store, p: &str) {
     assert_eq!((ev.type_, ev.object.name.as_str()), (EventType::Deleted, "a"));
 }
 
+async fn a_quiet_watch_follows_the_version(s: &dyn Store, p: &str) {
+    let mut quiet = s.watch(&format!("{p}quiet/"), None).unwrap();
+    let mut last = quiet.seen_rv();
+    for i in 0..3 {
+        let o = s.create(&format!("{p}busy/o{i}"), obj("o", "1")).await.unwrap();
+        // Nothing under its prefix: the stream only passes the change, and the version its
+        // bookmarks carry moves to it.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), quiet.next())
+                .await
+                .is_err(),
+            "no event for a change under another prefix"
+        );
+        assert!(quiet.seen_rv() >= o.rv, "{} >= {}", quiet.seen_rv(), o.rv);
+        assert!(quiet.seen_rv() > last, "bookmark versions increase");
+        assert!(quiet.seen_rv() <= s.current_rv());
+        last = quiet.seen_rv();
+    }
+    // A consistent read reflects every acknowledged write.
+    assert!(s.consistent_rv().await.unwrap() >= last);
+}
+
 /// Every case on `s`, each under its own key prefix.
 async fn conformance(backend: &str, s: &dyn Store) {
     eprintln!("{backend}: create_and_already_exists");
@@ -251,6 +273,8 @@ async fn conformance(backend: &str, s: &dyn Store) {
     watch_in_order_without_gaps(s, "/t4/ns/").await;
     eprintln!("{backend}: list_at_a_past_version_and_its_expiry");
     list_at_a_past_version_and_its_expiry(s, "/t5/ns/").await;
+    eprintln!("{backend}: a_quiet_watch_follows_the_version");
+    a_quiet_watch_follows_the_version(s, "/t6/").await;
 }
 
 #[tokio::test]
@@ -341,4 +365,48 @@ async fn two_etcd_stores_share_one_view() {
         1,
         "one create wins: {x:?} {y:?}"
     );
+}
+
+#[tokio::test]
+async fn etcd_consistent_reads_see_writes_made_elsewhere() {
+    let Some(etcd) = Etcd::start_or_skip("etcd_consistent_reads_see_writes_made_elsewhere").await else {
+        return;
+    };
+    let etcd = etcd.unwrap();
+    let prefix = "/registry/consistent";
+    let a = etcd_store(&etcd, prefix).await;
+    let b = etcd_store(&etcd, prefix).await;
+    let mut raw = etcd_client::Client::connect([etcd.url()], None).await.unwrap();
+    let mut quiet = a.watch("/quiet/", None).unwrap();
+    for i in 0..5 {
+        // Written straight to etcd: once acknowledged, a consistent read through `a` has it
+        // (no waiting here but the read's own).
+        let key = format!("/f/ns/raw{i}");
+        let put = raw
+            .put(format!("{prefix}{key}"), serde_json::to_vec(&obj("raw", "1")).unwrap(), None)
+            .await
+            .unwrap();
+        let rev = put.header().unwrap().revision() as u64;
+        assert!(a.consistent_rv().await.unwrap() >= rev);
+        assert_eq!(a.get(&key).map(|o| o.rv), Some(rev), "a consistent read sees the raw write");
+        // Written through the other store.
+        let o = b.create(&format!("/f/ns/b{i}"), obj("b", "1")).await.unwrap();
+        assert!(a.consistent_rv().await.unwrap() >= o.rv);
+        assert_eq!(a.get(&format!("/f/ns/b{i}")).map(|g| g.rv), Some(o.rv));
+        let a_dyn: &dyn Store = &a;
+        let page = a_dyn.list("/f/ns/", None, None, |_| true).unwrap();
+        assert_eq!(page.items.len(), 2 * (i + 1));
+        assert!(page.rv >= o.rv);
+        // Outside the store's prefix: only a progress notification brings the cache (and
+        // the bookmarks of its watches) to that revision.
+        let put = raw.put(format!("/elsewhere/x{i}"), "x", None).await.unwrap();
+        let rev = put.header().unwrap().revision() as u64;
+        assert!(a.consistent_rv().await.unwrap() >= rev);
+        assert!(a.current_rv() >= rev);
+        assert!(tokio::time::timeout(Duration::from_millis(100), quiet.next())
+            .await
+            .is_err());
+        assert!(quiet.seen_rv() >= rev, "a bookmark would carry {} >= {rev}", quiet.seen_rv());
+    }
+    assert!(a.unhealthy().is_none());
 }

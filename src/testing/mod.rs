@@ -7,6 +7,7 @@ pub mod certs;
 pub mod cluster_pki;
 pub mod controlplane;
 pub mod etcd;
+pub mod etcd_cluster;
 pub mod fake_api;
 pub mod fake_caches;
 pub mod kube_double;
