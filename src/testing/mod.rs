@@ -12,6 +12,7 @@ pub mod fake_api;
 pub mod fake_caches;
 pub mod kube_double;
 pub mod netns;
+pub mod tcp_proxy;
 pub mod pod;
 pub mod pod_env;
 pub mod pod_status;

@@ -194,9 +194,9 @@ impl Cache {
         let Ok(mut objects) = self.objects.write() else { return };
         *objects = fresh;
         self.rv.store(rv, Ordering::SeqCst);
+        self.relists.fetch_add(1, Ordering::SeqCst);
         self.hub.reset(rv);
         drop(objects);
-        self.relists.fetch_add(1, Ordering::SeqCst);
         self.seen.send_replace(rv);
     }
 
