@@ -8,9 +8,7 @@
 //!   writes, every acknowledged write is kept, and every store's watch sees etcd's history of
 //!   the prefix exactly: in revision order, without gaps or duplicates.
 
-use eao::apiserver::storage::{
-    EtcdOptions, EtcdStore, EventType, Preconditions, StorageError, Store, WatchStream,
-};
+use eao::apiserver::storage::{EtcdOptions, EtcdStore, EventType, Preconditions, StorageError, Store, WatchStream};
 use eao::testing::etcd::Etcd;
 use eao::testing::etcd_cluster::EtcdCluster;
 use eao::testing::tcp_proxy::TcpProxy;
@@ -65,7 +63,9 @@ async fn a_cut_off_cache_resumes_or_relists_after_a_compaction() {
     let a = store(vec![proxy.url()], prefix).await;
     let b = store(vec![etcd.url().to_string()], prefix).await;
     for i in 0..4 {
-        b.create(&format!("/f/ns/o{i}"), obj(&format!("o{i}"), "1")).await.unwrap();
+        b.create(&format!("/f/ns/o{i}"), obj(&format!("o{i}"), "1"))
+            .await
+            .unwrap();
     }
     let mut open = a.watch("/f/ns/", Some(a.consistent_rv().await.unwrap())).unwrap();
 
@@ -75,7 +75,11 @@ async fn a_cut_off_cache_resumes_or_relists_after_a_compaction() {
     let mut want = Vec::new();
     for i in 0..4 {
         let o = b
-            .update(&format!("/f/ns/o{i}"), obj(&format!("o{i}"), "2"), Preconditions::default())
+            .update(
+                &format!("/f/ns/o{i}"),
+                obj(&format!("o{i}"), "2"),
+                Preconditions::default(),
+            )
             .await
             .unwrap();
         want.push(o.rv);
@@ -96,15 +100,22 @@ async fn a_cut_off_cache_resumes_or_relists_after_a_compaction() {
     proxy.cut();
     eventually("a notices it is cut off", || a.unhealthy().is_some()).await;
     for i in 0..4 {
-        b.update(&format!("/f/ns/o{i}"), obj(&format!("o{i}"), "3"), Preconditions::default())
-            .await
-            .unwrap();
+        b.update(
+            &format!("/f/ns/o{i}"),
+            obj(&format!("o{i}"), "3"),
+            Preconditions::default(),
+        )
+        .await
+        .unwrap();
     }
     let o9 = b.create("/f/ns/o9", obj("o9", "1")).await.unwrap();
     let mut raw = etcd_client::Client::connect([etcd.url()], None).await.unwrap();
-    raw.compact(o9.rv as i64, Some(etcd_client::CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
+    raw.compact(
+        o9.rv as i64,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .unwrap();
     proxy.heal();
     match next(&mut open).await {
         Err(StorageError::Gone { .. }) => {}
@@ -149,7 +160,12 @@ struct Ack {
 
 /// Creates, then updates, four keys of its own until `stop`, retrying failed writes (a failed
 /// write may or may not have been applied; only acknowledged ones count).
-async fn writer(s: EtcdStore, id: usize, acked: Arc<AtomicUsize>, stop: tokio::sync::watch::Receiver<bool>) -> (Vec<Ack>, usize) {
+async fn writer(
+    s: EtcdStore,
+    id: usize,
+    acked: Arc<AtomicUsize>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (Vec<Ack>, usize) {
     let mut acks = Vec::new();
     let mut failures = 0;
     let mut created = [false; 4];
@@ -173,7 +189,8 @@ async fn writer(s: EtcdStore, id: usize, acked: Arc<AtomicUsize>, stop: tokio::s
             }
             // An earlier create that failed was applied after all.
             Err(StorageError::AlreadyExists) => created[k] = true,
-            Err(_) => {
+            Err(e) => {
+                eprintln!("writer {id}: {e}");
                 failures += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -209,7 +226,8 @@ async fn record(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_the_loss_of_a_follower_and_the_leader() {
     let started = Instant::now();
-    let Some(cluster) = EtcdCluster::start_or_skip("acknowledged_writes_survive_the_loss_of_a_follower_and_the_leader", 3).await
+    let Some(cluster) =
+        EtcdCluster::start_or_skip("acknowledged_writes_survive_the_loss_of_a_follower_and_the_leader", 3).await
     else {
         return;
     };
@@ -288,11 +306,16 @@ async fn acknowledged_writes_survive_the_loss_of_a_follower_and_the_leader() {
             ));
         }
     }
-    assert_eq!(history.last().map(|h| h.1), Some(end), "nothing else writes to this etcd");
+    assert_eq!(
+        history.last().map(|h| h.1),
+        Some(end),
+        "nothing else writes to this etcd"
+    );
 
     // Every acknowledged write is in etcd's history at its revision, with its value, and in
     // the store's own history (a list at that revision).
-    let by_rv: BTreeMap<u64, (String, String)> = history.iter().map(|(k, rv, n)| (*rv, (k.clone(), n.clone()))).collect();
+    let by_rv: BTreeMap<u64, (String, String)> =
+        history.iter().map(|(k, rv, n)| (*rv, (k.clone(), n.clone()))).collect();
     let found = acks
         .iter()
         .filter(|a| by_rv.get(&a.rv) == Some(&(a.key.clone(), a.note.clone())))
@@ -300,7 +323,11 @@ async fn acknowledged_writes_survive_the_loss_of_a_follower_and_the_leader() {
     let writes_dyn: &dyn Store = &writes;
     for a in &acks {
         let then = writes_dyn.list_at("/f/ns/", a.rv, None, &|o| o.rv == a.rv).unwrap();
-        assert_eq!(then.items.iter().map(|o| note(o)).collect::<Vec<_>>(), [a.note.clone()], "{a:?} at its version");
+        assert_eq!(
+            then.items.iter().map(|o| note(o)).collect::<Vec<_>>(),
+            [a.note.as_str()],
+            "{a:?} at its version"
+        );
     }
     // The end state has each key's last acknowledged value, or a later one (of a write whose
     // answer was lost).

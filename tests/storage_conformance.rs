@@ -383,12 +383,20 @@ async fn etcd_consistent_reads_see_writes_made_elsewhere() {
         // (no waiting here but the read's own).
         let key = format!("/f/ns/raw{i}");
         let put = raw
-            .put(format!("{prefix}{key}"), serde_json::to_vec(&obj("raw", "1")).unwrap(), None)
+            .put(
+                format!("{prefix}{key}"),
+                serde_json::to_vec(&obj("raw", "1")).unwrap(),
+                None,
+            )
             .await
             .unwrap();
         let rev = put.header().unwrap().revision() as u64;
         assert!(a.consistent_rv().await.unwrap() >= rev);
-        assert_eq!(a.get(&key).map(|o| o.rv), Some(rev), "a consistent read sees the raw write");
+        assert_eq!(
+            a.get(&key).map(|o| o.rv),
+            Some(rev),
+            "a consistent read sees the raw write"
+        );
         // Written through the other store.
         let o = b.create(&format!("/f/ns/b{i}"), obj("b", "1")).await.unwrap();
         assert!(a.consistent_rv().await.unwrap() >= o.rv);
@@ -406,7 +414,11 @@ async fn etcd_consistent_reads_see_writes_made_elsewhere() {
         assert!(tokio::time::timeout(Duration::from_millis(100), quiet.next())
             .await
             .is_err());
-        assert!(quiet.seen_rv() >= rev, "a bookmark would carry {} >= {rev}", quiet.seen_rv());
+        assert!(
+            quiet.seen_rv() >= rev,
+            "a bookmark would carry {} >= {rev}",
+            quiet.seen_rv()
+        );
     }
     assert!(a.unhealthy().is_none());
 }

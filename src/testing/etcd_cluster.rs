@@ -89,8 +89,18 @@ impl EtcdCluster {
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&m.data)
-            .args(["--listen-client-urls", &m.client_url, "--advertise-client-urls", &m.client_url])
-            .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
+            .args([
+                "--listen-client-urls",
+                &m.client_url,
+                "--advertise-client-urls",
+                &m.client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &m.peer_url,
+                "--initial-advertise-peer-urls",
+                &m.peer_url,
+            ])
             // Ignored by a member restarted on its data directory, which knows its cluster.
             .arg(format!("--initial-cluster={initial}"))
             .args(["--initial-cluster-state", "new", "--initial-cluster-token", &self.token])

@@ -115,7 +115,11 @@ impl StorageHandler {
     /// to be fresh before such a watch's initial events).
     async fn consistent(&self, cx: &Cx) -> Result<(), Status> {
         let initial_events = cx.verb == "get"
-            || cx.query.get("sendInitialEvents").map(|v| crate::apiserver::request::go_query_bool(v)) != Some(false);
+            || cx
+                .query
+                .get("sendInitialEvents")
+                .map(|v| crate::apiserver::request::go_query_bool(v))
+                != Some(false);
         if cx.q("resourceVersion").is_empty() && initial_events {
             consistency::consistent_read(self.storage.as_ref()).await?;
         }
