@@ -6,7 +6,8 @@
 //! and their expiry, and watches from a version, in order, with no gaps or duplicates.
 
 use eao::apiserver::storage::{
-    EtcdOptions, EtcdStore, EventType, Preconditions, Storage, StorageError, StorageOptions, Store, WatchStream,
+    continue_at, EtcdOptions, EtcdStore, EventType, Preconditions, Storage, StorageError, StorageOptions, Store,
+    WatchStream,
 };
 use eao::testing::etcd::Etcd;
 use serde_json::{json, Value};
@@ -421,4 +422,60 @@ async fn etcd_consistent_reads_see_writes_made_elsewhere() {
         );
     }
     assert!(a.unhealthy().is_none());
+}
+
+#[tokio::test]
+async fn etcd_continuations_older_than_the_cache_read_etcd_until_it_compacts() {
+    let Some(etcd) = Etcd::start_or_skip("etcd_continuations_older_than_the_cache_read_etcd_until_it_compacts").await
+    else {
+        return;
+    };
+    let etcd = etcd.unwrap();
+    let s = etcd_store(&etcd, "/registry/past").await;
+    let p = "/f/ns/";
+    for n in ["a", "b", "c", "d", "e"] {
+        s.create(&format!("{p}{n}"), obj(n, "1")).await.unwrap();
+    }
+    let s_dyn: &dyn Store = &s;
+    let page1 = s_dyn.list(p, Some(2), None, |_| true).unwrap();
+    let token = page1.continue_token.clone().expect("a continue token");
+    // More changes than the cache's history keeps.
+    for i in 0..HISTORY + 4 {
+        s.update(&format!("{p}c"), obj("c", &format!("x{i}")), Preconditions::default())
+            .await
+            .unwrap();
+    }
+    s.delete(&format!("{p}d"), Preconditions::default()).await.unwrap();
+    assert!(matches!(
+        s_dyn.list(p, Some(2), Some(&token), |_| true),
+        Err(StorageError::ContinueExpired(_))
+    ));
+    // etcd still has the first page's revision: the list goes on there, as one snapshot.
+    let page2 = s.list_expired(p, Some(2), &token, &|_| true).await.unwrap();
+    assert_eq!(names(&page2.items), ["c", "d"]);
+    assert_eq!(page2.items[0].value()["spec"]["note"], "1");
+    assert_eq!(page2.rv, page1.rv);
+    let page3 = s
+        .list_expired(p, Some(2), page2.continue_token.as_deref().unwrap(), &|_| true)
+        .await
+        .unwrap();
+    assert_eq!(names(&page3.items), ["e"]);
+    assert!(page3.continue_token.is_none());
+    // An `Exact` list at that revision, filtered.
+    let exact = s
+        .list_expired(p, None, &continue_at(p, page1.rv), &|o| o.name != "a")
+        .await
+        .unwrap();
+    assert_eq!(names(&exact.items), ["b", "c", "d", "e"]);
+    // Once etcd compacts it: 410 with a token that goes on after the same key, now.
+    let mut raw = etcd_client::Client::connect([etcd.url()], None).await.unwrap();
+    raw.compact(s.current_rv() as i64, None).await.unwrap();
+    match s.list_expired(p, Some(2), &token, &|_| true).await {
+        Err(StorageError::ContinueExpired(fresh)) => {
+            let rest = s_dyn.list(p, None, Some(&fresh), |_| true).unwrap();
+            assert_eq!(names(&rest.items), ["c", "e"]);
+            assert_eq!(rest.items[0].value()["spec"]["note"], format!("x{}", HISTORY + 3));
+        }
+        other => panic!("expected ContinueExpired, got {other:?}"),
+    }
 }

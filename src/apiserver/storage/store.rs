@@ -25,6 +25,25 @@ pub trait Store: Send + Sync {
     /// Objects under `prefix` that pass `keep` as they were at `at`, paginated;
     /// `ContinueExpired` when `at` is older than the retained history.
     fn list_at(&self, prefix: &str, at: u64, limit: Option<usize>, keep: &dyn Fn(&Object) -> bool) -> Result<ListPage>;
+    /// A list whose continue token `list_filtered` refused with `ContinueExpired` (its version
+    /// is older than the store's own history), read from the backend at that version while
+    /// the backend still has it, as kube-apiserver reads etcd until it compacts; else
+    /// `ContinueExpired` with the token to go on at the latest version. The embedded store has
+    /// no other history than its own, so it answers as `list_filtered` did.
+    fn list_expired<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: Option<usize>,
+        continue_token: &'a str,
+        keep: &'a (dyn Fn(&Object) -> bool + Sync),
+    ) -> BoxFuture<'a, Result<ListPage>> {
+        Box::pin(std::future::ready(self.list_filtered(
+            prefix,
+            limit,
+            Some(continue_token),
+            keep,
+        )))
+    }
     /// Changes under `prefix` after `from_rv` (now when `None`).
     fn watch(&self, prefix: &str, from_rv: Option<u64>) -> Result<WatchStream>;
     /// Creates `key`; `AlreadyExists` when it exists. Durable when it returns.

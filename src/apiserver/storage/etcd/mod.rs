@@ -14,10 +14,11 @@
 //! reached it, as kube-apiserver's consistent list from cache does. The cache recovers by
 //! itself from a broken or compacted watch (see [`cache`]).
 //!
-//! Not yet: lists older than the cache's history served from etcd (they answer 410 Expired as
-//! soon as the cache's history no longer has their revision, even while etcd still has it).
+//! Continuations older than the cache's history are read from etcd at their revision until
+//! etcd compacts it (see [`past`]).
 
 mod cache;
+mod past;
 mod txn;
 
 use super::{ListPage, Object, Preconditions, Result, StorageError, Store, WatchStream};
@@ -173,6 +174,15 @@ impl Store for EtcdStore {
     fn list_at(&self, prefix: &str, at: u64, limit: Option<usize>, keep: &dyn Fn(&Object) -> bool) -> Result<ListPage> {
         let token = super::engine::encode_continue(i64::try_from(at).unwrap_or(i64::MAX).max(1), prefix);
         self.cache().list(prefix, limit, Some(&token), keep)
+    }
+    fn list_expired<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: Option<usize>,
+        continue_token: &'a str,
+        keep: &'a (dyn Fn(&Object) -> bool + Sync),
+    ) -> BoxFuture<'a, Result<ListPage>> {
+        Box::pin(self.list_past(prefix, limit, continue_token, keep))
     }
     fn watch(&self, prefix: &str, from_rv: Option<u64>) -> Result<WatchStream> {
         let from = from_rv.unwrap_or_else(|| self.cache().rv());
