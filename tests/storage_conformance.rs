@@ -410,6 +410,9 @@ async fn etcd_consistent_reads_see_writes_made_elsewhere() {
         // the bookmarks of its watches) to that revision.
         let put = raw.put(format!("/elsewhere/x{i}"), "x", None).await.unwrap();
         let rev = put.header().unwrap().revision() as u64;
+        // A version a client saw elsewhere (NotOlderThan): the store gets there.
+        assert!(b.wait_for_rv(rev, Duration::from_secs(3)).await);
+        assert!(b.current_rv() >= rev);
         assert!(a.consistent_rv().await.unwrap() >= rev);
         assert!(a.current_rv() >= rev);
         assert!(tokio::time::timeout(Duration::from_millis(100), quiet.next())

@@ -82,12 +82,8 @@ pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<Option<u64>, Statu
         return Ok(None);
     }
     let want = parse_rv(rv).map_err(|e| Status::bad_request(format!("invalid resource version: {e}")))?;
-    let deadline = tokio::time::Instant::now() + WAIT_FOR_RV;
-    while store.current_rv() < want {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(too_large(want, store.current_rv()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !store.wait_for_rv(want, WAIT_FOR_RV).await {
+        return Err(too_large(want, store.current_rv()));
     }
     Ok(exact.then_some(want))
 }

@@ -7,6 +7,7 @@ use super::{ListPage, Object, Preconditions, Result, WatchStream};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A store of JSON objects under string keys.
 pub trait Store: Send + Sync {
@@ -61,6 +62,21 @@ pub trait Store: Send + Sync {
     /// waits for its cache (`TooLargeResourceVersion` when the cache does not catch up).
     fn consistent_rv(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(std::future::ready(Ok(self.current_rv())))
+    }
+    /// Waits up to `timeout` until the store has reached version `rv` (one a client saw from
+    /// another server, say); whether it has. The etcd store asks etcd for progress meanwhile,
+    /// since `rv` may be a revision of no change under its prefix.
+    fn wait_for_rv(&self, rv: u64, timeout: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            while self.current_rv() < rv {
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        })
     }
 }
 

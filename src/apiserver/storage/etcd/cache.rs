@@ -165,12 +165,18 @@ impl Cache {
         }
     }
 
-    /// Waits until the cache reflects revision `rev`, asking etcd for progress meanwhile: a
-    /// revision of a write elsewhere in etcd reaches the cache only as progress.
-    /// `TooLargeResourceVersion` when it has not within `timeout`.
-    pub(super) async fn wait_for(&self, rev: u64, timeout: Duration) -> Result<()> {
+    /// Waits until the cache reflects revision `rev`, asking etcd for progress meanwhile (at
+    /// once when `nudge_now`, else after a first [`NUDGE`]): a revision of a write elsewhere in
+    /// etcd reaches the cache only as progress, while the revision of a write under the prefix
+    /// comes with its event, so a writer need not ask. `TooLargeResourceVersion` when the
+    /// cache has not reached `rev` within `timeout`.
+    pub(super) async fn wait_for(&self, rev: u64, timeout: Duration, nudge_now: bool) -> Result<()> {
         let mut rx = self.seen.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
+        if !nudge_now && *rx.borrow_and_update() < rev {
+            let first = (tokio::time::Instant::now() + NUDGE).min(deadline);
+            let _ = tokio::time::timeout_at(first, rx.wait_for(|seen| *seen >= rev)).await;
+        }
         loop {
             if *rx.borrow_and_update() >= rev {
                 return Ok(());
@@ -209,10 +215,12 @@ impl Cache {
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
             let Some(kv) = ev.kv() else { continue };
+            let rev = u64::try_from(kv.mod_revision()).unwrap_or(0);
+            // Even a change skipped below is one the cache has passed.
+            rv = rv.max(rev);
             let Some(key) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix)) else {
                 continue;
             };
-            let rev = u64::try_from(kv.mod_revision()).unwrap_or(0);
             let prev = objects.get(key).cloned();
             match ev.event_type() {
                 etcd_client::EventType::Put => {
@@ -252,7 +260,6 @@ impl Cache {
                     }
                 }
             }
-            rv = rv.max(rev);
         }
         if let Some(p) = progress {
             rv = rv.max(p);

@@ -203,8 +203,11 @@ impl Store for EtcdStore {
     fn consistent_rv(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             let rev = self.etcd_revision().await?;
-            self.cache().wait_for(rev, self.timeout).await?;
+            self.cache().wait_for(rev, self.timeout, true).await?;
             Ok(rev)
         })
+    }
+    fn wait_for_rv(&self, rv: u64, timeout: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.cache().wait_for(rv, timeout, true).await.is_ok() })
     }
 }

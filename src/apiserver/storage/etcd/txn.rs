@@ -50,7 +50,7 @@ impl EtcdStore {
     async fn seen(&self, rev: u64) -> Result<()> {
         self.shared
             .cache
-            .wait_for(rev, self.timeout)
+            .wait_for(rev, self.timeout, false)
             .await
             .map_err(|e| match e {
                 StorageError::TooLargeResourceVersion { current, .. } => backend(format!(
