@@ -1,7 +1,7 @@
-//! The storage interface the API layer programs against. The embedded redb engine implements
-//! it today; an etcd backend can implement the same contract: a global, monotonic
-//! resourceVersion, compare-and-swap writes, key-prefix lists with continue tokens, and
-//! watches that resume from a resourceVersion or fail with `Gone`.
+//! The storage interface the API layer programs against, implemented by the embedded redb
+//! engine and the etcd backend alike: a global, monotonic resourceVersion, compare-and-swap
+//! writes, key-prefix lists with continue tokens, watches that resume from a resourceVersion
+//! or fail with `Gone`, and consistent reads that reflect every acknowledged write.
 
 use super::{ListPage, Object, Preconditions, Result, WatchStream};
 use futures::future::BoxFuture;

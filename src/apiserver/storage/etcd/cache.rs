@@ -278,9 +278,12 @@ impl Cache {
 /// watch was compacted past.
 async fn follow(cache: Arc<Cache>, client: Client, prefix: String, timeout: Duration, progress_every: Duration) {
     loop {
-        match watch_once(&cache, client.clone(), &prefix, progress_every).await {
+        match watch_once(&cache, client.clone(), &prefix, timeout, progress_every).await {
             Ended::Broken(why) => {
-                tracing::warn!(prefix, "{why}; resuming from revision {}", cache.rv() + 1);
+                // Once per outage, not once per attempt.
+                if cache.error().as_deref() != Some(why.as_str()) {
+                    tracing::warn!(prefix, "{why}; resuming from revision {}", cache.rv() + 1);
+                }
                 cache.set_error(Some(why));
             }
             Ended::Compacted(at) => {
@@ -305,17 +308,25 @@ async fn follow(cache: Arc<Cache>, client: Client, prefix: String, timeout: Dura
 }
 
 /// One etcd watch from the revision after the cache's, applied until it ends.
-async fn watch_once(cache: &Cache, mut client: Client, prefix: &str, progress_every: Duration) -> Ended {
+async fn watch_once(
+    cache: &Cache,
+    mut client: Client,
+    prefix: &str,
+    timeout: Duration,
+    progress_every: Duration,
+) -> Ended {
     let next = cache.rv() + 1;
     let opts = WatchOptions::new()
         .with_prefix()
         .with_prev_key()
         .with_progress_notify()
         .with_start_revision(i64::try_from(next).unwrap_or(i64::MAX));
-    let (mut requests, mut responses) = match client.watch(prefix.as_bytes(), Some(opts)).await {
-        Ok(stream) => stream.split(),
-        Err(e) => return Ended::Broken(format!("cannot watch etcd: {e}")),
-    };
+    let (mut requests, mut responses) =
+        match tokio::time::timeout(timeout, client.watch(prefix.as_bytes(), Some(opts))).await {
+            Ok(Ok(stream)) => stream.split(),
+            Ok(Err(e)) => return Ended::Broken(format!("cannot watch etcd: {e}")),
+            Err(_) => return Ended::Broken(format!("cannot watch etcd: no answer within {timeout:?}")),
+        };
     let mut tick = tokio::time::interval(progress_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();

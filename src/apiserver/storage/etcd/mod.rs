@@ -4,18 +4,21 @@
 //! `mod_revision == 0`, updates and deletes as transactions on the `mod_revision` they read, so
 //! preconditions and optimistic concurrency hold across every server on the same etcd.
 //!
-//! Reads never go to etcd: a watch cache (the objects under the prefix, kept current by one
-//! etcd watch, plus a bounded event history) answers gets, lists, continuations and watches,
-//! with the embedded store's list code ([`super::engine::list_snapshot`]). A write returns once
-//! the cache has seen its revision, so a client reads its own writes.
+//! Reads are served by a watch cache (the objects under the prefix, kept current by one etcd
+//! watch, plus a bounded event history): gets, lists, continuations and watches, with the
+//! embedded store's list code ([`super::engine::list_snapshot`]). A write returns once the
+//! cache has seen its revision, so a client reads its own writes. What goes to etcd:
+//! - a consistent read (`resourceVersion=""`) first confirms etcd's current revision (a
+//!   count-only range of the prefix, a linearizable read), then waits until the cache has
+//!   reached it, as kube-apiserver's consistent list from cache does;
+//! - continuations and `Exact` lists older than the cache's history are read from etcd at
+//!   their revision until etcd compacts it, then answer 410 with a fresh token (see [`past`]).
 //!
-//! A consistent read (`resourceVersion=""`) first confirms etcd's current revision (a
-//! count-only range of the prefix, a linearizable read), then waits until the cache has
-//! reached it, as kube-apiserver's consistent list from cache does. The cache recovers by
-//! itself from a broken or compacted watch (see [`cache`]).
-//!
-//! Continuations older than the cache's history are read from etcd at their revision until
-//! etcd compacts it (see [`past`]).
+//! The cache recovers by itself from a broken watch (it resumes from its revision) and from a
+//! compacted one (it re-lists and ends open watches with 410; see [`cache`]). With several
+//! endpoints the client balances over them; a request that could not be sent to a dead member
+//! goes to another, and a request that failed after it was sent is returned as an error (it
+//! may have been applied), never retried behind the caller's back.
 
 mod cache;
 mod past;
