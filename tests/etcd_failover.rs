@@ -276,6 +276,9 @@ async fn acknowledged_writes_survive_the_loss_of_a_follower_and_the_leader() {
     let leader = cluster.leader().await.unwrap();
     cluster.kill(leader);
     phase("after the leader was killed").await;
+    let elected = cluster.leader().await.unwrap();
+    assert_ne!(elected, leader, "a new leader was elected");
+    eprintln!("killed follower m{follower}, then leader m{leader}; m{elected} was elected");
     cluster.restart(leader).await.unwrap();
     phase("with the old leader back").await;
     stop_tx.send_replace(true);
