@@ -6,7 +6,8 @@
 //! and their expiry, and watches from a version, in order, with no gaps or duplicates.
 
 use eao::apiserver::storage::{
-    EtcdOptions, EtcdStore, EventType, Preconditions, Storage, StorageError, StorageOptions, Store, WatchStream,
+    continue_at, EtcdOptions, EtcdStore, EventType, Preconditions, Storage, StorageError, StorageOptions, Store,
+    WatchStream,
 };
 use eao::testing::etcd::Etcd;
 use serde_json::{json, Value};
@@ -239,6 +240,28 @@ async fn watch_in_order_without_gaps(s: &dyn Store, p: &str) {
     assert_eq!((ev.type_, ev.object.name.as_str()), (EventType::Deleted, "a"));
 }
 
+async fn a_quiet_watch_follows_the_version(s: &dyn Store, p: &str) {
+    let mut quiet = s.watch(&format!("{p}quiet/"), None).unwrap();
+    let mut last = quiet.seen_rv();
+    for i in 0..3 {
+        let o = s.create(&format!("{p}busy/o{i}"), obj("o", "1")).await.unwrap();
+        // Nothing under its prefix: the stream only passes the change, and the version its
+        // bookmarks carry moves to it.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), quiet.next())
+                .await
+                .is_err(),
+            "no event for a change under another prefix"
+        );
+        assert!(quiet.seen_rv() >= o.rv, "{} >= {}", quiet.seen_rv(), o.rv);
+        assert!(quiet.seen_rv() > last, "bookmark versions increase");
+        assert!(quiet.seen_rv() <= s.current_rv());
+        last = quiet.seen_rv();
+    }
+    // A consistent read reflects every acknowledged write.
+    assert!(s.consistent_rv().await.unwrap() >= last);
+}
+
 /// Every case on `s`, each under its own key prefix.
 async fn conformance(backend: &str, s: &dyn Store) {
     eprintln!("{backend}: create_and_already_exists");
@@ -251,6 +274,8 @@ async fn conformance(backend: &str, s: &dyn Store) {
     watch_in_order_without_gaps(s, "/t4/ns/").await;
     eprintln!("{backend}: list_at_a_past_version_and_its_expiry");
     list_at_a_past_version_and_its_expiry(s, "/t5/ns/").await;
+    eprintln!("{backend}: a_quiet_watch_follows_the_version");
+    a_quiet_watch_follows_the_version(s, "/t6/").await;
 }
 
 #[tokio::test]
@@ -341,4 +366,121 @@ async fn two_etcd_stores_share_one_view() {
         1,
         "one create wins: {x:?} {y:?}"
     );
+}
+
+#[tokio::test]
+async fn etcd_consistent_reads_see_writes_made_elsewhere() {
+    let Some(etcd) = Etcd::start_or_skip("etcd_consistent_reads_see_writes_made_elsewhere").await else {
+        return;
+    };
+    let etcd = etcd.unwrap();
+    let prefix = "/registry/consistent";
+    let a = etcd_store(&etcd, prefix).await;
+    let b = etcd_store(&etcd, prefix).await;
+    let mut raw = etcd_client::Client::connect([etcd.url()], None).await.unwrap();
+    let mut quiet = a.watch("/quiet/", None).unwrap();
+    for i in 0..5 {
+        // Written straight to etcd: once acknowledged, a consistent read through `a` has it
+        // (no waiting here but the read's own).
+        let key = format!("/f/ns/raw{i}");
+        let put = raw
+            .put(
+                format!("{prefix}{key}"),
+                serde_json::to_vec(&obj("raw", "1")).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        let rev = put.header().unwrap().revision() as u64;
+        assert!(a.consistent_rv().await.unwrap() >= rev);
+        assert_eq!(
+            a.get(&key).map(|o| o.rv),
+            Some(rev),
+            "a consistent read sees the raw write"
+        );
+        // Written through the other store.
+        let o = b.create(&format!("/f/ns/b{i}"), obj("b", "1")).await.unwrap();
+        assert!(a.consistent_rv().await.unwrap() >= o.rv);
+        assert_eq!(a.get(&format!("/f/ns/b{i}")).map(|g| g.rv), Some(o.rv));
+        let a_dyn: &dyn Store = &a;
+        let page = a_dyn.list("/f/ns/", None, None, |_| true).unwrap();
+        assert_eq!(page.items.len(), 2 * (i + 1));
+        assert!(page.rv >= o.rv);
+        // Outside the store's prefix: only a progress notification brings the cache (and
+        // the bookmarks of its watches) to that revision.
+        let put = raw.put(format!("/elsewhere/x{i}"), "x", None).await.unwrap();
+        let rev = put.header().unwrap().revision() as u64;
+        // A version a client saw elsewhere (NotOlderThan): the store gets there.
+        assert!(b.wait_for_rv(rev, Duration::from_secs(3)).await);
+        assert!(b.current_rv() >= rev);
+        assert!(a.consistent_rv().await.unwrap() >= rev);
+        assert!(a.current_rv() >= rev);
+        assert!(tokio::time::timeout(Duration::from_millis(100), quiet.next())
+            .await
+            .is_err());
+        assert!(
+            quiet.seen_rv() >= rev,
+            "a bookmark would carry {} >= {rev}",
+            quiet.seen_rv()
+        );
+    }
+    // A version etcd has not reached: the wait ends, unanswered (the API's 504).
+    assert!(!a.wait_for_rv(a.current_rv() + 1000, Duration::from_millis(300)).await);
+    assert!(a.unhealthy().is_none());
+}
+
+#[tokio::test]
+async fn etcd_continuations_older_than_the_cache_read_etcd_until_it_compacts() {
+    let Some(etcd) = Etcd::start_or_skip("etcd_continuations_older_than_the_cache_read_etcd_until_it_compacts").await
+    else {
+        return;
+    };
+    let etcd = etcd.unwrap();
+    let s = etcd_store(&etcd, "/registry/past").await;
+    let p = "/f/ns/";
+    for n in ["a", "b", "c", "d", "e"] {
+        s.create(&format!("{p}{n}"), obj(n, "1")).await.unwrap();
+    }
+    let s_dyn: &dyn Store = &s;
+    let page1 = s_dyn.list(p, Some(2), None, |_| true).unwrap();
+    let token = page1.continue_token.clone().expect("a continue token");
+    // More changes than the cache's history keeps.
+    for i in 0..HISTORY + 4 {
+        s.update(&format!("{p}c"), obj("c", &format!("x{i}")), Preconditions::default())
+            .await
+            .unwrap();
+    }
+    s.delete(&format!("{p}d"), Preconditions::default()).await.unwrap();
+    assert!(matches!(
+        s_dyn.list(p, Some(2), Some(&token), |_| true),
+        Err(StorageError::ContinueExpired(_))
+    ));
+    // etcd still has the first page's revision: the list goes on there, as one snapshot.
+    let page2 = s.list_expired(p, Some(2), &token, &|_| true).await.unwrap();
+    assert_eq!(names(&page2.items), ["c", "d"]);
+    assert_eq!(page2.items[0].value()["spec"]["note"], "1");
+    assert_eq!(page2.rv, page1.rv);
+    let page3 = s
+        .list_expired(p, Some(2), page2.continue_token.as_deref().unwrap(), &|_| true)
+        .await
+        .unwrap();
+    assert_eq!(names(&page3.items), ["e"]);
+    assert!(page3.continue_token.is_none());
+    // An `Exact` list at that revision, filtered.
+    let exact = s
+        .list_expired(p, None, &continue_at(p, page1.rv), &|o| o.name != "a")
+        .await
+        .unwrap();
+    assert_eq!(names(&exact.items), ["b", "c", "d", "e"]);
+    // Once etcd compacts it: 410 with a token that goes on after the same key, now.
+    let mut raw = etcd_client::Client::connect([etcd.url()], None).await.unwrap();
+    raw.compact(s.current_rv() as i64, None).await.unwrap();
+    match s.list_expired(p, Some(2), &token, &|_| true).await {
+        Err(StorageError::ContinueExpired(fresh)) => {
+            let rest = s_dyn.list(p, None, Some(&fresh), |_| true).unwrap();
+            assert_eq!(names(&rest.items), ["c", "e"]);
+            assert_eq!(rest.items[0].value()["spec"]["note"], format!("x{}", HISTORY + 3));
+        }
+        other => panic!("expected ContinueExpired, got {other:?}"),
+    }
 }

@@ -4,6 +4,10 @@
 //!   replica), then 504 `ResourceVersionTooLarge`, which client-go retries;
 //! - `Exact` N: the state at N, rebuilt from the event history while N is in it, else 410
 //!   Expired (as etcd answers a compacted revision).
+//!
+//! Unset (and no continue token) is a consistent read, for gets and watches too: it reflects
+//! every write acknowledged before it, made through any server on the same storage (see
+//! [`Store::consistent_rv`]).
 
 use super::Cx;
 use crate::apiserver::apierrors::Status;
@@ -70,18 +74,28 @@ pub async fn check_list(cx: &Cx, store: &dyn Store) -> Result<Option<u64>, Statu
         return Err(Status::bad_request(CONTINUE_WITH_RV));
     }
     let exact = rv_match == "Exact";
+    if rv.is_empty() && cont.is_empty() {
+        consistent_read(store).await?;
+        return Ok(None);
+    }
     if rv.is_empty() || rv == "0" {
         return Ok(None);
     }
     let want = parse_rv(rv).map_err(|e| Status::bad_request(format!("invalid resource version: {e}")))?;
-    let deadline = tokio::time::Instant::now() + WAIT_FOR_RV;
-    while store.current_rv() < want {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(too_large(want, store.current_rv()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !store.wait_for_rv(want, WAIT_FOR_RV).await {
+        return Err(too_large(want, store.current_rv()));
     }
     Ok(exact.then_some(want))
+}
+
+/// Waits until `store` reflects every acknowledged write, as kube-apiserver's consistent
+/// read from its watch cache does; 504 "Too large resource version" (which clients retry)
+/// when the store does not catch up in time.
+pub async fn consistent_read(store: &dyn Store) -> Result<(), Status> {
+    store.consistent_rv().await.map(|_| ()).map_err(|e| match e {
+        StorageError::TooLargeResourceVersion { requested, current } => too_large(requested, current),
+        e => Status::internal(e.to_string()),
+    })
 }
 
 /// A resourceVersion as kube's `APIObjectVersioner` parses it (`""` and `"0"` are 0), or its
@@ -119,7 +133,7 @@ pub fn exact_gone(want: u64, current: u64) -> Status {
     Status::expired(format!("too old resource version: {want} ({current})"))
 }
 
-fn too_large(want: u64, current: u64) -> Status {
+pub fn too_large(want: u64, current: u64) -> Status {
     let mut details = Map::new();
     details.insert(
         "causes".into(),

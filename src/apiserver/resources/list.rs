@@ -4,7 +4,7 @@
 use super::{consistency, json_response, output, value_response, Cx, StorageHandler};
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::body::Body;
-use crate::apiserver::storage::StorageError;
+use crate::apiserver::storage::{self, Object, StorageError};
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -24,18 +24,34 @@ impl StorageHandler {
         }
         .filter(|_| cx.q("resourceVersion") != "0");
         let cont = Some(cx.q("continue")).filter(|c| !c.is_empty());
+        let keep = |o: &Object| sel.matches(o);
+        let prefix = cx.prefix();
+        // A version older than the store's own history is read from its backend while that
+        // still has it (etcd until it compacts); then 410 Expired.
         let page = match exact {
             // As of a past version: etcd reads at that revision until it is compacted.
-            Some(want) => match self.storage.list_at(&cx.prefix(), want, limit, &|o| sel.matches(o)) {
-                Ok(p) => p,
+            Some(want) => match self.storage.list_at(&prefix, want, limit, &keep) {
+                Ok(p) => Ok(p),
                 Err(StorageError::ContinueExpired(_)) => {
-                    return Err(consistency::exact_gone(want, self.storage.current_rv()))
+                    let token = storage::continue_at(&prefix, want);
+                    self.storage.list_expired(&prefix, limit, &token, &keep).await
                 }
-                Err(e) => return Err(cx.storage_err("", e)),
-            },
-            None => match self.storage.list(&cx.prefix(), limit, cont, |o| sel.matches(o)) {
+                Err(e) => Err(e),
+            }
+            .map_err(|e| match e {
+                StorageError::ContinueExpired(_) => consistency::exact_gone(want, self.storage.current_rv()),
+                e => cx.storage_err("", e),
+            })?,
+            None => match self.storage.list(&prefix, limit, cont, keep) {
                 Ok(p) => p,
-                Err(StorageError::ContinueExpired(fresh)) => return Ok(expired_continue(&fresh)),
+                Err(StorageError::ContinueExpired(fresh)) => match cont {
+                    Some(token) => match self.storage.list_expired(&prefix, limit, token, &keep).await {
+                        Ok(p) => p,
+                        Err(StorageError::ContinueExpired(fresh)) => return Ok(expired_continue(&fresh)),
+                        Err(e) => return Err(cx.storage_err("", e)),
+                    },
+                    None => return Ok(expired_continue(&fresh)),
+                },
                 Err(e) => return Err(cx.storage_err("", e)),
             },
         };

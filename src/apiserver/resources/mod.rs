@@ -109,6 +109,24 @@ impl ResourceHandler for StorageHandler {
     }
 }
 
+impl StorageHandler {
+    /// A get, or a watch that begins with the current state, without a resourceVersion reads
+    /// consistently (kube-apiserver reads such a get from etcd, and waits for its watch cache
+    /// to be fresh before such a watch's initial events).
+    async fn consistent(&self, cx: &Cx) -> Result<(), Status> {
+        let initial_events = cx.verb == "get"
+            || cx
+                .query
+                .get("sendInitialEvents")
+                .map(|v| crate::apiserver::request::go_query_bool(v))
+                != Some(false);
+        if cx.q("resourceVersion").is_empty() && initial_events {
+            consistency::consistent_read(self.storage.as_ref()).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Bodies above this size are processed off the async worker threads.
 const LARGE_BODY: usize = 64 * 1024;
 
@@ -124,9 +142,15 @@ impl StorageHandler {
                 return output::encode(encoding, s.into_response()).await;
             }
             let r = match req.info.verb.as_str() {
-                "get" => self.get(&cx),
+                "get" => match self.consistent(&cx).await {
+                    Ok(()) => self.get(&cx),
+                    Err(s) => Err(s),
+                },
                 "list" => self.list(&cx).await,
-                "watch" => Ok(watch::serve(self.storage.as_ref(), &cx, req.shutdown.clone())),
+                "watch" => match self.consistent(&cx).await {
+                    Ok(()) => Ok(watch::serve(self.storage.as_ref(), &cx, req.shutdown.clone())),
+                    Err(s) => Err(s),
+                },
                 "create" => self.create(&cx, &req.body).await,
                 "update" => self.update(&cx, &req.body).await,
                 "patch" => self.patch(&cx, &req).await,
@@ -379,6 +403,9 @@ impl Cx {
 
     /// Maps a storage error on object `name`.
     fn storage_err(&self, name: &str, e: StorageError) -> Status {
+        if let StorageError::TooLargeResourceVersion { requested, current } = e {
+            return consistency::too_large(requested, current);
+        }
         match e {
             StorageError::AlreadyExists => Status::already_exists(&self.group, &self.res.plural, name),
             StorageError::NotFound => self.not_found(name),

@@ -265,9 +265,16 @@ pub fn serve(storage: &dyn Store, cx: &Cx, shutdown: watch::Receiver<bool>) -> R
             };
             let out = match ev {
                 None => return,
-                Some(Err(_)) => {
-                    // Fell behind the broadcast buffer: the client must re-list.
-                    let s = Status::expired("too old resource version: watcher fell behind");
+                Some(Err(e)) => {
+                    // Fell behind the broadcast buffer, or the storage's history restarted
+                    // (its watch cache re-listed): the client must re-list.
+                    let why = match e {
+                        StorageError::Gone { requested, oldest } if oldest > 0 => {
+                            format!("too old resource version: {requested} ({oldest})")
+                        }
+                        _ => "too old resource version: watcher fell behind".to_string(),
+                    };
+                    let s = Status::expired(why);
                     let _ = tx.send(error_line(&s)).await;
                     return;
                 }

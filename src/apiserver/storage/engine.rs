@@ -72,10 +72,10 @@ fn backend<E: std::fmt::Display>(e: E) -> StorageError {
 /// kube-apiserver's continue token: the version the first page read, and the key to resume
 /// at. `rv` is -1 in the token an expired one is traded for: "continue at the latest version".
 #[derive(serde::Serialize, serde::Deserialize)]
-struct ContinueToken {
+pub(super) struct ContinueToken {
     v: String,
-    rv: i64,
-    start: String,
+    pub(super) rv: i64,
+    pub(super) start: String,
 }
 
 pub(super) fn encode_continue(rv: i64, start: &str) -> String {
@@ -87,7 +87,7 @@ pub(super) fn encode_continue(rv: i64, start: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&t).unwrap_or_default())
 }
 
-fn decode_continue(token: &str) -> Result<ContinueToken> {
+pub(super) fn decode_continue(token: &str) -> Result<ContinueToken> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.trim_end_matches('='))
         .map_err(|e| StorageError::BadContinue(e.to_string()))?;

@@ -24,6 +24,12 @@ use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
 
+/// The continue token of a list of `prefix` at version `at` from its first key: what an
+/// `Exact` list whose version left the store's history hands to [`Store::list_expired`].
+pub fn continue_at(prefix: &str, at: u64) -> String {
+    engine::encode_continue(i64::try_from(at).unwrap_or(i64::MAX).max(1), prefix)
+}
+
 /// A stored object, serialized once when written so that every reader and watcher shares the
 /// bytes. Only the JSON and the metadata that lists and watches filter on stay in memory; the
 /// full value is parsed when needed, which keeps 10,000 objects of 1 KiB near 15 MiB.
@@ -147,6 +153,15 @@ pub enum StorageError {
         requested: u64,
         /// The oldest resourceVersion still available.
         oldest: u64,
+    },
+    /// The store has not reached a version it was asked for, or one its backend confirmed,
+    /// in time (kube-apiserver's 504 "Too large resource version", which clients retry).
+    #[error("too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion {
+        /// The version waited for.
+        requested: u64,
+        /// The version reached.
+        current: u64,
     },
     /// A continue token older than the history; the token to go on at the latest version.
     #[error("continue token expired")]

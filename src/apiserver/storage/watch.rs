@@ -1,6 +1,12 @@
 //! Fan-out of changes to watchers, with a bounded history for resuming from a resourceVersion.
 //! History and broadcast are updated under one lock, so a watcher that replays history and
 //! then subscribes sees every event exactly once.
+//!
+//! Besides events, the broadcast carries two markers the etcd backend's watch cache needs:
+//! progress (etcd confirmed every change up to a revision was delivered, so bookmarks may carry
+//! it although no event under any prefix had it) and reset (the cache was rebuilt from a fresh
+//! list after its etcd watch was compacted past: every open watch ends with 410 Gone, so its
+//! client re-lists, as kube-apiserver's cacher ends its watchers when it re-lists).
 
 use super::{EventType, Object, Result, StorageError};
 use std::collections::{BTreeMap, VecDeque};
@@ -32,19 +38,34 @@ struct State {
     history: VecDeque<Arc<WatchEvent>>,
     /// Every event with rv > `compacted` is in `history`.
     compacted: u64,
+    /// The newest version published, by an event or a progress marker: every change up to it
+    /// is in `history` (or older than `compacted`).
+    top: u64,
+}
+
+/// What the broadcast carries.
+#[derive(Clone, Debug)]
+enum Msg {
+    Event(Arc<WatchEvent>),
+    /// Every change up to this version has been published.
+    Progress(u64),
+    /// The history was dropped and restarts at this version: open watches end with Gone.
+    Reset(u64),
 }
 
 /// The hub.
 pub(super) struct Hub {
     state: Mutex<State>,
-    tx: broadcast::Sender<Arc<WatchEvent>>,
+    tx: broadcast::Sender<Msg>,
     capacity: usize,
 }
 
 /// Events for one watcher: first the replayed history, then live ones.
 pub struct WatchStream {
     replay: VecDeque<Arc<WatchEvent>>,
-    rx: broadcast::Receiver<Arc<WatchEvent>>,
+    rx: broadcast::Receiver<Msg>,
+    /// Set once the stream answered Gone: it has nothing more to say.
+    ended: bool,
     prefix: String,
     /// The start version: a live event at or below it is already in the watcher's state (a
     /// list answered at that version may include writes not yet published to the hub).
@@ -69,19 +90,34 @@ impl WatchStream {
     /// buffer overflowed) and must re-list, as a kube-apiserver watcher would.
     pub async fn next(&mut self) -> Option<Result<Arc<WatchEvent>>> {
         loop {
+            if self.ended {
+                return None;
+            }
             if self.replay.is_empty() {
                 self.seen_rv = self.seen_rv.max(self.replay_top);
             }
             let ev = match self.replay.pop_front() {
                 Some(ev) => ev,
                 None => match self.rx.recv().await {
-                    Ok(ev) => ev,
+                    Ok(Msg::Event(ev)) => ev,
+                    Ok(Msg::Progress(rv)) => {
+                        self.seen_rv = self.seen_rv.max(rv);
+                        continue;
+                    }
+                    Ok(Msg::Reset(oldest)) => {
+                        self.ended = true;
+                        return Some(Err(StorageError::Gone {
+                            requested: self.seen_rv,
+                            oldest,
+                        }));
+                    }
                     Err(broadcast::error::RecvError::Closed) => return None,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.ended = true;
                         return Some(Err(StorageError::Gone {
                             requested: 0,
                             oldest: 0,
-                        }))
+                        }));
                     }
                 },
             };
@@ -103,6 +139,7 @@ impl Hub {
             state: Mutex::new(State {
                 history: VecDeque::with_capacity(capacity),
                 compacted: current_rv,
+                top: current_rv,
             }),
             tx,
             capacity,
@@ -118,10 +155,30 @@ impl Hub {
                     st.compacted = old.rv();
                 }
             }
+            st.top = st.top.max(ev.rv());
             st.history.push_back(ev.clone());
             // No receivers is fine.
-            let _ = self.tx.send(ev);
+            let _ = self.tx.send(Msg::Event(ev));
         }
+    }
+
+    /// Records that every change up to `rv` has been published (an etcd progress
+    /// notification), so watchers' bookmarks may carry it.
+    pub(super) fn progress(&self, rv: u64) {
+        let Ok(mut st) = self.state.lock() else { return };
+        if rv > st.top {
+            st.top = rv;
+            let _ = self.tx.send(Msg::Progress(rv));
+        }
+    }
+
+    /// Drops the history: it restarts at `rv`, and every open watch ends with Gone.
+    pub(super) fn reset(&self, rv: u64) {
+        let Ok(mut st) = self.state.lock() else { return };
+        st.history.clear();
+        st.compacted = rv;
+        st.top = rv;
+        let _ = self.tx.send(Msg::Reset(rv));
     }
 
     /// The oldest resourceVersion a watch can start from.
@@ -166,10 +223,11 @@ impl Hub {
             .cloned()
             .collect();
         let rx = self.tx.subscribe();
-        let replay_top = st.history.back().map_or(from_rv, |e| e.rv()).max(from_rv);
+        let replay_top = st.top.max(from_rv);
         Ok(WatchStream {
             replay,
             rx,
+            ended: false,
             prefix: prefix.to_string(),
             from_rv,
             replay_top,
@@ -230,5 +288,44 @@ mod tests {
         let mut fresh = hub.watch("/quiet/", 25).expect("watch");
         let _ = tokio::time::timeout(std::time::Duration::from_millis(100), fresh.next()).await;
         assert_eq!(fresh.seen_rv(), 30);
+    }
+
+    #[tokio::test]
+    async fn progress_moves_a_watchers_version_after_the_events_before_it() {
+        let hub = Hub::new(8, 0);
+        let mut s = hub.watch("/a/", 0).expect("watch");
+        hub.publish(vec![ev("/a/1", 1)]);
+        hub.progress(5);
+        // A progress at or below what was published says nothing new.
+        hub.progress(3);
+        assert_eq!(next_rv(&mut s).await, 1);
+        assert_eq!(s.seen_rv(), 1, "the progress comes after the event before it");
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), s.next()).await;
+        assert_eq!(s.seen_rv(), 5);
+        hub.publish(vec![ev("/a/6", 6)]);
+        assert_eq!(next_rv(&mut s).await, 6);
+        // A watch that starts after the progress has seen up to it once its replay is done.
+        hub.progress(9);
+        let mut late = hub.watch("/a/", 6).expect("watch");
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), late.next()).await;
+        assert_eq!(late.seen_rv(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_open_watches_with_gone_and_restarts_the_history() {
+        let hub = Hub::new(8, 0);
+        hub.publish(vec![ev("/a/1", 1), ev("/a/2", 2)]);
+        let mut s = hub.watch("/a/", 2).expect("watch");
+        hub.reset(10);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(1), s.next()).await;
+        match got {
+            Ok(Some(Err(StorageError::Gone { requested, oldest }))) => assert_eq!((requested, oldest), (2, 10)),
+            other => panic!("expected Gone, got {other:?}"),
+        }
+        assert!(s.next().await.is_none(), "an ended watch stays ended");
+        assert!(matches!(hub.watch("/a/", 2), Err(StorageError::Gone { .. })));
+        let mut after = hub.watch("/a/", 10).expect("a watch from the new version");
+        hub.publish(vec![ev("/a/3", 11)]);
+        assert_eq!(next_rv(&mut after).await, 11);
     }
 }

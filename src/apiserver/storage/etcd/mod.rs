@@ -4,16 +4,24 @@
 //! `mod_revision == 0`, updates and deletes as transactions on the `mod_revision` they read, so
 //! preconditions and optimistic concurrency hold across every server on the same etcd.
 //!
-//! Reads never go to etcd: a watch cache (the objects under the prefix, kept current by one
-//! etcd watch, plus a bounded event history) answers gets, lists, continuations and watches,
-//! with the embedded store's list code ([`super::engine::list_snapshot`]). A write returns once
-//! the cache has seen its revision, so a client reads its own writes.
+//! Reads are served by a watch cache (the objects under the prefix, kept current by one etcd
+//! watch, plus a bounded event history): gets, lists, continuations and watches, with the
+//! embedded store's list code ([`super::engine::list_snapshot`]). A write returns once the
+//! cache has seen its revision, so a client reads its own writes. What goes to etcd:
+//! - a consistent read (`resourceVersion=""`) first confirms etcd's current revision (a
+//!   count-only range of the prefix, a linearizable read), then waits until the cache has
+//!   reached it, as kube-apiserver's consistent list from cache does;
+//! - continuations and `Exact` lists older than the cache's history are read from etcd at
+//!   their revision until etcd compacts it, then answer 410 with a fresh token (see [`past`]).
 //!
-//! Not yet: TLS to etcd, consistent reads that confirm the revision with etcd first, lists
-//! older than the cache's history served from etcd, and recovery from a compacted watch (the
-//! store then reports itself unhealthy).
+//! The cache recovers by itself from a broken watch (it resumes from its revision) and from a
+//! compacted one (it re-lists and ends open watches with 410; see [`cache`]). With several
+//! endpoints the client balances over them; a request that could not be sent to a dead member
+//! goes to another, and a request that failed after it was sent is returned as an error (it
+//! may have been applied), never retried behind the caller's back.
 
 mod cache;
+mod past;
 mod txn;
 
 use super::{ListPage, Object, Preconditions, Result, StorageError, Store, WatchStream};
@@ -34,6 +42,9 @@ pub struct EtcdOptions {
     pub history: usize,
     /// Longest wait for one etcd request, and for the cache to see a write.
     pub request_timeout: Duration,
+    /// How often the cache asks etcd for a progress notification while nothing under the
+    /// prefix changes, so its revision (and watchers' bookmarks) follow etcd's.
+    pub progress_every: Duration,
 }
 
 impl EtcdOptions {
@@ -44,6 +55,7 @@ impl EtcdOptions {
             prefix: prefix.into(),
             history: 10_000,
             request_timeout: Duration::from_secs(10),
+            progress_every: Duration::from_secs(5),
         }
     }
 }
@@ -79,7 +91,10 @@ impl EtcdStore {
         let connect = etcd_client::ConnectOptions::new()
             .with_connect_timeout(opts.request_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from its cluster refuses requests and ends watches instead of
+            // answering from a stale state; the client then goes to another member.
+            .with_require_leader(true);
         let client = tokio::time::timeout(
             opts.request_timeout,
             etcd_client::Client::connect(&opts.endpoints, Some(connect)),
@@ -87,8 +102,14 @@ impl EtcdStore {
         .await
         .map_err(|_| backend("connect timed out"))?
         .map_err(backend)?;
-        let (cache, follower) =
-            Cache::start(client.clone(), opts.prefix.clone(), opts.history, opts.request_timeout).await?;
+        let (cache, follower) = Cache::start(
+            client.clone(),
+            opts.prefix.clone(),
+            opts.history,
+            opts.request_timeout,
+            opts.progress_every,
+        )
+        .await?;
         Ok(EtcdStore {
             shared: Arc::new(Shared { cache, follower }),
             kv: client.kv_client(),
@@ -105,7 +126,37 @@ impl EtcdStore {
     pub fn oldest_rv(&self) -> u64 {
         self.cache().hub.oldest()
     }
+
+    /// Times the cache was rebuilt from a fresh list after its etcd watch was compacted past.
+    pub fn relists(&self) -> u64 {
+        self.cache().relists()
+    }
+
+    /// etcd's current revision, read with a count-only range of the prefix (linearizable: the
+    /// member confirms it with the leader). Retried within the request timeout, since it
+    /// changes nothing.
+    async fn etcd_revision(&self) -> Result<u64> {
+        let end = cache::prefix_end(self.prefix.as_bytes());
+        let opts = etcd_client::GetOptions::new().with_range(end).with_count_only();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let mut kv = self.kv.clone();
+            let attempt = tokio::time::timeout_at(deadline, kv.get(self.prefix.as_bytes(), Some(opts.clone()))).await;
+            let why = match attempt {
+                Ok(Ok(resp)) => return Ok(resp.header().map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0))),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("request timed out after {:?}", self.timeout),
+            };
+            if tokio::time::Instant::now() + RETRY_READ >= deadline {
+                return Err(backend(format!("reading the current revision: {why}")));
+            }
+            tokio::time::sleep(RETRY_READ).await;
+        }
+    }
 }
+
+/// Pause between attempts of a read that failed.
+const RETRY_READ: Duration = Duration::from_millis(100);
 
 impl Store for EtcdStore {
     fn current_rv(&self) -> u64 {
@@ -127,6 +178,15 @@ impl Store for EtcdStore {
         let token = super::engine::encode_continue(i64::try_from(at).unwrap_or(i64::MAX).max(1), prefix);
         self.cache().list(prefix, limit, Some(&token), keep)
     }
+    fn list_expired<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: Option<usize>,
+        continue_token: &'a str,
+        keep: &'a (dyn Fn(&Object) -> bool + Sync),
+    ) -> BoxFuture<'a, Result<ListPage>> {
+        Box::pin(self.list_past(prefix, limit, continue_token, keep))
+    }
     fn watch(&self, prefix: &str, from_rv: Option<u64>) -> Result<WatchStream> {
         let from = from_rv.unwrap_or_else(|| self.cache().rv());
         self.cache().hub.watch(prefix, from)
@@ -142,5 +202,15 @@ impl Store for EtcdStore {
     }
     fn unhealthy(&self) -> Option<String> {
         self.cache().error()
+    }
+    fn consistent_rv(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let rev = self.etcd_revision().await?;
+            self.cache().wait_for(rev, self.timeout, true).await?;
+            Ok(rev)
+        })
+    }
+    fn wait_for_rv(&self, rv: u64, timeout: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.cache().wait_for(rv, timeout, true).await.is_ok() })
     }
 }

@@ -25,12 +25,40 @@ impl EtcdStore {
         format!("{}{key}", self.prefix)
     }
 
+    /// Runs `txn`, within the request timeout. A request the client could not even send (the
+    /// member it picked refused the connection: it is down, and the client's balancer has not
+    /// noticed yet) is sent again, to another member; any other failure is returned, since
+    /// the transaction may have been applied.
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
-        let mut kv = self.kv.clone();
-        tokio::time::timeout(self.timeout, kv.txn(txn))
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let mut kv = self.kv.clone();
+            match tokio::time::timeout_at(deadline, kv.txn(txn.clone())).await {
+                Err(_) => return Err(backend(format!("request timed out after {:?}", self.timeout))),
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) if never_sent(&e) && tokio::time::Instant::now() + RESEND < deadline => {
+                    tokio::time::sleep(RESEND).await;
+                }
+                Ok(Err(e)) => return Err(backend(e)),
+            }
+        }
+    }
+
+    /// Waits until the cache has seen the write committed at `rev`, so the writer reads it.
+    /// A timeout is an error although the write was committed: the caller cannot tell, as
+    /// with any write whose answer was lost.
+    async fn seen(&self, rev: u64) -> Result<()> {
+        self.shared
+            .cache
+            .wait_for(rev, self.timeout, false)
             .await
-            .map_err(|_| backend(format!("request timed out after {:?}", self.timeout)))?
-            .map_err(backend)
+            .map_err(|e| match e {
+                StorageError::TooLargeResourceVersion { current, .. } => backend(format!(
+                    "revision {rev} was committed, but the watch cache has reached only {current} within {:?}",
+                    self.timeout
+                )),
+                e => e,
+            })
     }
 
     /// The object as etcd has it now.
@@ -51,7 +79,7 @@ impl EtcdStore {
             return Err(StorageError::AlreadyExists);
         }
         let rev = revision(&resp);
-        self.shared.cache.wait_for(rev, self.timeout).await?;
+        self.seen(rev).await?;
         Ok(Object::new(value, rev))
     }
 
@@ -87,7 +115,7 @@ impl EtcdStore {
             let resp = self.txn(txn).await?;
             if resp.succeeded() {
                 let rev = revision(&resp);
-                self.shared.cache.wait_for(rev, self.timeout).await?;
+                self.seen(rev).await?;
                 return Ok(match value {
                     Some(v) => Object::new(v, rev),
                     None => Object::new(cur.value(), rev),
@@ -101,6 +129,26 @@ impl EtcdStore {
             "gave up on {key} after {MAX_ATTEMPTS} attempts lost to concurrent writers"
         )))
     }
+}
+
+/// Pause before sending a request that could not be sent again.
+const RESEND: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether the request failed before reaching etcd: the connection to the member was refused.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn revision(resp: &etcd_client::TxnResponse) -> u64 {
