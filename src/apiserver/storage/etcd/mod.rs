@@ -9,12 +9,18 @@
 //! with the embedded store's list code ([`super::engine::list_snapshot`]). A write returns once
 //! the cache has seen its revision, so a client reads its own writes.
 //!
-//! Not yet: TLS to etcd, consistent reads that confirm the revision with etcd first, lists
+//! Not yet: consistent reads that confirm the revision with etcd first, lists
 //! older than the cache's history served from etcd, and recovery from a compacted watch (the
 //! store then reports itself unhealthy).
 
 mod cache;
+mod errors;
+mod probe;
+mod tls;
 mod txn;
+
+pub use probe::Probe;
+pub use tls::EtcdTls;
 
 use super::{ListPage, Object, Preconditions, Result, StorageError, Store, WatchStream};
 use cache::Cache;
@@ -34,6 +40,8 @@ pub struct EtcdOptions {
     pub history: usize,
     /// Longest wait for one etcd request, and for the cache to see a write.
     pub request_timeout: Duration,
+    /// TLS for `https://` endpoints; `None` for plain `http://`.
+    pub tls: Option<EtcdTls>,
 }
 
 impl EtcdOptions {
@@ -44,7 +52,27 @@ impl EtcdOptions {
             prefix: prefix.into(),
             history: 10_000,
             request_timeout: Duration::from_secs(10),
+            tls: None,
         }
+    }
+
+    /// A client of these endpoints. The connection itself is lazy: an unreachable etcd or a
+    /// refused certificate shows in the first request.
+    pub async fn client(&self) -> Result<etcd_client::Client> {
+        let mut connect = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(self.request_timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            connect = connect.with_tls(tls.options());
+        }
+        tokio::time::timeout(
+            self.request_timeout,
+            etcd_client::Client::connect(&self.endpoints, Some(connect)),
+        )
+        .await
+        .map_err(|_| backend("connect timed out"))?
+        .map_err(backend)
     }
 }
 
@@ -76,17 +104,7 @@ pub(super) fn backend<E: std::fmt::Display>(e: E) -> StorageError {
 impl EtcdStore {
     /// Connects, loads the objects under the prefix into the cache and starts following them.
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore> {
-        let connect = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(opts.request_timeout)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
-        let client = tokio::time::timeout(
-            opts.request_timeout,
-            etcd_client::Client::connect(&opts.endpoints, Some(connect)),
-        )
-        .await
-        .map_err(|_| backend("connect timed out"))?
-        .map_err(backend)?;
+        let client = opts.client().await?;
         let (cache, follower) =
             Cache::start(client.clone(), opts.prefix.clone(), opts.history, opts.request_timeout).await?;
         Ok(EtcdStore {

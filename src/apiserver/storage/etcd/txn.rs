@@ -4,7 +4,7 @@
 use super::super::engine::check;
 use super::super::{Object, Preconditions, Result, StorageError};
 use super::cache::decode;
-use super::{backend, EtcdStore};
+use super::{backend, errors, EtcdStore};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use serde_json::Value;
 use std::sync::Arc;
@@ -29,8 +29,8 @@ impl EtcdStore {
         let mut kv = self.kv.clone();
         tokio::time::timeout(self.timeout, kv.txn(txn))
             .await
-            .map_err(|_| backend(format!("request timed out after {:?}", self.timeout)))?
-            .map_err(backend)
+            .map_err(|_| errors::timed_out(self.timeout))?
+            .map_err(errors::request_error)
     }
 
     /// The object as etcd has it now.
