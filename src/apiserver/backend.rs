@@ -66,10 +66,16 @@ async fn connect_with_retry(opts: &EtcdOptions) -> Result<EtcdStore, ServeError>
                 pause = (pause * 2).min(BACKOFF.1);
             }
             Err(e) => {
+                // With TLS 1.3 a refused client certificate shows only as a closed connection.
+                let hint = if opts.tls.is_some() {
+                    " (if etcd is up: does --etcd-cafile hold the CA of etcd's certificate, and does etcd accept --etcd-certfile?)"
+                } else {
+                    ""
+                };
                 return Err(ServeError::Etcd(format!(
-                    "no answer from {} within {STARTUP_TIMEOUT:?}: {e}",
+                    "no answer from {} within {STARTUP_TIMEOUT:?}: {e}{hint}",
                     opts.endpoints.join(",")
-                )))
+                )));
             }
         }
     }
