@@ -48,7 +48,10 @@ async fn etcd_over_tls_with_client_certificates() {
         identity: None,
     };
     let why = message(EtcdStore::connect(options(&etcd, Some(no_cert))).await);
-    assert!(why.contains("CertificateRequired"), "names the missing certificate: {why}");
+    assert!(
+        why.contains("CertificateRequired"),
+        "names the missing certificate: {why}"
+    );
 
     // A client certificate of another CA: refused too.
     let other_ca = certs::ca("not-etcds-ca").expect("ca");
@@ -64,7 +67,10 @@ async fn etcd_over_tls_with_client_certificates() {
     // Not trusting etcd's CA: the client refuses etcd's certificate.
     let wrong_trust = EtcdTls {
         ca_pem: other_ca.cert_pem.clone().into_bytes(),
-        identity: Some((files.client.cert_pem.clone().into_bytes(), files.client.key_pem.clone().into_bytes())),
+        identity: Some((
+            files.client.cert_pem.clone().into_bytes(),
+            files.client.key_pem.clone().into_bytes(),
+        )),
     };
     let why = message(EtcdStore::connect(options(&etcd, Some(wrong_trust))).await);
     assert!(why.contains("UnknownIssuer"), "names the untrusted certificate: {why}");

@@ -133,10 +133,18 @@ pub struct EtcdServerTls {
 
 /// [`etcd_command`] on given (client, peer) ports, over https with client-certificate
 /// authentication when `tls` is given (peers stay on http: there is one member).
-pub fn etcd_command_at(binary: &Path, data_dir: &Path, ports: (u16, u16), tls: Option<&EtcdServerTls>) -> (Command, String) {
+pub fn etcd_command_at(
+    binary: &Path,
+    data_dir: &Path,
+    ports: (u16, u16),
+    tls: Option<&EtcdServerTls>,
+) -> (Command, String) {
     let lo = Ipv4Addr::LOCALHOST;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let (client_url, peer_url) = (format!("{scheme}://{lo}:{}", ports.0), format!("http://{lo}:{}", ports.1));
+    let (client_url, peer_url) = (
+        format!("{scheme}://{lo}:{}", ports.0),
+        format!("http://{lo}:{}", ports.1),
+    );
     let mut etcd = Command::new(binary);
     etcd.arg("--data-dir")
         .arg(data_dir)

@@ -154,6 +154,27 @@ impl Etcd {
         }
     }
 
+    /// Freezes it (SIGSTOP): connections stay open but nothing answers, as with a hung etcd
+    /// or a network partition. [`Etcd::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Resumes it after [`Etcd::freeze`] (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let Some(pid) = self.process.as_ref().and_then(|p| libc::pid_t::try_from(p.id()).ok()) else {
+            return;
+        };
+        // SAFETY: kill(2) takes no pointers; the pid is our own child, not yet reaped.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
     /// Starts it (again) on the same data directory and ports and waits until it answers.
     pub async fn restart(&mut self) -> Result<(), Error> {
         self.stop();

@@ -4,7 +4,7 @@
 //! report `/readyz` while etcd is away, and the store catches up by itself when it is back.
 
 use super::{errors, EtcdOptions};
-use crate::apiserver::storage::Result;
+use crate::apiserver::storage::{Result, StorageError};
 use etcd_client::GetOptions;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,11 +55,15 @@ impl Probe {
 async fn check(kv: &mut etcd_client::KvClient, key: &[u8], timeout: Duration, state: &Mutex<Option<String>>) {
     // One key, keys only: cheap for etcd, yet it needs a quorum (a linearizable read).
     let read = kv.get(key, Some(GetOptions::new().with_keys_only().with_limit(1)));
-    let now = match tokio::time::timeout(timeout, read).await {
+    let failure = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(errors::request_error(e).to_string()),
-        Err(_) => Some(errors::timed_out(timeout).to_string()),
+        Ok(Err(e)) => Some(errors::request_error(e)),
+        Err(_) => Some(errors::timed_out(timeout)),
     };
+    let now = failure.map(|e| match e {
+        StorageError::Unavailable(why) | StorageError::Timeout(why) | StorageError::Backend(why) => why,
+        e => e.to_string(),
+    });
     let Ok(mut slot) = state.lock() else { return };
     match (&*slot, &now) {
         (None, Some(why)) => {
