@@ -24,8 +24,8 @@ struct Server {
     _child: tokio::process::Child,
 }
 
-/// Starts `extension-apiserver --standalone` on `etcd` (with its TLS files when it has them).
-async fn start(etcd: &Etcd, dir: &Path) -> Server {
+/// The server's flags for `etcd` (with its TLS files when it has them).
+fn flags(etcd: &Etcd) -> Vec<String> {
     // A short request timeout: the frozen-etcd test waits for it.
     let mut flags = vec![
         "--etcd-servers".to_string(),
@@ -42,7 +42,16 @@ async fn start(etcd: &Etcd, dir: &Path) -> Server {
             flags.push(file.display().to_string());
         }
     }
-    let s = tk::start_standalone_with(Path::new(env!("CARGO_BIN_EXE_extension-apiserver")), dir, &flags)
+    flags
+}
+
+/// Starts `extension-apiserver --standalone` on `etcd`.
+async fn start(etcd: &Etcd, dir: &Path) -> Server {
+    start_with(&flags(etcd), dir).await
+}
+
+async fn start_with(flags: &[String], dir: &Path) -> Server {
+    let s = tk::start_standalone_with(Path::new(env!("CARGO_BIN_EXE_extension-apiserver")), dir, flags)
         .await
         .expect("server starts");
     Server {
@@ -335,4 +344,27 @@ async fn frozen_etcd_times_out_instead_of_hanging() {
     readyz_until(&s, "etcd thawed", |c, _| c == StatusCode::OK).await;
     let (code, after) = s.call("POST", &path(""), Some(&flunder("after", 3, None))).await;
     assert_eq!(code, StatusCode::CREATED, "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_waits_for_etcd_at_start() {
+    let Some(etcd) = Etcd::start_or_skip("server_waits_for_etcd_at_start").await else {
+        return;
+    };
+    let mut etcd = etcd.expect("etcd starts");
+    etcd.stop();
+    let dir = tempdir();
+    // The server retries while etcd is away (it may be starting beside it), and serves once
+    // etcd answers.
+    let flags = flags(&etcd);
+    let server_dir = dir.path().to_path_buf();
+    let server = tokio::spawn(async move { start_with(&flags, &server_dir).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!server.is_finished(), "the server must wait for etcd, not exit");
+    etcd.restart().await.expect("etcd restarts");
+    let s = server.await.expect("server task");
+    let (code, created) = s.call("POST", &path(""), Some(&flunder("first", 1, None))).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    assert!(log.contains("etcd not reachable yet"), "the wait is logged:\n{log}");
 }

@@ -25,9 +25,9 @@ pub struct Backend {
     pub etcd: Option<Arc<EtcdProbe>>,
 }
 
-/// Opens the storage the flags ask for; `group` is the served API group (the default etcd prefix).
-pub async fn open(args: &Args, group: &str) -> Result<Backend, ServeError> {
-    let Some(opts) = etcd_options(args, group)? else {
+/// Opens the storage: etcd with `etcd` (from [`etcd_options`]), else the embedded store.
+pub async fn open(args: &Args, etcd: Option<EtcdOptions>) -> Result<Backend, ServeError> {
+    let Some(opts) = etcd else {
         let data_dir = args.data_dir();
         let storage = Storage::open(&data_dir, Default::default())
             .map_err(|e| ServeError::Storage(data_dir.display().to_string(), e))?;
@@ -81,8 +81,9 @@ async fn connect_with_retry(opts: &EtcdOptions) -> Result<EtcdStore, ServeError>
     }
 }
 
-/// The etcd options the flags ask for, `None` without --etcd-servers. Every file is read and
-/// parsed here, so a wrong path or PEM fails the start instead of the first request.
+/// The etcd options the flags ask for, `None` without --etcd-servers; `group` is the served
+/// API group (the default prefix). Every file is read and parsed here, so a wrong flag, path
+/// or PEM fails the start at once instead of the first request.
 pub fn etcd_options(args: &Args, group: &str) -> Result<Option<EtcdOptions>, ServeError> {
     let usage = |m: String| Err(ServeError::Usage(m));
     let endpoints: Vec<String> = args

@@ -224,6 +224,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     // kube and rustls may both look for a process-wide provider; ours is aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cfg = load_server_config(&args)?;
+    let etcd = backend::etcd_options(&args, &cfg.group)?;
 
     let (cert, key, generated_ca) = match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(c), Some(k)) => (c.clone(), k.clone(), None),
@@ -287,7 +288,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     };
 
     // Opened before binding: a server that cannot keep data must not become ready.
-    let storage = backend::open(&args, &cfg.group).await?;
+    let storage = backend::open(&args, etcd).await?;
     let resources = resources::StorageHandler::on_etcd(
         storage.store,
         cfg.group.clone(),
