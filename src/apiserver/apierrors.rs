@@ -292,6 +292,19 @@ impl Status {
         }
     }
 
+    /// 504 Timeout, retryable after `retry_after_seconds` (`apierrors.NewTimeoutError`): the
+    /// storage did not answer in time.
+    pub fn timeout(message: impl Into<String>, retry_after_seconds: u32) -> Self {
+        let mut details = serde_json::Map::new();
+        details.insert("retryAfterSeconds".into(), retry_after_seconds.into());
+        Status {
+            code: StatusCode::GATEWAY_TIMEOUT,
+            reason: "Timeout",
+            message: message.into(),
+            details: Some(details),
+        }
+    }
+
     /// 500 with a message.
     pub fn internal(message: impl Into<String>) -> Self {
         Status {

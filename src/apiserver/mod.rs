@@ -7,6 +7,7 @@ pub mod admission;
 pub mod apierrors;
 pub mod authn;
 pub mod authz;
+pub mod backend;
 pub mod body;
 pub mod cache;
 pub mod concurrency;
@@ -79,6 +80,9 @@ pub enum ServeError {
     /// The embedded store.
     #[error("storage in {0}: {1}")]
     Storage(String, crate::apiserver::storage::StorageError),
+    /// The etcd store.
+    #[error("etcd: {0}")]
+    Etcd(String),
     /// Binding the port.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
@@ -220,6 +224,7 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     // kube and rustls may both look for a process-wide provider; ours is aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cfg = load_server_config(&args)?;
+    let etcd = backend::etcd_options(&args, &cfg.group)?;
 
     let (cert, key, generated_ca) = match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(c), Some(k)) => (c.clone(), k.clone(), None),
@@ -283,12 +288,14 @@ pub async fn start(args: Args) -> Result<Server, ServeError> {
     };
 
     // Opened before binding: a server that cannot keep data must not become ready.
-    let data_dir = args.data_dir();
-    let storage = crate::apiserver::storage::Storage::open(&data_dir, Default::default())
-        .map_err(|e| ServeError::Storage(data_dir.display().to_string(), e))?;
-    tracing::info!(dir = %data_dir.display(), objects = storage.len(), rv = storage.current_rv(), "storage open");
-    let resources =
-        resources::StorageHandler::with_admission(Arc::new(storage), cfg.group.clone(), namespaces.clone(), admission);
+    let storage = backend::open(&args, etcd).await?;
+    let resources = resources::StorageHandler::on_etcd(
+        storage.store,
+        cfg.group.clone(),
+        namespaces.clone(),
+        admission,
+        storage.etcd,
+    );
     let group = cfg.group.clone();
     let config_digest = config_digest(&args);
 

@@ -84,7 +84,7 @@ impl App {
 
     fn ready_check_list(&self) -> Vec<health::Check<'static>> {
         let unless = |ok: bool, why: &str| (!ok).then(|| why.to_string());
-        vec![
+        let mut checks = vec![
             (
                 "authentication-config",
                 unless(
@@ -96,7 +96,12 @@ impl App {
             // Webhook configurations and policies: writes are refused until they are read.
             ("admission", self.resources.admission_not_ready()),
             ("storage", self.resources.unhealthy()),
-        ]
+        ];
+        // As kube-apiserver's `[+]etcd ok`, only when the storage is etcd.
+        if let Some(etcd) = self.resources.etcd_unreachable() {
+            checks.push(("etcd", etcd));
+        }
+        checks
     }
 
     /// Answers an authorized non-resource request; unknown paths are 404, known ones 405 for

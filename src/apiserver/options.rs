@@ -43,6 +43,34 @@ pub struct Args {
     #[arg(long, env = "EAS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// etcd client URLs, comma-separated (`https://etcd-0:2379,https://etcd-1:2379`). When set,
+    /// objects are stored in etcd instead of the embedded store (--data-dir is then unused),
+    /// so several server replicas can serve one consistent data set.
+    #[arg(long, env = "EAS_ETCD_SERVERS", value_delimiter = ',')]
+    pub etcd_servers: Vec<String>,
+
+    /// Key prefix of every object in etcd. Defaults to `/registry/<group>` of the served API
+    /// group, which is where kube-apiserver would keep that group's custom resources.
+    #[arg(long, env = "EAS_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+
+    /// CA bundle that etcd's serving certificate must chain to; required for https:// servers.
+    #[arg(long, env = "EAS_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// PEM client certificate presented to etcd (for etcd's --client-cert-auth).
+    #[arg(long, env = "EAS_ETCD_CERTFILE", requires = "etcd_keyfile")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// PEM private key of --etcd-certfile.
+    #[arg(long, env = "EAS_ETCD_KEYFILE", requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// Longest wait for one etcd request; a request that etcd does not answer in time fails
+    /// with 504 (503 at once while etcd is known to be unreachable).
+    #[arg(long, env = "EAS_ETCD_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub etcd_request_timeout: Duration,
+
     /// Run without a kube-apiserver: authentication from --client-ca-file / --token-auth-file
     /// (and --requestheader-* flags), authorization allow-all or --authorization-policy-file.
     #[arg(long, env = "EAS_STANDALONE")]

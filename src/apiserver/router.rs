@@ -67,6 +67,12 @@ pub trait ResourceHandler: Send + Sync {
     fn admission_not_ready(&self) -> Option<String> {
         None
     }
+
+    /// Why etcd cannot be reached, if the handler stores in etcd and it cannot (`None` for
+    /// the embedded store, which has no `etcd` readiness check).
+    fn etcd_unreachable(&self) -> Option<Option<String>> {
+        None
+    }
 }
 
 /// The handler used while no storage is plugged in.

@@ -115,8 +115,36 @@ fn free_port(ip: Ipv4Addr) -> Result<u16, Error> {
 /// etcd as a single member on free loopback ports with its data in `data_dir`, and its client URL.
 pub fn etcd_command(binary: &Path, data_dir: &Path) -> Result<(Command, String), Error> {
     let lo = Ipv4Addr::LOCALHOST;
-    let (client, peer) = (free_port(lo)?, free_port(lo)?);
-    let (client_url, peer_url) = (format!("http://{lo}:{client}"), format!("http://{lo}:{peer}"));
+    let ports = (free_port(lo)?, free_port(lo)?);
+    Ok(etcd_command_at(binary, data_dir, ports, None))
+}
+
+/// The TLS files of an etcd serving clients over https: its certificate and key, and the CA
+/// client certificates must chain to (etcd's `--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct EtcdServerTls {
+    /// Serving certificate (for 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// CA of the client certificates etcd accepts.
+    pub client_ca: PathBuf,
+}
+
+/// [`etcd_command`] on given (client, peer) ports, over https with client-certificate
+/// authentication when `tls` is given (peers stay on http: there is one member).
+pub fn etcd_command_at(
+    binary: &Path,
+    data_dir: &Path,
+    ports: (u16, u16),
+    tls: Option<&EtcdServerTls>,
+) -> (Command, String) {
+    let lo = Ipv4Addr::LOCALHOST;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (client_url, peer_url) = (
+        format!("{scheme}://{lo}:{}", ports.0),
+        format!("http://{lo}:{}", ports.1),
+    );
     let mut etcd = Command::new(binary);
     etcd.arg("--data-dir")
         .arg(data_dir)
@@ -135,7 +163,16 @@ pub fn etcd_command(binary: &Path, data_dir: &Path) -> Result<(Command, String),
         .arg(format!("--initial-cluster=default={peer_url}"))
         // Test data need not survive a power cut; fsync dominates etcd's latency on CI disks.
         .args(["--unsafe-no-fsync", "--log-level", "warn"]);
-    Ok((etcd, client_url))
+    if let Some(tls) = tls {
+        etcd.arg("--cert-file")
+            .arg(&tls.cert)
+            .arg("--key-file")
+            .arg(&tls.key)
+            .arg("--trusted-ca-file")
+            .arg(&tls.client_ca)
+            .arg("--client-cert-auth");
+    }
+    (etcd, client_url)
 }
 
 /// Removes temporary directories of test processes that no longer exist.

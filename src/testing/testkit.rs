@@ -213,12 +213,21 @@ pub struct Standalone {
 /// persist across restarts; `dir/config.yaml`, when present, replaces the embedded example.
 /// Returns once a TLS connection succeeds.
 pub async fn start_standalone(binary: &Path, dir: &Path) -> Result<Standalone, Error> {
+    start_standalone_with(binary, dir, &[]).await
+}
+
+/// [`start_standalone`] with more flags (e.g. `--etcd-servers`); its log goes to `dir/server.log`.
+pub async fn start_standalone_with(binary: &Path, dir: &Path, flags: &[String]) -> Result<Standalone, Error> {
     let port = free_port()?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))?;
     let certs = dir.join("certs");
     let config = Some(dir.join("config.yaml"))
         .filter(|p| p.exists())
         .unwrap_or_else(|| dir.join("missing.yaml"));
-    let child = tokio::process::Command::new(binary)
+    let mut child = tokio::process::Command::new(binary)
         .args(["--standalone", "--bind-address", "127.0.0.1", "--log-format", "plain"])
         .args(["--secure-port", &port.to_string()])
         .arg("--config")
@@ -227,7 +236,8 @@ pub async fn start_standalone(binary: &Path, dir: &Path) -> Result<Standalone, E
         .arg(&certs)
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .stderr(std::process::Stdio::null())
+        .args(flags)
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -237,6 +247,10 @@ pub async fn start_standalone(binary: &Path, dir: &Path) -> Result<Standalone, E
             if connect(addr, &ca, None, false).await.is_ok() {
                 return Ok(Standalone { addr, ca, child });
             }
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = super::netns::tail(&dir.join("server.log"), 20);
+            return Err(format!("server exited ({status}); log:\n{log}").into());
         }
         if std::time::Instant::now() > deadline {
             return Err("standalone server did not come up within 30 s".into());

@@ -42,7 +42,7 @@ use crate::apiserver::admission::Admission;
 use crate::apiserver::apierrors::Status;
 use crate::apiserver::request::query_pairs;
 use crate::apiserver::router::{ResourceHandler, ResourceRequest};
-use crate::apiserver::storage::{StorageError, Store};
+use crate::apiserver::storage::{EtcdProbe, StorageError, Store};
 use crate::crd::ServedResource;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -55,12 +55,14 @@ use std::sync::Arc;
 /// How often a patch re-reads and retries after losing a write race.
 const PATCH_RETRIES: usize = 8;
 
-/// Serves declared resources from the embedded store.
+/// Serves declared resources from the embedded store or etcd.
 pub struct StorageHandler {
     storage: Arc<dyn Store>,
     group: String,
     namespaces: Arc<Namespaces>,
     admission: Admission,
+    /// Whether etcd answers, when the storage is etcd.
+    etcd: Option<Arc<EtcdProbe>>,
 }
 
 impl StorageHandler {
@@ -76,12 +78,40 @@ impl StorageHandler {
         namespaces: Arc<Namespaces>,
         admission: Admission,
     ) -> Arc<Self> {
+        Self::on_etcd(storage, group, namespaces, admission, None)
+    }
+
+    /// [`StorageHandler::with_admission`] over an etcd store, whose reachability `etcd`
+    /// follows: while etcd does not answer, requests fail at once with 503 instead of each
+    /// waiting for its own timeout, and `/readyz` has a failing `etcd` check.
+    pub fn on_etcd(
+        storage: Arc<dyn Store>,
+        group: String,
+        namespaces: Arc<Namespaces>,
+        admission: Admission,
+        etcd: Option<Arc<EtcdProbe>>,
+    ) -> Arc<Self> {
         Arc::new(StorageHandler {
             storage,
             group,
             namespaces,
             admission,
+            etcd,
         })
+    }
+
+    /// A 503 when etcd is known to be unreachable and the request needs it. Watches and reads
+    /// at `resourceVersion=0` (any version will do) are served from the watch cache, as
+    /// kube-apiserver serves them; everything else needs etcd's current state.
+    fn etcd_gate(&self, verb: &str, cx: &Cx) -> Result<(), Status> {
+        let Some(why) = self.etcd.as_ref().and_then(|p| p.error()) else {
+            return Ok(());
+        };
+        let from_cache = verb == "watch" || (matches!(verb, "get" | "list") && cx.q("resourceVersion") == "0");
+        if from_cache {
+            return Ok(());
+        }
+        Err(Status::unavailable(format!("storage unavailable: {why}")))
     }
 }
 
@@ -106,6 +136,10 @@ impl ResourceHandler for StorageHandler {
 
     fn admission_not_ready(&self) -> Option<String> {
         self.admission.not_ready()
+    }
+
+    fn etcd_unreachable(&self) -> Option<Option<String>> {
+        self.etcd.as_ref().map(|p| p.error())
     }
 }
 
@@ -141,22 +175,9 @@ impl StorageHandler {
             if let Err(s) = write_options_valid(&req.query) {
                 return output::encode(encoding, s.into_response()).await;
             }
-            let r = match req.info.verb.as_str() {
-                "get" => match self.consistent(&cx).await {
-                    Ok(()) => self.get(&cx),
-                    Err(s) => Err(s),
-                },
-                "list" => self.list(&cx).await,
-                "watch" => match self.consistent(&cx).await {
-                    Ok(()) => Ok(watch::serve(self.storage.as_ref(), &cx, req.shutdown.clone())),
-                    Err(s) => Err(s),
-                },
-                "create" => self.create(&cx, &req.body).await,
-                "update" => self.update(&cx, &req.body).await,
-                "patch" => self.patch(&cx, &req).await,
-                "delete" => self.delete(&cx, &req.body).await,
-                "deletecollection" => self.delete_collection(&cx, &req.body).await,
-                v => Err(Status::method_not_supported(&self.group, &req.info.resource, v)),
+            let r = match self.etcd_gate(&req.info.verb, &cx) {
+                Err(s) => Err(s),
+                Ok(()) => self.dispatch(&cx, &req).await,
             };
             let mut r = output::encode(encoding, r.unwrap_or_else(Status::into_response)).await;
             let mut warnings = cx.warnings.lock().map(|w| w.clone()).unwrap_or_default();
@@ -170,6 +191,27 @@ impl StorageHandler {
                 }
             }
             r
+        }
+    }
+
+    /// The verb's handler.
+    async fn dispatch(&self, cx: &Cx, req: &ResourceRequest) -> Result<Response<Body>, Status> {
+        match req.info.verb.as_str() {
+            "get" => {
+                self.consistent(cx).await?;
+                self.get(cx)
+            }
+            "list" => self.list(cx).await,
+            "watch" => {
+                self.consistent(cx).await?;
+                Ok(watch::serve(self.storage.as_ref(), cx, req.shutdown.clone()))
+            }
+            "create" => self.create(cx, &req.body).await,
+            "update" => self.update(cx, &req.body).await,
+            "patch" => self.patch(cx, req).await,
+            "delete" => self.delete(cx, &req.body).await,
+            "deletecollection" => self.delete_collection(cx, &req.body).await,
+            v => Err(Status::method_not_supported(&self.group, &req.info.resource, v)),
         }
     }
 }
@@ -417,6 +459,9 @@ impl Cx {
                 Status::expired(format!("too old resource version: {requested} ({oldest})"))
             }
             StorageError::BadContinue(m) => Status::bad_request(format!("continue key is not valid: {m}")),
+            // Worth retrying: the store is away (etcd down) or slow, not the request wrong.
+            StorageError::Unavailable(m) => Status::unavailable(m),
+            StorageError::Timeout(m) => Status::timeout(m, 1),
             e => Status::internal(e.to_string()),
         }
     }

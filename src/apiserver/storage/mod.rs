@@ -16,7 +16,7 @@ mod store;
 mod watch;
 
 pub use engine::{Storage, StorageOptions};
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{EtcdOptions, EtcdStore, EtcdTls, Probe as EtcdProbe};
 pub use store::Store;
 pub use watch::{WatchEvent, WatchStream};
 
@@ -172,6 +172,12 @@ pub enum StorageError {
     /// The database failed.
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The database cannot be reached now (etcd down or unreachable); worth retrying.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The database did not answer in time; the write may or may not have happened.
+    #[error("storage timeout: {0}")]
+    Timeout(String),
     /// The store is shutting down.
     #[error("storage is closed")]
     Closed,

@@ -21,8 +21,14 @@
 //! may have been applied), never retried behind the caller's back.
 
 mod cache;
+mod errors;
 mod past;
+mod probe;
+mod tls;
 mod txn;
+
+pub use probe::Probe;
+pub use tls::EtcdTls;
 
 use super::{ListPage, Object, Preconditions, Result, StorageError, Store, WatchStream};
 use cache::Cache;
@@ -45,6 +51,8 @@ pub struct EtcdOptions {
     /// How often the cache asks etcd for a progress notification while nothing under the
     /// prefix changes, so its revision (and watchers' bookmarks) follow etcd's.
     pub progress_every: Duration,
+    /// TLS for `https://` endpoints; `None` for plain `http://`.
+    pub tls: Option<EtcdTls>,
 }
 
 impl EtcdOptions {
@@ -56,7 +64,30 @@ impl EtcdOptions {
             history: 10_000,
             request_timeout: Duration::from_secs(10),
             progress_every: Duration::from_secs(5),
+            tls: None,
         }
+    }
+
+    /// A client of these endpoints. The connection itself is lazy: an unreachable etcd or a
+    /// refused certificate shows in the first request.
+    pub async fn client(&self) -> Result<etcd_client::Client> {
+        let mut connect = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(self.request_timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true)
+            // A member cut off from its cluster refuses requests and ends watches instead of
+            // answering from a stale state; the client then goes to another member.
+            .with_require_leader(true);
+        if let Some(tls) = &self.tls {
+            connect = connect.with_tls(tls.options());
+        }
+        tokio::time::timeout(
+            self.request_timeout,
+            etcd_client::Client::connect(&self.endpoints, Some(connect)),
+        )
+        .await
+        .map_err(|_| backend("connect timed out"))?
+        .map_err(backend)
     }
 }
 
@@ -88,20 +119,7 @@ pub(super) fn backend<E: std::fmt::Display>(e: E) -> StorageError {
 impl EtcdStore {
     /// Connects, loads the objects under the prefix into the cache and starts following them.
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore> {
-        let connect = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(opts.request_timeout)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true)
-            // A member cut off from its cluster refuses requests and ends watches instead of
-            // answering from a stale state; the client then goes to another member.
-            .with_require_leader(true);
-        let client = tokio::time::timeout(
-            opts.request_timeout,
-            etcd_client::Client::connect(&opts.endpoints, Some(connect)),
-        )
-        .await
-        .map_err(|_| backend("connect timed out"))?
-        .map_err(backend)?;
+        let client = opts.client().await?;
         let (cache, follower) = Cache::start(
             client.clone(),
             opts.prefix.clone(),
@@ -142,13 +160,14 @@ impl EtcdStore {
         loop {
             let mut kv = self.kv.clone();
             let attempt = tokio::time::timeout_at(deadline, kv.get(self.prefix.as_bytes(), Some(opts.clone()))).await;
-            let why = match attempt {
+            let err = match attempt {
                 Ok(Ok(resp)) => return Ok(resp.header().map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0))),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("request timed out after {:?}", self.timeout),
+                Ok(Err(e)) => errors::request_error(e),
+                Err(_) => errors::timed_out(self.timeout),
             };
+            // Unreachable (503) or too slow (504), as the last attempt found it.
             if tokio::time::Instant::now() + RETRY_READ >= deadline {
-                return Err(backend(format!("reading the current revision: {why}")));
+                return Err(err);
             }
             tokio::time::sleep(RETRY_READ).await;
         }

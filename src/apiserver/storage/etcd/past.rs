@@ -45,11 +45,11 @@ impl EtcdStore {
                 .with_revision(token.rv);
             let mut kv = self.kv.clone();
             let resp = match tokio::time::timeout(self.timeout, kv.get(from.clone(), Some(opts))).await {
-                Err(_) => return Err(backend(format!("request timed out after {:?}", self.timeout))),
+                Err(_) => return Err(super::errors::timed_out(self.timeout)),
                 Ok(Err(e)) if e.to_string().contains(COMPACTED) => {
                     return Err(StorageError::ContinueExpired(encode_continue(-1, &token.start)));
                 }
-                Ok(Err(e)) => return Err(backend(e)),
+                Ok(Err(e)) => return Err(super::errors::request_error(e)),
                 Ok(Ok(resp)) => resp,
             };
             for item in resp.kvs() {

@@ -4,7 +4,7 @@
 use super::super::engine::check;
 use super::super::{Object, Preconditions, Result, StorageError};
 use super::cache::decode;
-use super::{backend, EtcdStore};
+use super::{backend, errors, EtcdStore};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use serde_json::Value;
 use std::sync::Arc;
@@ -34,12 +34,12 @@ impl EtcdStore {
         loop {
             let mut kv = self.kv.clone();
             match tokio::time::timeout_at(deadline, kv.txn(txn.clone())).await {
-                Err(_) => return Err(backend(format!("request timed out after {:?}", self.timeout))),
+                Err(_) => return Err(errors::timed_out(self.timeout)),
                 Ok(Ok(resp)) => return Ok(resp),
                 Ok(Err(e)) if never_sent(&e) && tokio::time::Instant::now() + RESEND < deadline => {
                     tokio::time::sleep(RESEND).await;
                 }
-                Ok(Err(e)) => return Err(backend(e)),
+                Ok(Err(e)) => return Err(errors::request_error(e)),
             }
         }
     }
@@ -53,7 +53,7 @@ impl EtcdStore {
             .wait_for(rev, self.timeout, false)
             .await
             .map_err(|e| match e {
-                StorageError::TooLargeResourceVersion { current, .. } => backend(format!(
+                StorageError::TooLargeResourceVersion { current, .. } => StorageError::Timeout(format!(
                     "revision {rev} was committed, but the watch cache has reached only {current} within {:?}",
                     self.timeout
                 )),
