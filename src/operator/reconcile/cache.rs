@@ -18,6 +18,7 @@ use super::fingerprint;
 use super::names::FIELD_MANAGER;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -104,6 +105,8 @@ pub struct Caches {
     pub deployments: Store<Deployment>,
     /// Data PersistentVolumeClaims.
     pub claims: CompactStore<PersistentVolumeClaim>,
+    /// PodDisruptionBudgets (several replicas only).
+    pub disruption_budgets: CompactStore<PodDisruptionBudget>,
     /// ClusterRoles.
     pub cluster_roles: CompactStore<ClusterRole>,
     /// ClusterRoleBindings.
@@ -127,6 +130,7 @@ pub struct Writers {
     pub services: CompactStore<Service>,
     pub deployments: reflector::store::Writer<Deployment>,
     pub claims: CompactStore<PersistentVolumeClaim>,
+    pub disruption_budgets: CompactStore<PodDisruptionBudget>,
     pub cluster_roles: CompactStore<ClusterRole>,
     pub cluster_role_bindings: CompactStore<ClusterRoleBinding>,
     pub role_bindings: CompactStore<RoleBinding>,
@@ -162,7 +166,7 @@ where
 }
 
 /// Number of stores in [`Caches`], i.e. initial lists the gate waits for.
-pub const CACHE_COUNT: usize = 11;
+pub const CACHE_COUNT: usize = 12;
 
 /// New empty caches whose gate waits for `CACHE_COUNT` initial lists.
 pub fn caches(gate: Arc<SyncGate>) -> (Caches, Writers) {
@@ -177,6 +181,7 @@ pub fn caches(gate: Arc<SyncGate>) -> (Caches, Writers) {
         services: CompactStore::default(),
         deployments,
         claims: CompactStore::default(),
+        disruption_budgets: CompactStore::default(),
         cluster_roles: CompactStore::default(),
         cluster_role_bindings: CompactStore::default(),
         role_bindings: CompactStore::default(),
@@ -191,6 +196,7 @@ pub fn caches(gate: Arc<SyncGate>) -> (Caches, Writers) {
         services: caches.services.clone(),
         deployments: w_dep,
         claims: caches.claims.clone(),
+        disruption_budgets: caches.disruption_budgets.clone(),
         cluster_roles: caches.cluster_roles.clone(),
         cluster_role_bindings: caches.cluster_role_bindings.clone(),
         role_bindings: caches.role_bindings.clone(),
@@ -241,6 +247,7 @@ compact!(
     ConfigMap => config_maps,
     Service => services,
     PersistentVolumeClaim => claims,
+    PodDisruptionBudget => disruption_budgets,
     ClusterRole => cluster_roles,
     ClusterRoleBinding => cluster_role_bindings,
     RoleBinding => role_bindings,

@@ -1,5 +1,5 @@
 //! The cache of the children a reconcile only applies (ServiceAccounts, ConfigMaps, Services,
-//! PersistentVolumeClaims, ClusterRoles and bindings): per object its resourceVersion, owner
+//! PersistentVolumeClaims, PodDisruptionBudgets, ClusterRoles and bindings): per object its resourceVersion, owner
 //! labels and the [`fingerprint`] of our fields. About 150 bytes an object, where the typed
 //! object, even emptied, keeps a 2 KiB `ObjectMeta` with two B-tree maps: at 1,000
 //! ExtensionApiServers, 7,000 such children were a third of the operator's memory.
