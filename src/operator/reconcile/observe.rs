@@ -1,8 +1,9 @@
 //! Observe: read what the cluster shows before anything is written. The aggregation layer's
-//! configuration, the stored certificates, a user's own CA, the published caBundles and (in
-//! the middle of a CA rotation) the leaves the server replicas present. Nothing here writes,
-//! except Events, and everything but a user's own CA Secret (`spec.certificates.caSecretRef`,
-//! not labelled as ours, so not cached) comes from the caches.
+//! configuration, the stored certificates, a user's own CA, whether the etcd client Secret is
+//! there, the published caBundles and (in the middle of a CA rotation) the leaves the server
+//! replicas present. Nothing here writes, except Events, and everything but a user's own
+//! Secrets (`spec.certificates.caSecretRef`, `spec.server.storage.etcd.secretRef`, not
+//! labelled as ours, so not cached) comes from the caches.
 
 use super::aggregation;
 use super::build;
