@@ -47,9 +47,11 @@ pub const MAX_ETCD_ENDPOINTS: usize = 16;
 /// `secretRef`, `--etcd-cafile`, `--etcd-certfile` and `--etcd-keyfile`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretRef) || !self.endpoints.exists(e, e.startsWith('https://'))")
+    .message("spec.server.storage.etcd: https:// endpoints need secretRef, a Secret with ca.crt (to verify etcd), tls.crt and tls.key"))]
 pub struct EtcdStorage {
     /// Client URLs of the etcd members, such as `https://etcd-0.etcd.db.svc:2379`: scheme
-    /// (`http` or `https`), host and port, no path. At least one.
+    /// (`http` or `https`), host and port, no path. At least one. `https://` needs `secretRef`.
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 512)))]
     #[x_kube(validation = Rule::new(r"self.all(e, e.matches('^https?://[^/?#,\\s]+$'))")
         .message("spec.server.storage.etcd.endpoints: each endpoint must be an http:// or https:// URL with a host and port and nothing else, such as https://etcd-0.etcd:2379"))]
@@ -67,8 +69,8 @@ pub struct EtcdStorage {
     /// TLS to etcd: a Secret in this namespace holding, under these fixed key names, `ca.crt`
     /// (the CA that signed the etcd members' certificates), `tls.crt` and `tls.key` (the
     /// client certificate and key the server presents), as cert-manager writes them. Mounted
-    /// read-only into the server container only. Without it the server verifies nothing and
-    /// presents no client certificate (plain `http://` endpoints). A missing Secret, or one
+    /// read-only into the server container only. Required with `https://` endpoints; without
+    /// it the server speaks plain `http://` and presents no certificate. A missing Secret, or one
     /// without these keys, is reported in the `DeploymentAvailable` condition with reason
     /// `EtcdSecretInvalid`; the pods do not start until it is there.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -226,6 +226,15 @@ fn etcd_storage_is_checked() {
         );
         assert!(!crate::operator::reconcile::validate::is_etcd_endpoint(bad), "{bad}");
     }
+    let plain = etcd(json!({"etcd": {"endpoints": ["http://etcd:2379"]}}), None);
+    assert_eq!(cel_errors(plain, None), Vec::<String>::new(), "http:// needs no Secret");
+    let tls = etcd(
+        json!({"etcd": {"endpoints": ["http://a:2379", "https://b:2379"]}}),
+        None,
+    );
+    assert!(cel_errors(tls, None)
+        .iter()
+        .any(|e| e.contains("https:// endpoints need secretRef")));
     let prefix = etcd(
         json!({"etcd": {"endpoints": ["https://etcd:2379"], "prefix": "registry"}}),
         None,

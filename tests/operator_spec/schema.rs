@@ -269,6 +269,18 @@ async fn etcd_storage(cp: &ControlPlane, c: &Cluster) {
             "must start with /",
         );
     }
+    let no_secret = json!({"etcd": {"endpoints": ["https://etcd:2379"]}});
+    let (code, status) = dry_run_create(cp, &eas("no-secret", with(no_secret, 1))).await;
+    assert_eq!(code, 422, "{status:#}");
+    assert_cause(
+        &status,
+        "spec.server.storage.etcd",
+        "FieldValueInvalid",
+        "https:// endpoints need secretRef",
+    );
+    let plain = json!({"etcd": {"endpoints": ["http://etcd:2379"]}});
+    let (code, body) = dry_run_create(cp, &eas("plain", with(plain, 2))).await;
+    assert_eq!(code, 201, "http:// without a Secret: {body:#}");
     let none = json!({"etcd": {"endpoints": []}});
     let (code, status) = dry_run_create(cp, &eas("no-endpoint", with(none, 1))).await;
     assert_eq!(code, 422, "{status:#}");

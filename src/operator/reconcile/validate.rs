@@ -214,6 +214,11 @@ fn etcd_settings(etcd: &EtcdStorage, problems: &mut Vec<String>) {
             ));
         }
     }
+    if etcd.secret_ref.is_none() && etcd.endpoints.iter().any(|e| e.starts_with("https://")) {
+        problems.push(
+            "spec.server.storage.etcd: https:// endpoints need secretRef, a Secret with ca.crt (to verify etcd), tls.crt and tls.key".into(),
+        );
+    }
     if etcd.prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
         problems.push("spec.server.storage.etcd.prefix must start with /".into());
     }
@@ -354,10 +359,23 @@ mod tests {
     #[test]
     fn etcd_storage_allows_replicas_and_is_checked_like_the_schema() {
         let mut s = with_storage(
-            serde_json::json!({"etcd": {"endpoints": ["https://etcd-0.etcd:2379", "http://10.0.0.1:2379"]}}),
+            serde_json::json!({"etcd": {"endpoints": ["https://etcd-0.etcd:2379", "http://10.0.0.1:2379"],
+                                                             "secretRef": {"name": "etcd-client"}}}),
         );
         s.replicas = Some(3);
         assert!(validate(&s).is_ok());
+        s.server
+            .as_mut()
+            .unwrap()
+            .storage
+            .as_mut()
+            .unwrap()
+            .etcd
+            .as_mut()
+            .unwrap()
+            .secret_ref = None;
+        let all = validate(&s).unwrap_err().join("\n");
+        assert!(all.contains("https:// endpoints need secretRef"), "{all}");
         let mut s = with_storage(serde_json::json!({
             "embedded": {"ephemeral": true},
             "etcd": {"endpoints": ["etcd:2379", "https://a:2379,https://b:2379", "https://etcd:2379/v3"],
