@@ -72,8 +72,8 @@ pub const VERSION: &str = "v1alpha1";
 )]
 #[x_kube(validation = Rule::new("has(self.server) != has(self.image)")
     .message("exactly one of spec.server (the bundled server) or spec.image (your own server image) must be set"))]
-#[x_kube(validation = Rule::new("!has(self.server) || !has(self.replicas) || self.replicas <= 1")
-    .message("the bundled server with embedded storage runs exactly one replica: set spec.replicas to 1 (or leave it unset)"))]
+#[x_kube(validation = Rule::new("!has(self.server) || !has(self.replicas) || self.replicas <= 1 || (has(self.server.storage) && has(self.server.storage.etcd))")
+    .message("the bundled server runs more than one replica only with etcd storage: set spec.server.storage.etcd, or set spec.replicas to 1 (embedded storage is one data directory in one pod)"))]
 #[x_kube(validation = Rule::new("!has(self.server) || !has(self.pod) || (!has(self.pod.volumes) && !has(self.pod.volumeMounts))")
     .message("spec.pod.volumes and spec.pod.volumeMounts are for your own image (spec.image); the bundled server takes none"))]
 #[serde(rename_all = "camelCase")]
@@ -109,7 +109,10 @@ pub struct ExtensionApiServerSpec {
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
     pub service_name: Option<String>,
 
-    /// Number of server pods. Defaults to 1.
+    /// Number of server pods. Defaults to 1. The bundled server runs more than one only with
+    /// `server.storage.etcd`. With more than one, the operator adds a PodDisruptionBudget
+    /// (at most one pod evicted at a time) and, unless `pod.affinity` is set, a preferred pod
+    /// anti-affinity that spreads the pods over nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: Option<i32>,
@@ -195,8 +198,9 @@ pub struct BundledServer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
 
-    /// Where the server keeps its objects. Defaults to embedded storage on a 1Gi
-    /// PersistentVolumeClaim of the default StorageClass.
+    /// Where the server keeps its objects: `embedded` (the default: a data directory on a 1Gi
+    /// PersistentVolumeClaim of the default StorageClass, one replica) or `etcd` (an etcd
+    /// cluster you run, any number of replicas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<ServerStorage>,
 }
@@ -204,8 +208,8 @@ pub struct BundledServer {
 #[path = "crd_pod.rs"]
 mod pod;
 pub use pod::{
-    EmbeddedStorage, PodSettings, ServerStorage, UserRoles, DEFAULT_STORAGE_SIZE, RESERVED_POD_ANNOTATIONS,
-    RESERVED_POD_LABELS,
+    EmbeddedStorage, EtcdStorage, PodSettings, ServerStorage, UserRoles, DEFAULT_STORAGE_SIZE, MAX_ETCD_ENDPOINTS,
+    RESERVED_POD_ANNOTATIONS, RESERVED_POD_LABELS,
 };
 
 /// Log output format of the bundled server; the same type as its `--log-format` flag.

@@ -23,13 +23,58 @@ pub const RESERVED_POD_LABELS: &[&str] = &[
 /// Annotations the operator sets on the server pods itself.
 pub const RESERVED_POD_ANNOTATIONS: &[&str] = &["aggregation.dev/serving-cert-sha256"];
 
-/// Storage of the bundled server.
+/// Storage of the bundled server: `embedded` (the default) or `etcd`, not both.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.embedded) || !has(self.etcd)")
+    .message("spec.server.storage: set either embedded or etcd, not both"))]
 pub struct ServerStorage {
     /// Embedded storage: one data directory in the pod, so exactly one replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedded: Option<EmbeddedStorage>,
+
+    /// An etcd cluster you run (the operator does not deploy etcd). The server pods keep no
+    /// data of their own, so `spec.replicas` may be more than 1, and no PersistentVolumeClaim
+    /// is made. Use an etcd of your own, not the cluster's kube-apiserver etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdStorage>,
+}
+
+/// Maximum number of etcd endpoints (the schema's `maxItems`, which CEL cost estimation needs).
+pub const MAX_ETCD_ENDPOINTS: usize = 16;
+
+/// Storage in an etcd cluster: the server's `--etcd-servers`, `--etcd-prefix` and, with
+/// `secretRef`, `--etcd-cafile`, `--etcd-certfile` and `--etcd-keyfile`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretRef) || !self.endpoints.exists(e, e.startsWith('https://'))")
+    .message("spec.server.storage.etcd: https:// endpoints need secretRef, a Secret with ca.crt (to verify etcd), tls.crt and tls.key"))]
+pub struct EtcdStorage {
+    /// Client URLs of the etcd members, such as `https://etcd-0.etcd.db.svc:2379`: scheme
+    /// (`http` or `https`), host and port, no path. At least one. `https://` needs `secretRef`.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 512)))]
+    #[x_kube(validation = Rule::new(r"self.all(e, e.matches('^https?://[^/?#,\\s]+$'))")
+        .message("spec.server.storage.etcd.endpoints: each endpoint must be an http:// or https:// URL with a host and port and nothing else, such as https://etcd-0.etcd:2379"))]
+    pub endpoints: Vec<String>,
+
+    /// Key prefix of every object the server stores, so several servers can share one etcd.
+    /// Must start with `/`. Defaults to `/registry/<spec.group>`. Changing it hides the objects
+    /// stored under the old prefix (they are not moved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')")
+        .message("spec.server.storage.etcd.prefix must start with /, such as /registry/wardle.example.com"))]
+    pub prefix: Option<String>,
+
+    /// TLS to etcd: a Secret in this namespace holding, under these fixed key names, `ca.crt`
+    /// (the CA that signed the etcd members' certificates), `tls.crt` and `tls.key` (the
+    /// client certificate and key the server presents), as cert-manager writes them. Mounted
+    /// read-only into the server container only. Required with `https://` endpoints; without
+    /// it the server speaks plain `http://` and presents no certificate. A missing Secret, or one
+    /// without these keys, is reported in the `DeploymentAvailable` condition with reason
+    /// `EtcdSecretInvalid`; the pods do not start until it is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<super::SecretReference>,
 }
 
 /// Size of the data directory's PersistentVolumeClaim when `embedded.size` is unset.

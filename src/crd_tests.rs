@@ -165,3 +165,81 @@ fn ephemeral_storage_takes_no_claim_settings() {
         .iter()
         .any(|e| e.contains("ephemeral: true replaces")));
 }
+
+fn etcd(storage: Value, replicas: Option<i64>) -> Value {
+    let mut s = good();
+    s["server"]["storage"] = storage;
+    if let Some(r) = replicas {
+        s["replicas"] = json!(r);
+    }
+    s
+}
+
+#[test]
+fn several_replicas_need_etcd_storage() {
+    let errs = cel_errors(etcd(json!({"embedded": {}}), Some(3)), None);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("more than one replica only with etcd storage: set spec.server.storage.etcd")),
+        "{errs:?}"
+    );
+    assert!(
+        !cel_errors(good_with_replicas(3), None).is_empty(),
+        "no storage at all is embedded"
+    );
+    let ok = etcd(
+        json!({"etcd": {"endpoints": ["https://etcd-0.etcd:2379", "http://10.0.0.7:2379", "https://[fd00::1]:2379"],
+                        "prefix": "/registry/wardle", "secretRef": {"name": "etcd-client"}}}),
+        Some(3),
+    );
+    assert_eq!(cel_errors(ok, None), Vec::<String>::new());
+}
+
+fn good_with_replicas(r: i64) -> Value {
+    let mut s = good();
+    s["replicas"] = json!(r);
+    s
+}
+
+#[test]
+fn etcd_storage_is_checked() {
+    let both = etcd(
+        json!({"embedded": {"ephemeral": true}, "etcd": {"endpoints": ["https://etcd:2379"]}}),
+        None,
+    );
+    assert!(cel_errors(both, None)
+        .iter()
+        .any(|e| e.contains("set either embedded or etcd, not both")));
+    for bad in [
+        "etcd:2379",
+        "ftp://etcd:2379",
+        "https://",
+        "https://etcd:2379/v3",
+        "https://a:2379,https://b:2379",
+        "https://etcd :2379",
+    ] {
+        let errs = cel_errors(etcd(json!({"etcd": {"endpoints": [bad]}}), None), None);
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("each endpoint must be an http:// or https:// URL")),
+            "{bad}: {errs:?}"
+        );
+        assert!(!crate::operator::reconcile::validate::is_etcd_endpoint(bad), "{bad}");
+    }
+    let plain = etcd(json!({"etcd": {"endpoints": ["http://etcd:2379"]}}), None);
+    assert_eq!(cel_errors(plain, None), Vec::<String>::new(), "http:// needs no Secret");
+    let tls = etcd(
+        json!({"etcd": {"endpoints": ["http://a:2379", "https://b:2379"]}}),
+        None,
+    );
+    assert!(cel_errors(tls, None)
+        .iter()
+        .any(|e| e.contains("https:// endpoints need secretRef")));
+    let prefix = etcd(
+        json!({"etcd": {"endpoints": ["https://etcd:2379"], "prefix": "registry"}}),
+        None,
+    );
+    assert!(cel_errors(prefix, None)
+        .iter()
+        .any(|e| e.contains("prefix must start with /")));
+}

@@ -10,6 +10,8 @@ pub const CONFIG_KEY: &str = "config.yaml";
 pub const CONFIG_DIR: &str = "/etc/extension-apiserver";
 /// Where the serving Secret is mounted in the server pod.
 pub const CERT_DIR: &str = "/var/run/extension-apiserver/serving-cert";
+/// Where the Secret of `storage.etcd.secretRef` (`ca.crt`, `tls.crt`, `tls.key`) is mounted.
+pub const ETCD_CERT_DIR: &str = "/var/run/extension-apiserver/etcd-client";
 /// Where the server's data directory (embedded storage) is mounted.
 pub const DATA_DIR: &str = "/var/lib/extension-apiserver";
 /// Absolute path of the bundled server binary in the image.

@@ -894,6 +894,32 @@ fn external_ca_example_parses() {
 }
 
 #[test]
+fn etcd_example_runs_three_replicas_on_etcd() {
+    let eas = example_server("etcd.yaml");
+    assert_eq!(eas.spec.replicas, Some(3));
+    let storage = eas
+        .spec
+        .server
+        .as_ref()
+        .and_then(|s| s.storage.as_ref())
+        .expect("storage");
+    assert!(storage.embedded.is_none());
+    let etcd = storage.etcd.as_ref().expect("etcd storage");
+    assert_eq!(etcd.endpoints.len(), 3);
+    assert_eq!(etcd.secret_ref.as_ref().map(|r| r.name.as_str()), Some("etcd-client"));
+    assert!(
+        eao::operator::reconcile::validate::validate(&eas.spec).is_ok(),
+        "{:?}",
+        eao::operator::reconcile::validate::validate(&eas.spec)
+    );
+    // The Secret the example's comment creates, under the key names the operator mounts.
+    let text = read(&root().join("examples/etcd.yaml"));
+    for key in eao::operator::reconcile::build::pod::ETCD_SECRET_KEYS {
+        assert!(text.contains(&format!("--from-file={key}=")), "{key}");
+    }
+}
+
+#[test]
 fn dockerfile_puts_binaries_where_the_chart_and_operator_expect_them() {
     let dockerfile = read(&root().join("Dockerfile"));
     for path in [OPERATOR_BINARY, eao::serverconfig::SERVER_BINARY] {

@@ -68,13 +68,33 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    limit_malloc_arenas();
     let args = Args::parse();
     telemetry::init(args.log_format, &args.log_level);
-    if let Err(e) = run(args).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(args)) {
         tracing::error!(error = %e, "operator failed");
         std::process::exit(1);
+    }
+}
+
+/// glibc gives every thread that contends for the heap an arena of its own (up to eight per
+/// core) and never moves free memory between arenas. The operator's allocations are small and
+/// its work waits on the API server, so two arenas cost nothing measurable, and at 1,000
+/// ExtensionApiServers they keep about 3 MiB less resident (`operator-bench`). Set before the
+/// runtime's threads exist, since a thread keeps the arena it first got.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -7,8 +7,9 @@
 //!   cluster-scoped children and the kube-system RoleBinding);
 //! - **every** APIService, so one deleted by its foreign owner is taken over at once: mapped to
 //!   the ExtensionApiServers claiming its group/version (there are few APIServices);
-//! - Secrets, metadata only and not cached, so a `caSecretRef` Secret that changes triggers the
-//!   ExtensionApiServers naming it without holding every Secret of the cluster in memory;
+//! - Secrets, metadata only and not cached, so a `caSecretRef` or etcd `secretRef` Secret that
+//!   changes (or appears) triggers the ExtensionApiServers naming it without holding every
+//!   Secret of the cluster in memory;
 //! - kube-system/extension-apiserver-authentication: cached; a change reconciles everything.
 
 use crate::crd::ExtensionApiServer;
@@ -23,6 +24,7 @@ use crate::operator::reconcile::{aggregation, error_policy, reconcile, system_cl
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::core::PartialObjectMeta;
@@ -103,8 +105,9 @@ fn claimants(store: &Store<ExtensionApiServer>, svc: &APIService) -> Vec<ObjectR
     refs
 }
 
-/// The ExtensionApiServers whose `spec.certificates.caSecretRef` names this Secret.
-fn ca_secret_users(
+/// The ExtensionApiServers whose `spec.certificates.caSecretRef` or
+/// `spec.server.storage.etcd.secretRef` names this Secret.
+fn secret_users(
     store: &Store<ExtensionApiServer>,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<ExtensionApiServer>> {
@@ -114,11 +117,9 @@ fn ca_secret_users(
         .iter()
         .filter(|e| e.namespace() == ns)
         .filter(|e| {
-            e.spec
-                .certificates
-                .as_ref()
-                .and_then(|c| c.ca_secret_ref.as_ref())
-                .is_some_and(|r| r.name == name)
+            let ca = e.spec.certificates.as_ref().and_then(|c| c.ca_secret_ref.as_ref());
+            let etcd = crate::operator::reconcile::build::pod::etcd(e).and_then(|s| s.secret_ref.as_ref());
+            ca.into_iter().chain(etcd).any(|r| r.name == name)
         })
         .map(|e| ObjectRef::from_obj(e.as_ref()))
         .collect()
@@ -226,6 +227,12 @@ pub async fn run(
             w.claims,
             g(),
         ))
+        .owns_stream(cached_stream(
+            Api::<PodDisruptionBudget>::all(c.clone()),
+            ours.clone(),
+            w.disruption_budgets,
+            g(),
+        ))
         .watches_stream(
             cached_stream(
                 Api::<APIService>::all(c.clone()),
@@ -257,7 +264,7 @@ pub async fn run(
             ),
             |o| owner_of(&o),
         )
-        .watches_stream(foreign_secrets, move |s| ca_secret_users(&s2, &s))
+        .watches_stream(foreign_secrets, move |s| secret_users(&s2, &s))
         .reconcile_all_on(auth_changes);
     let ctx = Arc::new(context(client, options, metrics, reporter, store, caches));
     controller

@@ -76,6 +76,8 @@ pub fn operator_cluster_rules() -> Vec<PolicyRule> {
         rule(&["apps"], &["deployments"], MANAGE),
         // The bundled server's data directory, when embedded storage has a size.
         rule(&[""], &["persistentvolumeclaims"], MANAGE),
+        // The server pods' disruption budget, with more than one replica.
+        rule(&["policy"], &["poddisruptionbudgets"], MANAGE),
         // Cluster-scoped children and the kube-system RoleBinding.
         rule(
             &["rbac.authorization.k8s.io"],

@@ -90,6 +90,12 @@ pub fn sync(api: &FakeApi, w: &mut Writers) {
     );
     fill(
         api,
+        |e: &Event<_>| w.disruption_budgets.apply_watcher_event(e),
+        "/apis/policy/v1/namespaces/*/poddisruptionbudgets/*",
+        ours,
+    );
+    fill(
+        api,
         |e: &Event<_>| w.cluster_roles.apply_watcher_event(e),
         &format!("{rbac}/clusterroles/*"),
         ours,

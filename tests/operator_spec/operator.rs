@@ -58,6 +58,13 @@ fn manifests() -> String {
                                             {"name": "scratch", "emptyDir": {}}],
                                 "volumeMounts": [{"name": "plugins", "mountPath": "/plugins", "readOnly": true},
                                                  {"name": "scratch", "mountPath": "/tmp"}]}}}),
+        // etcd storage, three replicas, its client Secret not created yet (never run here).
+        json!({"apiVersion": "aggregation.dev/v1alpha1", "kind": "ExtensionApiServer",
+               "metadata": {"name": "quotes", "namespace": NS},
+               "spec": {"group": "quotes.example.com", "versions": [{"name": "v1"}], "replicas": 3,
+                        "server": {"storage": {"etcd": {"endpoints": ["https://etcd-0.etcd.db:2379", "https://etcd-1.etcd.db:2379"],
+                                                        "secretRef": {"name": "etcd-client"}}},
+                                   "resources": [{"kind": "Quote", "plural": "quotes", "versions": [{"name": "v1"}]}]}}}),
         // Ephemeral storage, on request only.
         json!({"apiVersion": "aggregation.dev/v1alpha1", "kind": "ExtensionApiServer",
                "metadata": {"name": "scratch", "namespace": NS},
@@ -350,6 +357,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
 
     // 7. Own image and ephemeral storage as stored; where escalate must not reach.
     own_image_and_ephemeral(&c).await;
+    etcd_storage(&c).await;
     crate::edges::a_crd_of_the_group_removes_the_user_roles(&c).await;
     crate::edges::spec_rules_stay_unbound(&c).await;
 
@@ -490,4 +498,127 @@ async fn own_image_and_ephemeral(c: &Cluster) {
     assert_eq!(cond, ("False".to_string(), "Ephemeral".to_string()));
     let ready = c.condition(NS, "scratch", "Ready").expect("Ready");
     assert_ne!(ready.1, "Ephemeral", "the warning is not why it is not Ready");
+}
+
+/// etcd storage with three replicas: the flags, the client Secret mounted into the server
+/// container only, no claim, the default anti-affinity and a PodDisruptionBudget (applied with
+/// the chart's RBAC); a missing Secret reported until it exists; scaling to one replica removes
+/// the budget.
+async fn etcd_storage(c: &Cluster) {
+    let d = c
+        .eventually("the quotes Deployment", || deployment_json(c, "quotes"))
+        .await;
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(
+        d["spec"]["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}})
+    );
+    let p = &d["spec"]["template"]["spec"];
+    let args: Vec<&str> = p["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    for flag in [
+        "--etcd-servers=https://etcd-0.etcd.db:2379,https://etcd-1.etcd.db:2379",
+        "--etcd-prefix=/registry/quotes.example.com",
+        "--etcd-cafile=/var/run/extension-apiserver/etcd-client/ca.crt",
+        "--etcd-certfile=/var/run/extension-apiserver/etcd-client/tls.crt",
+        "--etcd-keyfile=/var/run/extension-apiserver/etcd-client/tls.key",
+    ] {
+        assert!(args.contains(&flag), "{flag} missing from {args:?}");
+    }
+    assert!(!args.iter().any(|a| a.starts_with("--data-dir")), "{args:?}");
+    let volumes: Vec<&str> = p["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(volumes, ["serving-cert", "config", "etcd-client"]);
+    let containers = p["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let etcd_mount = containers[0]["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "etcd-client").cloned());
+    assert_eq!(
+        etcd_mount,
+        Some(json!({"name": "etcd-client", "mountPath": "/var/run/extension-apiserver/etcd-client", "readOnly": true}))
+    );
+    assert_eq!(
+        p["affinity"],
+        json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100,
+            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "extension-apiserver",
+                                                                  "app.kubernetes.io/instance": "quotes"}}}}]}})
+    );
+    assert!(
+        c.json(&["get", "pvc", "quotes-data", "-n", NS]).is_none(),
+        "no claim with etcd"
+    );
+    let pdb = c
+        .eventually("the PodDisruptionBudget", || {
+            c.json(&["get", "poddisruptionbudget", "quotes", "-n", NS])
+        })
+        .await;
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    assert_eq!(
+        pdb["spec"]["selector"],
+        json!({"matchLabels": {"app.kubernetes.io/name": "extension-apiserver", "app.kubernetes.io/instance": "quotes"}})
+    );
+    assert_eq!(pdb["metadata"]["ownerReferences"][0]["name"], "quotes");
+    assert_eq!(
+        c.condition(NS, "quotes", "StorageDurable"),
+        Some(("True".into(), "Etcd".into()))
+    );
+
+    // The client Secret is missing: said in DeploymentAvailable (and so in Ready).
+    let cond = c
+        .eventually("DeploymentAvailable names the missing Secret", || {
+            let cond = c.condition(NS, "quotes", "DeploymentAvailable")?;
+            (cond.1 == "EtcdSecretInvalid").then_some(cond)
+        })
+        .await;
+    assert_eq!(cond.0, "False");
+    let ready = c.condition(NS, "quotes", "Ready").expect("Ready");
+    assert_eq!(ready, ("False".into(), "EtcdSecretInvalid".into()));
+    // Creating it triggers a reconcile through the Secret watch, without waiting for a resync.
+    c.ok_in(
+        &["apply", "-f", "-"],
+        Some(
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "etcd-client", "namespace": NS},
+                    "type": "kubernetes.io/tls",
+                    "data": {"ca.crt": "Y2E=", "tls.crt": "Y3J0", "tls.key": "a2V5"}})
+            .to_string(),
+        ),
+    );
+    c.eventually("the Secret is no longer reported", || {
+        let cond = c.condition(NS, "quotes", "DeploymentAvailable")?;
+        (cond.1 != "EtcdSecretInvalid").then_some(())
+    })
+    .await;
+
+    // One replica needs no budget (it would block every drain of its node).
+    c.ok(&[
+        "patch",
+        "eas",
+        "quotes",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":1}}"#,
+    ]);
+    c.eventually("the budget is deleted", || {
+        c.json(&["get", "poddisruptionbudget", "quotes", "-n", NS])
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let d = deployment_json(c, "quotes").expect("the Deployment");
+    assert_eq!(d["spec"]["replicas"], 1);
+    assert!(d["spec"]["template"]["spec"].get("affinity").is_none(), "{d:#}");
 }

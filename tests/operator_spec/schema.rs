@@ -184,6 +184,8 @@ pub async fn crd_schema_accepts_and_rejects_the_new_fields(cp: &'static ControlP
         "should match",
     );
 
+    etcd_storage(cp, &c).await;
+
     // kubectl explain prints the Kubernetes descriptions of the k8s-openapi types.
     let explained = c.ok(&["explain", "extensionapiserver.spec.pod"]);
     for field in [
@@ -208,4 +210,93 @@ pub async fn crd_schema_accepts_and_rejects_the_new_fields(cp: &'static ControlP
     assert!(storage.contains("ephemeral") && storage.contains("`1Gi`"), "{storage}");
     let roles = c.ok(&["explain", "extensionapiserver.spec.userRoles"]);
     assert!(roles.contains("aggregate-to-view"), "{roles}");
+}
+
+/// `spec.server.storage.etcd` and the replica rule that depends on it.
+async fn etcd_storage(cp: &ControlPlane, c: &Cluster) {
+    let with = |storage: Value, replicas: i64| {
+        let mut spec = bundled(json!({"replicas": replicas}));
+        spec["server"]["storage"] = storage;
+        spec
+    };
+    let etcd = json!({"etcd": {"endpoints": ["https://etcd-0.etcd:2379", "http://10.0.0.7:2379"],
+                               "prefix": "/registry/wardle", "secretRef": {"name": "etcd-client"}}});
+    let (code, body) = dry_run_create(cp, &eas("etcd", with(etcd.clone(), 3))).await;
+    assert_eq!(code, 201, "three replicas with etcd: {body:#}");
+    assert_eq!(body["spec"]["server"]["storage"], etcd, "stored as sent");
+
+    let (code, status) = dry_run_create(cp, &eas("three", bundled(json!({"replicas": 3})))).await;
+    assert_eq!(code, 422, "{status:#}");
+    assert_cause(
+        &status,
+        "spec",
+        "FieldValueInvalid",
+        "the bundled server runs more than one replica only with etcd storage: set spec.server.storage.etcd, or set spec.replicas to 1",
+    );
+    let embedded = json!({"embedded": {"size": "2Gi"}});
+    let (code, status) = dry_run_create(cp, &eas("three", with(embedded, 3))).await;
+    assert_eq!(code, 422, "{status:#}");
+    assert_cause(&status, "spec", "FieldValueInvalid", "only with etcd storage");
+
+    let both = json!({"embedded": {"ephemeral": true}, "etcd": {"endpoints": ["https://etcd:2379"]}});
+    let (code, status) = dry_run_create(cp, &eas("both", with(both, 1))).await;
+    assert_eq!(code, 422, "{status:#}");
+    assert_cause(
+        &status,
+        "spec.server.storage",
+        "FieldValueInvalid",
+        "set either embedded or etcd, not both",
+    );
+
+    for bad in [
+        "etcd-0.etcd:2379",
+        "https://etcd:2379/v3",
+        "https://a:2379,https://b:2379",
+    ] {
+        let storage = json!({"etcd": {"endpoints": ["https://ok:2379", bad], "prefix": "registry"}});
+        let (code, status) = dry_run_create(cp, &eas("bad-endpoint", with(storage, 1))).await;
+        assert_eq!(code, 422, "{bad}: {status:#}");
+        assert_cause(
+            &status,
+            "spec.server.storage.etcd.endpoints",
+            "FieldValueInvalid",
+            "each endpoint must be an http:// or https:// URL",
+        );
+        assert_cause(
+            &status,
+            "spec.server.storage.etcd.prefix",
+            "FieldValueInvalid",
+            "must start with /",
+        );
+    }
+    let no_secret = json!({"etcd": {"endpoints": ["https://etcd:2379"]}});
+    let (code, status) = dry_run_create(cp, &eas("no-secret", with(no_secret, 1))).await;
+    assert_eq!(code, 422, "{status:#}");
+    assert_cause(
+        &status,
+        "spec.server.storage.etcd",
+        "FieldValueInvalid",
+        "https:// endpoints need secretRef",
+    );
+    let plain = json!({"etcd": {"endpoints": ["http://etcd:2379"]}});
+    let (code, body) = dry_run_create(cp, &eas("plain", with(plain, 2))).await;
+    assert_eq!(code, 201, "http:// without a Secret: {body:#}");
+    let none = json!({"etcd": {"endpoints": []}});
+    let (code, status) = dry_run_create(cp, &eas("no-endpoint", with(none, 1))).await;
+    assert_eq!(code, 422, "{status:#}");
+    assert_cause(
+        &status,
+        "spec.server.storage.etcd.endpoints",
+        "FieldValueInvalid",
+        "should have at least 1 items",
+    );
+
+    let explained = c.ok(&["explain", "extensionapiserver.spec.server.storage.etcd"]);
+    for needle in ["endpoints", "prefix", "secretRef", "/registry/<spec.group>", "replicas"] {
+        assert!(explained.contains(needle), "{needle} missing from:\n{explained}");
+    }
+    let secret = c.ok(&["explain", "extensionapiserver.spec.server.storage.etcd.secretRef"]);
+    for needle in ["ca.crt", "tls.crt", "tls.key", "EtcdSecretInvalid"] {
+        assert!(secret.contains(needle), "{needle} missing from:\n{secret}");
+    }
 }

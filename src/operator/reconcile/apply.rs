@@ -9,6 +9,8 @@
 //! namespace deletion. Once registered it is kept (and updated) whatever the Deployment does, as
 //! kube-apiserver keeps its own; the `APIServiceAvailable` condition then explains the impact.
 //!
+//! A PodDisruptionBudget exists only with several replicas; scaling to one deletes it.
+//!
 //! The first failing request stops the apply (children are applied in dependency order) and is
 //! reported as an [`ApplyFailure`], never as a bare error, so it reaches the status.
 
@@ -21,6 +23,7 @@ use crate::crd::ExtensionApiServer;
 use crate::operator::error::Error;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Patch, PatchParams};
@@ -273,6 +276,8 @@ impl Applier<'_> {
             .unwrap_or(0)
             > 0;
         out.deployment = Some(deployment);
+        self.apply_disruption_budget(names, children.disruption_budget.as_ref())
+            .await?;
         let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
         self.apply(&cluster_roles, &children.cluster_role).await?;
         let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
@@ -320,6 +325,38 @@ impl Applier<'_> {
                 .publish(self.eas, EventType::Warning, "UserRolesSkipped", why)
                 .await;
         }
+        Ok(())
+    }
+
+    /// Applies the budget of several replicas; without one (scaled to a single replica), deletes
+    /// ours if the cache still shows it, since a budget for one pod would block every drain of
+    /// its node.
+    async fn apply_disruption_budget(
+        &self,
+        names: &Names,
+        desired: Option<&PodDisruptionBudget>,
+    ) -> Result<(), ApplyFailure> {
+        let api: Api<PodDisruptionBudget> = Api::namespaced(self.ctx.client.clone(), &names.namespace);
+        if let Some(pdb) = desired {
+            return self.apply(&api, pdb).await.map(drop);
+        }
+        let me = format!("{}/{}", names.namespace, names.owner);
+        let Some(stale) = self
+            .ctx
+            .caches
+            .get::<PodDisruptionBudget>(Some(&names.namespace), &names.workload)
+        else {
+            return Ok(());
+        };
+        if labelled_owner(stale.labels()).as_deref() != Some(me.as_str()) {
+            return Ok(());
+        }
+        let what = format!("PodDisruptionBudget {}/{}", names.namespace, names.workload);
+        delete_ignoring_missing(&api, &names.workload)
+            .await
+            .map_err(|e| ApplyFailure::new(what.clone(), &e))?;
+        let note = format!("deleted {what}: one replica needs none");
+        self.ctx.publish(self.eas, EventType::Normal, "Deleted", note).await;
         Ok(())
     }
 

@@ -2,20 +2,22 @@
 //!
 //! One builder per child object, sharing the names, labels and the container plan. The pod
 //! around the container (storage, `spec.pod`) is in `build_pod.rs`, the user roles in
-//! `build_roles.rs`.
+//! `build_roles.rs`, what several replicas add (a PodDisruptionBudget, anti-affinity) in
+//! `build_replicas.rs`.
 
 use super::names::{api_service_name, Names, CERT_HASH_ANNOTATION, KUBE_SYSTEM};
 use super::rotation::CaState;
 use crate::crd::{ExtensionApiServer, ImageServer, LogFormat};
 use crate::operator::rbac::{bundled_server_rules, AUTH_DELEGATOR, AUTH_READER};
 use crate::pki::CertKeyPair;
-use crate::serverconfig::{ServerConfig, CERT_DIR, CONFIG_DIR, CONFIG_KEY, DATA_DIR, SERVER_BINARY, SERVER_PORT};
+use crate::serverconfig::{ServerConfig, CERT_DIR, CONFIG_DIR, CONFIG_KEY, SERVER_BINARY, SERVER_PORT};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, KeyToPath,
     PersistentVolumeClaim, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource,
     SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -26,6 +28,8 @@ use std::collections::BTreeMap;
 
 #[path = "build_pod.rs"]
 pub mod pod;
+#[path = "build_replicas.rs"]
+pub mod replicas;
 #[path = "build_roles.rs"]
 pub mod roles;
 pub use pod::{data_claim, HOST_NETWORK_DNS_POLICY};
@@ -64,6 +68,8 @@ pub struct Children {
     pub data_claim: Option<PersistentVolumeClaim>,
     /// The server pods.
     pub deployment: Deployment,
+    /// With more than one replica: at most one server pod evicted at a time.
+    pub disruption_budget: Option<PodDisruptionBudget>,
     /// Port 443 in front of the pods.
     pub service: Service,
     /// The server's own rules.
@@ -188,6 +194,7 @@ pub fn build(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Buil
         config_map,
         data_claim: data_claim(eas, names),
         deployment: deployment(eas, names, certs, opts),
+        disruption_budget: replicas::disruption_budget(eas, names),
         service: service(eas, names),
         cluster_role: ClusterRole {
             metadata: cluster_meta(names, &names.cluster_role),
@@ -279,18 +286,19 @@ struct ContainerPlan {
 fn bundled_plan(eas: &ExtensionApiServer, opts: &BuildOptions) -> ContainerPlan {
     let server = eas.spec.server.clone().unwrap_or_default();
     let log_format = server.log_format.unwrap_or(LogFormat::Json).as_str();
+    let mut args = vec![
+        format!("--config={CONFIG_DIR}/{CONFIG_KEY}"),
+        format!("--secure-port={SERVER_PORT}"),
+        format!("--tls-cert-file={CERT_DIR}/tls.crt"),
+        format!("--tls-private-key-file={CERT_DIR}/tls.key"),
+    ];
+    args.extend(pod::storage_args(eas));
+    args.push(format!("--log-format={log_format}"));
     ContainerPlan {
         image: server.image.unwrap_or_else(|| opts.default_server_image.clone()),
         pull_policy: None,
         command: Some(vec![SERVER_BINARY.to_string()]),
-        args: vec![
-            format!("--config={CONFIG_DIR}/{CONFIG_KEY}"),
-            format!("--secure-port={SERVER_PORT}"),
-            format!("--tls-cert-file={CERT_DIR}/tls.crt"),
-            format!("--tls-private-key-file={CERT_DIR}/tls.key"),
-            format!("--data-dir={DATA_DIR}"),
-            format!("--log-format={log_format}"),
-        ],
+        args,
         port: SERVER_PORT,
         readiness_path: "/readyz".to_string(),
         liveness_path: Some("/livez".to_string()),
@@ -383,12 +391,12 @@ fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Bui
             read_only: Some(true),
             ..Default::default()
         });
-        volumes.push(pod::data_volume(eas, names));
-        mounts.push(VolumeMount {
-            name: "data".to_string(),
-            mount_path: DATA_DIR.to_string(),
-            ..Default::default()
-        });
+        // Only the server container mounts it (the one container there is): the etcd
+        // client key must not reach any other.
+        if let Some((volume, mount)) = pod::storage_volume(eas, names) {
+            volumes.push(volume);
+            mounts.push(mount);
+        }
     }
     // Own images cannot reload certificates; a changed fingerprint in the pod template rolls them.
     let template_annotations = (!plan.hot_reloads_certs)
@@ -438,12 +446,15 @@ fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Bui
     };
     let settings = eas.spec.pod.as_ref();
     pod::apply_pod_settings(&mut pod_spec, &mut container, settings, bundled);
+    if pod_spec.affinity.is_none() && replicas::replicas(eas) > 1 {
+        pod_spec.affinity = Some(replicas::spread_over_nodes(names));
+    }
     pod_spec.containers = vec![container];
 
     Deployment {
         metadata: namespaced_meta(eas, names, &names.workload),
         spec: Some(DeploymentSpec {
-            replicas: Some(eas.spec.replicas.unwrap_or(1)),
+            replicas: Some(replicas::replicas(eas)),
             selector: LabelSelector {
                 match_labels: Some(names.selector_labels()),
                 match_expressions: None,

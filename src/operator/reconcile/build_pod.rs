@@ -1,14 +1,16 @@
 //! Builders of [`super`] (build.rs) for the pod around the server container: the bundled
-//! server's data directory (a PersistentVolumeClaim by default, an `emptyDir` only with
-//! `ephemeral: true`), the Deployment strategy that goes with it, and `spec.pod`.
+//! server's storage (a PersistentVolumeClaim by default, an `emptyDir` only with
+//! `ephemeral: true`, or etcd: flags and its client-certificate Secret, no data volume), the
+//! Deployment strategy that goes with it, and `spec.pod`.
 
 use super::namespaced_meta;
-use crate::crd::{ExtensionApiServer, PodSettings, DEFAULT_STORAGE_SIZE};
+use crate::crd::{EtcdStorage, ExtensionApiServer, PodSettings, DEFAULT_STORAGE_SIZE};
 use crate::operator::reconcile::names::Names;
+use crate::serverconfig::{DATA_DIR, ETCD_CERT_DIR};
 use k8s_openapi::api::apps::v1::{DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, EmptyDirVolumeSource, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSpec, SecretVolumeSource, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -18,10 +20,89 @@ use std::collections::BTreeMap;
 /// DNS policy of a pod on the host network that still resolves cluster names.
 pub const HOST_NETWORK_DNS_POLICY: &str = "ClusterFirstWithHostNet";
 
-/// The size of the data directory's claim: `None` for your own image and for
-/// `ephemeral: true`, else `storage.embedded.size` or [`DEFAULT_STORAGE_SIZE`].
+/// Name of the volume holding the etcd client certificate.
+pub const ETCD_VOLUME: &str = "etcd-client";
+/// Keys of the `storage.etcd.secretRef` Secret, fixed (as a `kubernetes.io/tls` Secret and
+/// cert-manager name them), so there is nothing to configure or misspell.
+pub const ETCD_SECRET_KEYS: [&str; 3] = ["ca.crt", "tls.crt", "tls.key"];
+
+/// The bundled server's etcd settings, when it stores its objects in etcd.
+pub fn etcd(eas: &ExtensionApiServer) -> Option<&EtcdStorage> {
+    eas.spec.server.as_ref()?.storage.as_ref()?.etcd.as_ref()
+}
+
+/// The etcd key prefix: `storage.etcd.prefix`, or `/registry/<group>` so that servers of
+/// different groups can share one etcd.
+pub fn etcd_prefix(eas: &ExtensionApiServer, etcd: &EtcdStorage) -> String {
+    etcd.prefix
+        .clone()
+        .unwrap_or_else(|| format!("/registry/{}", eas.spec.group))
+}
+
+/// The storage flags of the bundled server: `--data-dir`, or kube-apiserver's etcd flags
+/// (the client certificate files only with a `secretRef`).
+pub fn storage_args(eas: &ExtensionApiServer) -> Vec<String> {
+    let Some(etcd) = etcd(eas) else {
+        return vec![format!("--data-dir={DATA_DIR}")];
+    };
+    let mut args = vec![
+        format!("--etcd-servers={}", etcd.endpoints.join(",")),
+        format!("--etcd-prefix={}", etcd_prefix(eas, etcd)),
+    ];
+    if etcd.secret_ref.is_some() {
+        args.push(format!("--etcd-cafile={ETCD_CERT_DIR}/ca.crt"));
+        args.push(format!("--etcd-certfile={ETCD_CERT_DIR}/tls.crt"));
+        args.push(format!("--etcd-keyfile={ETCD_CERT_DIR}/tls.key"));
+    }
+    args
+}
+
+/// The storage volume of the bundled server and its mount in the server container: the data
+/// directory, or with etcd only the client-certificate Secret (read-only), if any.
+pub fn storage_volume(eas: &ExtensionApiServer, names: &Names) -> Option<(Volume, VolumeMount)> {
+    let Some(etcd) = etcd(eas) else {
+        let mount = VolumeMount {
+            name: "data".to_string(),
+            mount_path: DATA_DIR.to_string(),
+            ..Default::default()
+        };
+        return Some((data_volume(eas, names), mount));
+    };
+    let secret = etcd.secret_ref.as_ref()?;
+    let volume = Volume {
+        name: ETCD_VOLUME.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.name.clone()),
+            items: Some(
+                ETCD_SECRET_KEYS
+                    .iter()
+                    .map(|k| KeyToPath {
+                        key: k.to_string(),
+                        path: k.to_string(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: ETCD_VOLUME.to_string(),
+        mount_path: ETCD_CERT_DIR.to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    Some((volume, mount))
+}
+
+/// The size of the data directory's claim: `None` for your own image, for etcd storage and
+/// for `ephemeral: true`, else `storage.embedded.size` or [`DEFAULT_STORAGE_SIZE`].
 pub fn data_claim_size(eas: &ExtensionApiServer) -> Option<Quantity> {
     let server = eas.spec.server.as_ref()?;
+    if etcd(eas).is_some() {
+        return None;
+    }
     let embedded = server.storage.as_ref().and_then(|s| s.embedded.as_ref());
     if embedded.is_some_and(|e| e.ephemeral) {
         return None;
@@ -58,8 +139,9 @@ pub fn data_claim(eas: &ExtensionApiServer, names: &Names) -> Option<PersistentV
     })
 }
 
-/// The `data` volume of the bundled server: the claim, or an `emptyDir` with `ephemeral: true`.
-pub fn data_volume(eas: &ExtensionApiServer, names: &Names) -> Volume {
+/// The `data` volume of the bundled server with embedded storage: the claim, or an `emptyDir`
+/// with `ephemeral: true`.
+fn data_volume(eas: &ExtensionApiServer, names: &Names) -> Volume {
     let durable = data_claim_size(eas).is_some();
     Volume {
         name: "data".to_string(),

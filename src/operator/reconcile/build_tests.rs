@@ -4,6 +4,7 @@ use super::*;
 use crate::crd::{ApiVersion, BundledServer, ExtensionApiServerSpec};
 use crate::operator::rbac::bundled_server_rules;
 use crate::pki;
+use crate::serverconfig::DATA_DIR;
 
 const NOW: i64 = 1_800_000_000;
 
@@ -374,3 +375,6 @@ fn service_targets_the_named_port() {
 
 #[path = "build_spec_tests.rs"]
 mod spec_tests;
+
+#[path = "build_etcd_tests.rs"]
+mod etcd_tests;

@@ -17,6 +17,7 @@ use super::compact::{CompactStore, Kept};
 use super::fingerprint;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::runtime::reflector::{self, Store};
@@ -101,6 +102,8 @@ pub struct Caches {
     pub deployments: CompactStore<Deployment>,
     /// Data PersistentVolumeClaims.
     pub claims: CompactStore<PersistentVolumeClaim>,
+    /// PodDisruptionBudgets (several replicas only).
+    pub disruption_budgets: CompactStore<PodDisruptionBudget>,
     /// ClusterRoles.
     pub cluster_roles: CompactStore<ClusterRole>,
     /// ClusterRoleBindings.
@@ -123,6 +126,7 @@ pub struct Writers {
     pub services: CompactStore<Service>,
     pub deployments: CompactStore<Deployment>,
     pub claims: CompactStore<PersistentVolumeClaim>,
+    pub disruption_budgets: CompactStore<PodDisruptionBudget>,
     pub cluster_roles: CompactStore<ClusterRole>,
     pub cluster_role_bindings: CompactStore<ClusterRoleBinding>,
     pub role_bindings: CompactStore<RoleBinding>,
@@ -155,7 +159,7 @@ where
 }
 
 /// Number of stores in [`Caches`], i.e. initial lists the gate waits for.
-pub const CACHE_COUNT: usize = 11;
+pub const CACHE_COUNT: usize = 12;
 
 /// New empty caches whose gate waits for `CACHE_COUNT` initial lists.
 pub fn caches(gate: Arc<SyncGate>) -> (Caches, Writers) {
@@ -167,6 +171,7 @@ pub fn caches(gate: Arc<SyncGate>) -> (Caches, Writers) {
         services: CompactStore::default(),
         deployments: CompactStore::default(),
         claims: CompactStore::default(),
+        disruption_budgets: CompactStore::default(),
         cluster_roles: CompactStore::default(),
         cluster_role_bindings: CompactStore::default(),
         role_bindings: CompactStore::default(),
@@ -181,6 +186,7 @@ pub fn caches(gate: Arc<SyncGate>) -> (Caches, Writers) {
         services: caches.services.clone(),
         deployments: caches.deployments.clone(),
         claims: caches.claims.clone(),
+        disruption_budgets: caches.disruption_budgets.clone(),
         cluster_roles: caches.cluster_roles.clone(),
         cluster_role_bindings: caches.cluster_role_bindings.clone(),
         role_bindings: caches.role_bindings.clone(),
@@ -219,6 +225,7 @@ cached!(
     ConfigMap => config_maps keeps [],
     Service => services keeps [],
     PersistentVolumeClaim => claims keeps [],
+    PodDisruptionBudget => disruption_budgets keeps [],
     ClusterRole => cluster_roles keeps [],
     ClusterRoleBinding => cluster_role_bindings keeps [],
     RoleBinding => role_bindings keeps [],

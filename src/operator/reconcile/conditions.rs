@@ -17,7 +17,7 @@ pub mod types {
     pub const DEPLOYMENT_AVAILABLE: &str = "DeploymentAvailable";
     /// Every APIService is Available.
     pub const API_SERVICE_AVAILABLE: &str = "APIServiceAvailable";
-    /// The bundled server's data survives its pod (a PersistentVolumeClaim). Advisory: False
+    /// The bundled server's data survives its pod (a PersistentVolumeClaim, or etcd). Advisory: False
     /// (reason `Ephemeral`) is a warning and does not make `Ready` false.
     pub const STORAGE_DURABLE: &str = "StorageDurable";
     /// Everything above holds.
@@ -45,6 +45,11 @@ pub mod reasons {
     pub const CONFIGURED: &str = "Configured";
     /// Certificates are valid.
     pub const CERTIFICATES_VALID: &str = "CertificatesValid";
+    /// `spec.server.storage.etcd.secretRef` names a missing Secret, or one without
+    /// `ca.crt`, `tls.crt` or `tls.key` (reported in `DeploymentAvailable`).
+    pub const ETCD_SECRET_INVALID: &str = "EtcdSecretInvalid";
+    /// The bundled server's objects live in etcd (`storage.etcd`).
+    pub const ETCD: &str = "Etcd";
     /// `spec.certificates.caSecretRef` names a missing or unusable Secret.
     pub const CA_SECRET_INVALID: &str = "CASecretInvalid";
     /// Certificates could not be issued.
@@ -160,11 +165,17 @@ pub fn ready(conds: &[Cond]) -> Cond {
 }
 
 /// `StorageDurable` for the bundled server (none for your own image): True on a
-/// PersistentVolumeClaim (the default), False with reason `Ephemeral` on an `emptyDir`.
+/// PersistentVolumeClaim (the default) and in etcd, False with reason `Ephemeral` on an
+/// `emptyDir`.
 pub fn storage_durable(spec: &ExtensionApiServerSpec) -> Option<Cond> {
     let server = spec.server.as_ref()?;
     let t = types::STORAGE_DURABLE;
-    let embedded = server.storage.as_ref().and_then(|s| s.embedded.as_ref());
+    let storage = server.storage.as_ref();
+    let embedded = storage.and_then(|s| s.embedded.as_ref());
+    if let Some(etcd) = storage.and_then(|s| s.etcd.as_ref()) {
+        let msg = format!("objects are stored in etcd at {}", etcd.endpoints.join(", "));
+        return Some(Cond::ok(t, reasons::ETCD, msg));
+    }
     Some(if embedded.is_some_and(|e| e.ephemeral) {
         Cond::fail(
             t,
@@ -347,6 +358,7 @@ mod tests {
                 ephemeral: true,
                 ..Default::default()
             }),
+            etcd: None,
         });
         let warn = storage_durable(&spec).unwrap();
         assert_eq!((warn.status, warn.reason.as_str()), ("False", "Ephemeral"));
@@ -357,6 +369,20 @@ mod tests {
         );
         let r = ready(&[Cond::ok(types::CERTIFICATES_READY, "x", ""), warn]);
         assert!(r.is_true(), "a warning must not make Ready false: {r:?}");
+        spec.server.as_mut().unwrap().storage = Some(crate::crd::ServerStorage {
+            embedded: None,
+            etcd: Some(crate::crd::EtcdStorage {
+                endpoints: vec!["https://etcd-0:2379".into(), "https://etcd-1:2379".into()],
+                ..Default::default()
+            }),
+        });
+        let etcd = storage_durable(&spec).unwrap();
+        assert_eq!((etcd.status, etcd.reason.as_str()), ("True", "Etcd"));
+        assert!(
+            etcd.message.contains("https://etcd-0:2379, https://etcd-1:2379"),
+            "{}",
+            etcd.message
+        );
         spec.server = None;
         assert_eq!(storage_durable(&spec), None, "own images keep their own storage");
     }

@@ -177,6 +177,7 @@ async fn run(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
     let observe::Observed {
         aggregation,
         observation,
+        etcd_secret_problem,
         ..
     } = observed;
     let applied = applier.apply_children(&names, children).await;
@@ -196,7 +197,15 @@ async fn run(eas: &ExtensionApiServer, ctx: &Context) -> Result<Action> {
     }
     ctx.backoff.reset(&backoff_key(eas));
 
-    let desired = status::after_apply(ctx, eas, &names, aggregation, observation.as_ref(), &plan, &applied).await;
+    let mut desired = status::after_apply(ctx, eas, &names, aggregation, observation.as_ref(), &plan, &applied).await;
+    // Everything is applied all the same: once the Secret exists, kubelet mounts it and the
+    // pods start without another reconcile; until then the status says what is missing.
+    if let Some(problem) = etcd_secret_problem {
+        let reason = reasons::ETCD_SECRET_INVALID;
+        ctx.publish(eas, EventType::Warning, reason, problem.clone()).await;
+        let cond = conditions::Cond::fail(conditions::types::DEPLOYMENT_AVAILABLE, reason, problem);
+        desired.replace_condition(cond);
+    }
     let resync = if desired.is_ready() { RESYNC } else { NOT_READY_RESYNC };
     status::write(ctx, eas, &names, desired, now).await?;
     Ok(Action::requeue(resync.min(plan.next_wakeup(now))))

@@ -1,10 +1,12 @@
 //! Observe: read what the cluster shows before anything is written. The aggregation layer's
-//! configuration, the stored certificates, a user's own CA, the published caBundles and (in
-//! the middle of a CA rotation) the leaves the server replicas present. Nothing here writes,
-//! except Events, and everything but a user's own CA Secret (`spec.certificates.caSecretRef`,
-//! not labelled as ours, so not cached) comes from the caches.
+//! configuration, the stored certificates, a user's own CA, whether the etcd client Secret is
+//! there, the published caBundles and (in the middle of a CA rotation) the leaves the server
+//! replicas present. Nothing here writes, except Events, and everything but a user's own
+//! Secrets (`spec.certificates.caSecretRef`, `spec.server.storage.etcd.secretRef`, not
+//! labelled as ours, so not cached) comes from the caches.
 
 use super::aggregation;
+use super::build;
 use super::certs::{self, Force};
 use super::conditions::Cond;
 use super::context::Context;
@@ -47,6 +49,9 @@ pub struct Observed {
     pub observation: Option<Result<Vec<probe::Observed>, String>>,
     /// Whether every observed replica serves a leaf of the active CA.
     pub served_by_active: bool,
+    /// Why the Secret of `spec.server.storage.etcd.secretRef` cannot be mounted (missing, or
+    /// without one of its keys): the server pods would not start.
+    pub etcd_secret_problem: Option<String>,
 }
 
 /// A problem the user must fix before anything can be applied.
@@ -97,6 +102,8 @@ pub async fn observe(ctx: &Context, eas: &ExtensionApiServer, names: &Names) -> 
             }))
         }
     };
+
+    let etcd_secret_problem = check_etcd_secret(&secrets, eas).await?;
 
     // What the cluster shows today: the published caBundles, and (mid-rotation) the served leaves.
     let existing: Vec<Option<APIService>> = eas
@@ -160,6 +167,37 @@ pub async fn observe(ctx: &Context, eas: &ExtensionApiServer, names: &Names) -> 
         published_bundle,
         observation,
         served_by_active,
+        etcd_secret_problem,
+    }))
+}
+
+/// Checks the Secret named by `spec.server.storage.etcd.secretRef` (a user's, not labelled
+/// as ours, so read, not cached): a missing one, or one without `ca.crt`, `tls.crt` or
+/// `tls.key`, leaves the server pods waiting for their volume, which only the pod's Events
+/// would otherwise tell.
+async fn check_etcd_secret(secrets: &Api<Secret>, eas: &ExtensionApiServer) -> Result<Option<String>> {
+    let Some(r) = build::pod::etcd(eas).and_then(|e| e.secret_ref.as_ref()) else {
+        return Ok(None);
+    };
+    let field = "spec.server.storage.etcd.secretRef";
+    let Some(secret) = secrets.get_opt(&r.name).await? else {
+        return Ok(Some(format!(
+            "{field}: Secret {} not found in namespace {}; the server pods cannot start without it",
+            r.name,
+            eas.namespace().unwrap_or_default()
+        )));
+    };
+    let has = |k: &str| {
+        secret.data.as_ref().is_some_and(|d| d.contains_key(k))
+            || secret.string_data.as_ref().is_some_and(|d| d.contains_key(k))
+    };
+    let missing: Vec<&str> = build::pod::ETCD_SECRET_KEYS.into_iter().filter(|k| !has(k)).collect();
+    Ok((!missing.is_empty()).then(|| {
+        format!(
+            "{field}: Secret {} has no {}; it must hold ca.crt, tls.crt and tls.key, and the server pods cannot start without them",
+            r.name,
+            missing.join(", ")
+        )
     }))
 }
 

@@ -31,6 +31,16 @@ impl Desired {
     pub fn is_ready(&self) -> bool {
         self.conditions.last().is_some_and(Cond::is_true)
     }
+
+    /// Replaces the condition of `cond`'s type (adds it if absent) and recomputes `Ready`.
+    pub fn replace_condition(&mut self, cond: Cond) {
+        self.conditions.retain(|c| c.type_ != types::READY);
+        match self.conditions.iter_mut().find(|c| c.type_ == cond.type_) {
+            Some(c) => *c = cond,
+            None => self.conditions.push(cond),
+        }
+        self.conditions.push(conditions::ready(&self.conditions));
+    }
 }
 
 /// Builds the status from the plan and what the apply produced (or, past a failure, what the

@@ -826,6 +826,8 @@ async fn a_conflicting_version_does_not_stall_a_rotation() {
     assert_eq!(rotation.phase, "Overlap", "the foreign APIService is not waited for");
 }
 
+#[path = "tests_etcd.rs"]
+mod etcd;
 #[path = "tests_roles.rs"]
 mod roles;
 

@@ -4,7 +4,9 @@
 
 use super::build::roles::is_kubernetes_group;
 pub use super::settings::{CertSettings, DEFAULT_OVERLAP};
-use crate::crd::{ExtensionApiServerSpec, RESERVED_POD_ANNOTATIONS, RESERVED_POD_LABELS};
+use crate::crd::{
+    EtcdStorage, ExtensionApiServerSpec, MAX_ETCD_ENDPOINTS, RESERVED_POD_ANNOTATIONS, RESERVED_POD_LABELS,
+};
 use crate::pki::{parse_duration, DEFAULT_CA_VALIDITY, DEFAULT_SERVING_VALIDITY};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -113,10 +115,11 @@ pub fn validate(spec: &ExtensionApiServerSpec) -> Result<Validated, Vec<String>>
     if spec.replicas.is_some_and(|r| r < 0) {
         problems.push("spec.replicas must not be negative".into());
     }
-    // Embedded storage is one data directory in one pod: a second replica would serve other data.
-    if spec.server.is_some() && spec.replicas.is_some_and(|r| r > 1) {
+    // Embedded storage is one data directory in one pod: a second replica would serve other
+    // data. Only etcd is shared by every replica.
+    if spec.server.is_some() && spec.replicas.is_some_and(|r| r > 1) && etcd_storage(spec).is_none() {
         problems.push(
-            "spec.replicas: the bundled server with embedded storage runs exactly one replica; set it to 1".into(),
+            "spec.replicas: the bundled server runs more than one replica only with etcd storage; set spec.server.storage.etcd, or set spec.replicas to 1".into(),
         );
     }
     pod_and_storage(spec, &mut problems);
@@ -171,6 +174,53 @@ fn pod_and_storage(spec: &ExtensionApiServerSpec, problems: &mut Vec<String>) {
         problems.push(
             "spec.server.storage.embedded: size and storageClassName configure the PersistentVolumeClaim, which ephemeral: true replaces with an emptyDir; set one or the other".into(),
         );
+    }
+    if let Some(etcd) = etcd_storage(spec) {
+        if embedded.is_some() {
+            problems.push("spec.server.storage: set either embedded or etcd, not both".into());
+        }
+        etcd_settings(etcd, problems);
+    }
+}
+
+/// `spec.server.storage.etcd`, when the bundled server uses it.
+fn etcd_storage(spec: &ExtensionApiServerSpec) -> Option<&EtcdStorage> {
+    spec.server.as_ref()?.storage.as_ref()?.etcd.as_ref()
+}
+
+/// Whether `s` is what the schema admits as an endpoint: `http://` or `https://`, then a
+/// host (and port) with no path, query, fragment, comma or space. The commas matter most:
+/// the endpoints reach the server comma-separated in one flag.
+pub fn is_etcd_endpoint(s: &str) -> bool {
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        !r.is_empty()
+            && !r
+                .chars()
+                .any(|c| matches!(c, '/' | '?' | '#' | ',') || c.is_whitespace())
+    })
+}
+
+fn etcd_settings(etcd: &EtcdStorage, problems: &mut Vec<String>) {
+    if etcd.endpoints.is_empty() || etcd.endpoints.len() > MAX_ETCD_ENDPOINTS {
+        problems.push(format!(
+            "spec.server.storage.etcd.endpoints must list between 1 and {MAX_ETCD_ENDPOINTS} endpoints"
+        ));
+    }
+    for (i, e) in etcd.endpoints.iter().enumerate() {
+        if !is_etcd_endpoint(e) {
+            problems.push(format!(
+                "spec.server.storage.etcd.endpoints[{i}] {e:?} must be an http:// or https:// URL with a host and port and nothing else, such as https://etcd-0.etcd:2379"
+            ));
+        }
+    }
+    if etcd.secret_ref.is_none() && etcd.endpoints.iter().any(|e| e.starts_with("https://")) {
+        problems.push(
+            "spec.server.storage.etcd: https:// endpoints need secretRef, a Secret with ca.crt (to verify etcd), tls.crt and tls.key".into(),
+        );
+    }
+    if etcd.prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
+        problems.push("spec.server.storage.etcd.prefix must start with /".into());
     }
 }
 
@@ -295,9 +345,58 @@ mod tests {
         let mut s = spec();
         s.replicas = Some(2);
         let all = validate(&s).unwrap_err().join("\n");
-        assert!(all.contains("exactly one replica"), "{all}");
+        assert!(all.contains("more than one replica only with etcd storage"), "{all}");
         s.replicas = Some(1);
         assert!(validate(&s).is_ok());
+    }
+
+    fn with_storage(storage: serde_json::Value) -> ExtensionApiServerSpec {
+        let mut s = spec();
+        s.server.as_mut().unwrap().storage = Some(serde_json::from_value(storage).unwrap());
+        s
+    }
+
+    #[test]
+    fn etcd_storage_allows_replicas_and_is_checked_like_the_schema() {
+        let mut s = with_storage(
+            serde_json::json!({"etcd": {"endpoints": ["https://etcd-0.etcd:2379", "http://10.0.0.1:2379"],
+                                                             "secretRef": {"name": "etcd-client"}}}),
+        );
+        s.replicas = Some(3);
+        assert!(validate(&s).is_ok());
+        s.server
+            .as_mut()
+            .unwrap()
+            .storage
+            .as_mut()
+            .unwrap()
+            .etcd
+            .as_mut()
+            .unwrap()
+            .secret_ref = None;
+        let all = validate(&s).unwrap_err().join("\n");
+        assert!(all.contains("https:// endpoints need secretRef"), "{all}");
+        let mut s = with_storage(serde_json::json!({
+            "embedded": {"ephemeral": true},
+            "etcd": {"endpoints": ["etcd:2379", "https://a:2379,https://b:2379", "https://etcd:2379/v3"],
+                     "prefix": "registry"}}));
+        s.replicas = Some(3);
+        let all = validate(&s).unwrap_err().join("\n");
+        for needle in [
+            "set either embedded or etcd, not both",
+            "endpoints[0] \"etcd:2379\" must be an http:// or https:// URL",
+            "endpoints[1]",
+            "endpoints[2]",
+            "prefix must start with /",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(
+            !all.contains("spec.replicas"),
+            "etcd is set, so replicas may be 3: {all}"
+        );
+        let none = with_storage(serde_json::json!({"etcd": {"endpoints": []}}));
+        assert!(validate(&none).unwrap_err()[0].contains("between 1 and 16"));
     }
 
     #[test]
