@@ -75,6 +75,15 @@ fn manifests() -> String {
     docs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n---\n")
 }
 
+/// The `name` of every element of a JSON list (volumes, mounts, containers).
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect()
+}
+
 fn deployment_json(c: &Cluster, name: &str) -> Option<Value> {
     c.json(&["get", "deployment", name, "-n", NS])
 }
@@ -444,12 +453,7 @@ async fn own_image_and_ephemeral(c: &Cluster) {
         (p["hostNetwork"].clone(), p["dnsPolicy"].clone()),
         (json!(true), json!("ClusterFirstWithHostNet"))
     );
-    let volumes: Vec<&str> = p["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["name"].as_str())
-        .collect();
+    let volumes = names(&p["volumes"]);
     assert_eq!(volumes, ["serving-cert", "plugins", "scratch"]);
     let mounts: Vec<&str> = p["containers"][0]["volumeMounts"]
         .as_array()
@@ -530,12 +534,7 @@ async fn etcd_storage(c: &Cluster) {
         assert!(args.contains(&flag), "{flag} missing from {args:?}");
     }
     assert!(!args.iter().any(|a| a.starts_with("--data-dir")), "{args:?}");
-    let volumes: Vec<&str> = p["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["name"].as_str())
-        .collect();
+    let volumes = names(&p["volumes"]);
     assert_eq!(volumes, ["serving-cert", "config", "etcd-client"]);
     let containers = p["containers"].as_array().expect("containers");
     assert_eq!(containers.len(), 1);
