@@ -30,25 +30,96 @@ pub trait Kept: Resource<DynamicType = ()> + Default + Serialize + DeserializeOw
     const FIELDS: &'static [&'static str] = &[];
 }
 
-/// What is kept of one object.
-struct Compact {
-    resource_version: Option<Box<str>>,
+/// What is kept of one object, as read from its [`Packed`] record.
+#[derive(Default)]
+struct Compact<'a> {
+    resource_version: Option<&'a str>,
     /// Whether `app.kubernetes.io/managed-by` names the operator.
     managed: bool,
-    owner_namespace: Option<Box<str>>,
-    owner_name: Option<Box<str>>,
-    fingerprint: Option<Box<str>>,
-    /// The operator's annotations, but the desired hash (which no reconcile reads).
-    annotations: Box<[(Box<str>, Box<str>)]>,
+    owner_namespace: Option<&'a str>,
+    owner_name: Option<&'a str>,
+    fingerprint: Option<&'a str>,
     /// [`Kept::FIELDS`] as a JSON object, when the kind keeps any and the object has them.
-    body: Option<Box<[u8]>>,
+    body: Option<&'a [u8]>,
+    /// The operator's annotations, but the desired hash (which no reconcile reads).
+    annotations: Vec<(&'a str, &'a str)>,
+}
+
+/// A [`Compact`] in one allocation: each field as a little-endian `u32` length ([`ABSENT`] for
+/// none) and its bytes, in the struct's order, the annotations last as key and value pairs.
+/// One allocation an object instead of one a field: at 1,000 ExtensionApiServers (11,000
+/// records) the allocator's overhead per allocation and the map's wider slots were megabytes.
+struct Packed(Box<[u8]>);
+
+const ABSENT: u32 = u32::MAX;
+
+impl Compact<'_> {
+    fn pack(&self) -> Packed {
+        let mut buf = Vec::new();
+        let mut put = |v: Option<&[u8]>| match v {
+            None => buf.extend_from_slice(&ABSENT.to_le_bytes()),
+            Some(b) => {
+                // Longer fields cannot come from the API server (its objects are at most 3 MiB).
+                let len = u32::try_from(b.len()).unwrap_or(ABSENT - 1).min(ABSENT - 1);
+                buf.extend_from_slice(&len.to_le_bytes());
+                buf.extend_from_slice(&b[..len as usize]);
+            }
+        };
+        put(self.resource_version.map(str::as_bytes));
+        put(self.managed.then_some(&[][..]));
+        put(self.owner_namespace.map(str::as_bytes));
+        put(self.owner_name.map(str::as_bytes));
+        put(self.fingerprint.map(str::as_bytes));
+        put(self.body);
+        for (k, v) in &self.annotations {
+            put(Some(k.as_bytes()));
+            put(Some(v.as_bytes()));
+        }
+        Packed(buf.into_boxed_slice())
+    }
+}
+
+impl Packed {
+    fn unpack(&self) -> Compact<'_> {
+        let mut rest: &[u8] = &self.0;
+        let mut field = || -> Option<Option<&[u8]>> {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = u32::from_le_bytes(*len);
+            if len == ABSENT {
+                rest = tail;
+                return Some(None);
+            }
+            let (value, tail) = tail.split_at_checked(len as usize)?;
+            rest = tail;
+            Some(Some(value))
+        };
+        // Every text field was packed from a `str`.
+        fn text(b: Option<&[u8]>) -> Option<&str> {
+            b.and_then(|b| std::str::from_utf8(b).ok())
+        }
+        let mut c = Compact {
+            resource_version: text(field().flatten()),
+            managed: field().flatten().is_some(),
+            owner_namespace: text(field().flatten()),
+            owner_name: text(field().flatten()),
+            fingerprint: text(field().flatten()),
+            body: field().flatten(),
+            annotations: Vec::new(),
+        };
+        while let (Some(k), Some(v)) = (field().flatten(), field().flatten()) {
+            if let (Some(k), Some(v)) = (text(Some(k)), text(Some(v))) {
+                c.annotations.push((k, v));
+            }
+        }
+        c
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    objects: HashMap<Box<str>, Compact>,
+    objects: HashMap<Box<str>, Packed>,
     /// The initial list being received (between `Init` and `InitDone`).
-    buffer: Option<HashMap<Box<str>, Compact>>,
+    buffer: Option<HashMap<Box<str>, Packed>>,
 }
 
 /// A store of compact records, filled from watch events; cheap to clone (shared).
@@ -129,53 +200,46 @@ impl<K: Kept> CompactStore<K> {
     }
 }
 
-fn compact<K: Kept>(obj: &K) -> (Box<str>, Compact) {
+fn compact<K: Kept>(obj: &K) -> (Box<str>, Packed) {
     let meta = obj.meta();
-    let label = |l: &str| meta.labels.as_ref().and_then(|m| m.get(l)).map(|v| v.as_str().into());
+    let label = |l: &str| meta.labels.as_ref().and_then(|m| m.get(l)).map(String::as_str);
     let json = serde_json::to_value(obj).unwrap_or(Value::Null);
-    let fingerprint = fingerprint::owned(&json, FIELD_MANAGER).map(String::into_boxed_str);
+    let fingerprint = fingerprint::owned(&json, FIELD_MANAGER);
     let body = match json {
         Value::Object(mut all) if !K::FIELDS.is_empty() => {
             let kept: Map<String, Value> = K::FIELDS
                 .iter()
                 .filter_map(|f| all.remove(*f).map(|v| (f.to_string(), v)))
                 .collect();
-            (!kept.is_empty())
-                .then(|| serde_json::to_vec(&kept).ok())
-                .flatten()
-                .map(Vec::into_boxed_slice)
+            (!kept.is_empty()).then(|| serde_json::to_vec(&kept).ok()).flatten()
         }
         _ => None,
     };
-    let annotations = meta
-        .annotations
-        .iter()
-        .flatten()
-        .filter(|(k, _)| k.starts_with(OUR_ANNOTATIONS) && *k != DESIRED_HASH_ANNOTATION)
-        .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
-        .collect();
     let compact = Compact {
-        resource_version: meta.resource_version.as_deref().map(Into::into),
-        managed: meta.labels.as_ref().and_then(|m| m.get(MANAGED_BY)).map(String::as_str) == Some(MANAGER),
+        resource_version: meta.resource_version.as_deref(),
+        managed: label(MANAGED_BY) == Some(MANAGER),
         owner_namespace: label(OWNER_NAMESPACE_LABEL),
         owner_name: label(OWNER_NAME_LABEL),
-        fingerprint,
-        annotations,
-        body,
+        fingerprint: fingerprint.as_deref(),
+        body: body.as_deref(),
+        annotations: meta
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with(OUR_ANNOTATIONS) && *k != DESIRED_HASH_ANNOTATION)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
     };
     (
         key(meta.namespace.as_deref(), meta.name.as_deref().unwrap_or_default()),
-        compact,
+        compact.pack(),
     )
 }
 
-fn rebuild<K: Kept>(key: &str, c: &Compact) -> K {
+fn rebuild<K: Kept>(key: &str, packed: &Packed) -> K {
+    let c = packed.unpack();
     // The body was serialised from a `K`, so it parses back; an empty object is the fallback.
-    let mut obj: K = c
-        .body
-        .as_deref()
-        .and_then(|b| serde_json::from_slice(b).ok())
-        .unwrap_or_default();
+    let mut obj: K = c.body.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
     let meta = obj.meta_mut();
     match key.split_once('/') {
         Some((ns, name)) => {
@@ -184,14 +248,14 @@ fn rebuild<K: Kept>(key: &str, c: &Compact) -> K {
         }
         None => meta.name = Some(key.to_string()),
     }
-    meta.resource_version = c.resource_version.as_deref().map(str::to_string);
+    meta.resource_version = c.resource_version.map(str::to_string);
     let mut labels = BTreeMap::new();
     if c.managed {
         labels.insert(MANAGED_BY.to_string(), MANAGER.to_string());
     }
     for (l, v) in [
-        (OWNER_NAMESPACE_LABEL, &c.owner_namespace),
-        (OWNER_NAME_LABEL, &c.owner_name),
+        (OWNER_NAMESPACE_LABEL, c.owner_namespace),
+        (OWNER_NAME_LABEL, c.owner_name),
     ] {
         if let Some(v) = v {
             labels.insert(l.to_string(), v.to_string());
@@ -203,7 +267,7 @@ fn rebuild<K: Kept>(key: &str, c: &Compact) -> K {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    if let Some(f) = c.fingerprint.as_deref() {
+    if let Some(f) = c.fingerprint {
         annotations.insert(OWNED_FINGERPRINT.to_string(), f.to_string());
     }
     meta.annotations = (!annotations.is_empty()).then_some(annotations);
@@ -226,6 +290,31 @@ mod tests {
                                             "fieldsV1": {"f:rules": {}}}]},
             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_packed_record_reads_back_every_field() {
+        let c = Compact {
+            resource_version: Some("42"),
+            managed: true,
+            owner_namespace: Some(""),
+            owner_name: None,
+            fingerprint: Some("ab12"),
+            body: Some(br#"{"data":{}}"#),
+            annotations: vec![("aggregation.dev/a", ""), ("aggregation.dev/b", "x\u{0}y")],
+        };
+        let packed = c.pack();
+        let back = packed.unpack();
+        assert_eq!(back.resource_version, Some("42"));
+        assert!(back.managed);
+        assert_eq!(back.owner_namespace, Some(""), "empty is not absent");
+        assert_eq!(back.owner_name, None);
+        assert_eq!(back.fingerprint, Some("ab12"));
+        assert_eq!(back.body, Some(&br#"{"data":{}}"#[..]));
+        assert_eq!(back.annotations, c.annotations);
+        let packed = Compact::default().pack();
+        let empty = packed.unpack();
+        assert!(!empty.managed && empty.resource_version.is_none() && empty.annotations.is_empty());
     }
 
     #[test]
