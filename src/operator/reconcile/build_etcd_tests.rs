@@ -167,7 +167,10 @@ fn bundled_server_accepts_the_etcd_arguments() {
     let mut argv = container.command.clone().unwrap();
     argv.extend(container.args.clone().unwrap());
     let args = crate::apiserver::options::Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(args.etcd_servers, ["https://etcd-0.etcd:2379", "https://etcd-1.etcd:2379"]);
+    assert_eq!(
+        args.etcd_servers,
+        ["https://etcd-0.etcd:2379", "https://etcd-1.etcd:2379"]
+    );
     assert_eq!(args.etcd_prefix.as_deref(), Some("/registry/wardle.example.com"));
     let dir = std::path::Path::new(crate::serverconfig::ETCD_CERT_DIR);
     assert_eq!(args.etcd_cafile, Some(dir.join("ca.crt")));
