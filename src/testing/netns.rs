@@ -153,6 +153,23 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// Routes everything else from inside the namespace through the host end, so that
+    /// processes inside reach addresses of the host (kube-apiserver on another namespace's
+    /// host end, say): the host delivers packets for its own addresses whatever interface they
+    /// arrive on, and answers through this pair's /30 route.
+    pub fn route_default_via_host(&self) -> Result<(), Error> {
+        ip(&[
+            "-n",
+            &self.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.outer.to_string(),
+        ])?;
+        Ok(())
+    }
+
     /// The namespace name (for `ip netns exec`).
     pub fn name(&self) -> &str {
         &self.name

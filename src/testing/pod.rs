@@ -41,7 +41,12 @@
 //!   it through the EndpointSlice; the pod IP is [`ControlPlane::inner_ip`]. All pods share
 //!   that namespace (one "pod network" rather than one per pod: the host does not forward
 //!   between namespaces), so two running pods must not listen on the same port: a surge pod of
-//!   a rolling update needs a different port than the pod it replaces.
+//!   a rolling update needs a different port than the pod it replaces. With
+//!   [`RunningPod::start_own_network`] each pod gets a namespace of its own instead (its own
+//!   veth pair and /30, a default route to the host), as a kubelet would give it: replicas
+//!   listening on the same port then run side by side. They reach kube-apiserver (and anything
+//!   else bound to a host address) through the host end of their veth; the host, and with it
+//!   kube-apiserver's aggregator and the probes, reach them directly.
 
 use super::controlplane::ControlPlane;
 use super::netns::{Error, Process};
@@ -100,6 +105,8 @@ struct Shared {
     errors: Vec<String>,
     /// Set to kill every container once (see [`RunningPod::kill_containers`]).
     kill_requested: bool,
+    /// Pods whose container to kill once (see [`RunningPod::kill_container`]).
+    kill_pods: std::collections::BTreeSet<String>,
 }
 
 /// Runs the pods of one Deployment until dropped. Dropping it stops the processes, deletes the
@@ -121,6 +128,25 @@ impl RunningPod {
         deployment: &Deployment,
         opts: PodRunnerOptions,
     ) -> Result<RunningPod, Error> {
+        RunningPod::start_with(cp, deployment, opts, false)
+    }
+
+    /// [`RunningPod::start`], each pod in a network namespace of its own (see the module
+    /// documentation): for several replicas that listen on the same port.
+    pub fn start_own_network(
+        cp: &'static ControlPlane,
+        deployment: &Deployment,
+        opts: PodRunnerOptions,
+    ) -> Result<RunningPod, Error> {
+        RunningPod::start_with(cp, deployment, opts, true)
+    }
+
+    fn start_with(
+        cp: &'static ControlPlane,
+        deployment: &Deployment,
+        opts: PodRunnerOptions,
+        own_network: bool,
+    ) -> Result<RunningPod, Error> {
         let name = deployment.metadata.name.clone().ok_or("Deployment without name")?;
         let ns = deployment
             .metadata
@@ -135,6 +161,7 @@ impl RunningPod {
             namespace: ns.clone(),
             deployment: name.clone(),
             opts,
+            own_network,
             shared: shared.clone(),
             dir: cp.dir().join("pods"),
         };
@@ -194,6 +221,12 @@ impl RunningPod {
         self.lock().kill_requested = true;
     }
 
+    /// Kills the container process of pod `name` once, as a crash of that one replica would;
+    /// the runner restarts it like [`RunningPod::kill_containers`] does.
+    pub fn kill_container(&self, name: &str) {
+        self.lock().kill_pods.insert(name.to_string());
+    }
+
     /// Stops the runner and its pods now (what drop does).
     pub fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
@@ -232,6 +265,21 @@ struct RunPod {
     container: Container,
     /// What was last reported, to patch the status only on change.
     reported: Option<(bool, bool, u32)>,
+    /// The pod's own network namespace with [`RunningPod::start_own_network`]; deleted when
+    /// the pod is dropped (after its process is stopped).
+    net: Option<super::netns::NetNs>,
+}
+
+impl RunPod {
+    /// The pod IP: its own namespace's inner address, else the control plane's.
+    fn ip(&self, cp: &ControlPlane) -> std::net::IpAddr {
+        std::net::IpAddr::V4(self.net.as_ref().map_or_else(|| cp.inner_ip(), |n| n.inner()))
+    }
+
+    /// The network namespace the container runs in.
+    fn netns<'a>(&'a self, cp: &'a ControlPlane) -> &'a str {
+        self.net.as_ref().map_or_else(|| cp.netns(), |n| n.name())
+    }
 }
 
 /// Used by pod_loop: the container report of a pod.

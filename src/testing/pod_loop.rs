@@ -3,7 +3,7 @@
 
 use super::{backoff, container_report, endpoint, now, Container, PodReport, PodRunnerOptions, RunPod, Shared};
 use crate::testing::controlplane::ControlPlane;
-use crate::testing::netns::{Error, Process};
+use crate::testing::netns::{Error, NetNs, Process};
 use crate::testing::pod_env::{container_argv, container_env, rewrite_paths, PodFields};
 use crate::testing::pod_status::{self as status, NODE_NAME, SLICE_LABEL};
 use crate::testing::pod_volumes::PodVolumes;
@@ -31,6 +31,8 @@ pub(super) struct Ctx {
     pub namespace: String,
     pub deployment: String,
     pub opts: PodRunnerOptions,
+    /// Each pod in a network namespace of its own.
+    pub own_network: bool,
     pub shared: Arc<Mutex<Shared>>,
     pub dir: PathBuf,
 }
@@ -141,6 +143,7 @@ impl Runner {
             self.stop_pod(&name, 0).await;
         }
         let kill = std::mem::take(&mut self.shared().kill_requested);
+        let kill_pods = std::mem::take(&mut self.shared().kill_pods);
         for p in current.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
             let name = p.name_any();
             let bound = p.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -159,7 +162,7 @@ impl Runner {
                     continue;
                 }
             }
-            if kill {
+            if kill || kill_pods.contains(&name) {
                 if let Some(rp) = self.pods.get_mut(&name) {
                     // Killed in place: `supervise` sees the exit and counts the restart.
                     if let Some(proc) = rp.container.process.as_mut() {
@@ -222,7 +225,15 @@ impl Runner {
         let name = pod.name_any();
         let pod_dir = self.ctx.dir.join(format!("{}-{name}", self.ctx.namespace));
         let mut volumes = PodVolumes::prepare(&pod, &pod_dir, &self.ctx.dir.join("claims"))?;
-        volumes.sync(&self.client, &pod, &self.pod_ip().to_string()).await?;
+        let net = if self.ctx.own_network {
+            let net = NetNs::create()?;
+            net.route_default_via_host()?;
+            Some(net)
+        } else {
+            None
+        };
+        let pod_ip = net.as_ref().map_or_else(|| self.pod_ip(), |n| IpAddr::V4(n.inner()));
+        volumes.sync(&self.client, &pod, &pod_ip.to_string()).await?;
         let log = pod_dir.join("container.log");
         self.note(&name, |r| r.log = Some(log.clone()));
         self.pods.insert(
@@ -242,6 +253,7 @@ impl Runner {
                     next_probe: Instant::now(),
                 },
                 reported: None,
+                net,
             },
         );
         Ok(())
@@ -249,8 +261,9 @@ impl Runner {
 
     /// Syncs volumes, (re)starts the process, probes, and reports the status on change.
     async fn supervise(&mut self, name: &str, latest: Pod) {
-        let (pod_ip, host_ip) = (self.pod_ip(), self.host_ip());
+        let host_ip = self.host_ip();
         let Some(rp) = self.pods.get_mut(name) else { return };
+        let pod_ip = rp.ip(self.ctx.cp);
         rp.pod = latest;
         if let Err(e) = rp.volumes.sync(&self.client, &rp.pod, &pod_ip.to_string()).await {
             let msg = format!("volume sync: {e}");
@@ -362,8 +375,8 @@ impl Runner {
 
     /// Applies the EndpointSlices of the Services selecting running pods; deletes stale ones.
     async fn publish_slices(&mut self) -> Result<(), Error> {
-        let ip = self.pod_ip();
-        let endpoints: Vec<_> = self.pods.values().filter_map(|p| endpoint(p, ip)).collect();
+        let cp = self.ctx.cp;
+        let endpoints: Vec<_> = self.pods.values().filter_map(|p| endpoint(p, p.ip(cp))).collect();
         let desired = status::desired_slices(&self.client, &self.ctx.namespace, &self.runner_id, &endpoints).await?;
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.ctx.namespace);
         let mut keep = BTreeSet::new();
@@ -473,7 +486,7 @@ async fn start_container(ctx: &Ctx, client: &Client, rp: &RunPod, pod_ip: IpAddr
         env.push((name, kubeconfig.display().to_string()));
     }
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ctx.cp.netns()])
+    cmd.args(["netns", "exec", rp.netns(ctx.cp)])
         .arg(&local.path)
         .args(argv[1..].iter().map(|a| rewrite_paths(a, &mounts)))
         .env_clear()
