@@ -1901,17 +1901,23 @@ async fn two_replicas_on_etcd_serve_one_consistent_store() {
     assert_eq!(code, 200, "discovery: {discovery}\n{}", diag(&server));
     let verbs = flunders_verbs.unwrap_or_else(|| panic!("no flunders in {discovery}"));
     for verb in ["create", "get", "list", "watch", "patch", "update", "delete"] {
-        assert!(verbs.as_array().is_some_and(|v| v.contains(&json!(verb))), "{verb} in {verbs}");
+        assert!(
+            verbs.as_array().is_some_and(|v| v.contains(&json!(verb))),
+            "{verb} in {verbs}"
+        );
     }
 
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(ETCD_GROUP, "v1alpha1", "Flunder"),
-        "flunders",
-    );
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(ETCD_GROUP, "v1alpha1", "Flunder"), "flunders");
     let api = |c: &kube::Client| Api::<DynamicObject>::namespaced_with(c.clone(), ns, &resource);
     let through_aggregator = api(&client);
     let every: Vec<(String, Api<DynamicObject>)> = std::iter::once(("aggregator".to_string(), api(&client)))
-        .chain(replicas.iter().enumerate().map(|(i, c)| (format!("replica {i}"), api(c))))
+        .chain(
+            replicas
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("replica {i}"), api(c))),
+        )
         .collect();
 
     // A watch through the aggregator and one on each replica, from the same resourceVersion.
@@ -1927,7 +1933,10 @@ async fn two_replicas_on_etcd_serve_one_consistent_store() {
     // Each write through the aggregator, then a read of the object from every side.
     async fn read_back(every: &[(String, Api<DynamicObject>)], name: &str, want: Option<&str>, what: &str) {
         for (who, a) in every {
-            let got = a.get_opt(name).await.unwrap_or_else(|e| panic!("get {name} on {who}: {e}"));
+            let got = a
+                .get_opt(name)
+                .await
+                .unwrap_or_else(|e| panic!("get {name} on {who}: {e}"));
             let rv = got.as_ref().and_then(|o| o.metadata.resource_version.as_deref());
             assert_eq!(rv, want, "{who} after {what} of {name}");
         }
@@ -1935,8 +1944,8 @@ async fn two_replicas_on_etcd_serve_one_consistent_store() {
     let names: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();
     let mut expected = Vec::new();
     for name in &names {
-        let obj: DynamicObject = serde_json::from_value(flunder(ETCD_GROUP, name, json!({"reference": "a"})))
-            .expect("a Flunder");
+        let obj: DynamicObject =
+            serde_json::from_value(flunder(ETCD_GROUP, name, json!({"reference": "a"}))).expect("a Flunder");
         let created = through_aggregator.create(&PostParams::default(), &obj).await;
         let created = created.unwrap_or_else(|e| panic!("create {name}: {e}\n{}", diag(&server)));
         let rv = created.metadata.resource_version.expect("created resourceVersion");
@@ -1981,7 +1990,9 @@ async fn two_replicas_on_etcd_serve_one_consistent_store() {
                 WatchEvent::Bookmark(_) => continue,
                 WatchEvent::Error(e) => panic!("{who}: watch error {e:?}"),
             };
-            let rv = (kind != "DELETED").then(|| obj.metadata.resource_version.clone()).flatten();
+            let rv = (kind != "DELETED")
+                .then(|| obj.metadata.resource_version.clone())
+                .flatten();
             seen.push((kind, obj.metadata.name.unwrap_or_default(), rv));
         }
         assert_eq!(seen, expected, "{who}'s watch");

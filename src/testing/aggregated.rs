@@ -225,8 +225,13 @@ impl AggregatedServer {
 
         let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&ca.cert_pem);
         let mut objects = cp.service_for_netns(ns, svc, opts.port);
-        let items = objects["items"].as_array_mut().ok_or("service_for_netns returns a List")?;
-        let slice = items.last().cloned().ok_or("service_for_netns returns an EndpointSlice")?;
+        let items = objects["items"]
+            .as_array_mut()
+            .ok_or("service_for_netns returns a List")?;
+        let slice = items
+            .last()
+            .cloned()
+            .ok_or("service_for_netns returns an EndpointSlice")?;
         for i in 1..opts.replicas {
             let mut more = slice.clone();
             more["metadata"]["name"] = json!(format!("{svc}-netns-{i}"));
