@@ -1941,7 +1941,9 @@ async fn two_replicas_on_etcd_serve_one_consistent_store() {
             assert_eq!(rv, want, "{who} after {what} of {name}");
         }
     }
-    let names: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();
+    // Enough writes that each replica takes some (the aggregator picks an endpoint at random
+    // per request: all 24 on one replica has odds of 2^-23).
+    let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
     let mut expected = Vec::new();
     for name in &names {
         let obj: DynamicObject =
@@ -1997,5 +1999,32 @@ async fn two_replicas_on_etcd_serve_one_consistent_store() {
         }
         assert_eq!(seen, expected, "{who}'s watch");
     }
+    // Both replicas took writes through the aggregator, each write exactly one (the direct
+    // requests above are reads).
+    let mut writes = Vec::new();
+    for (i, c) in replicas.iter().enumerate() {
+        let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
+        let text = c
+            .request_text(req)
+            .await
+            .unwrap_or_else(|e| panic!("replica {i} /metrics: {e}"));
+        let counted: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"flunders\""))
+            .filter(|l| {
+                ["create", "patch", "delete"]
+                    .iter()
+                    .any(|v| l.contains(&format!("verb=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        writes.push(counted);
+    }
+    assert!(writes.iter().all(|w| *w > 0.0), "writes per replica: {writes:?}");
+    assert_eq!(
+        writes.iter().sum::<f64>(),
+        3.0 * names.len() as f64,
+        "writes per replica: {writes:?}"
+    );
     server.check_running().expect("both replicas still running");
 }
