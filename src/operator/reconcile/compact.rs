@@ -198,11 +198,8 @@ fn rebuild<K: Kept>(key: &str, c: &Compact) -> K {
         }
     }
     meta.labels = (!labels.is_empty()).then_some(labels);
-    let mut annotations: BTreeMap<String, String> = c
-        .annotations
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let mut annotations: BTreeMap<String, String> =
+        c.annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     if let Some(f) = c.fingerprint.as_deref() {
         annotations.insert(OWNED_FINGERPRINT.to_string(), f.to_string());
     }
