@@ -8,7 +8,7 @@
 //!
 //! Over 500 lines: one scenario, whose policies, cases and harness read best together.
 
-use eao::testing::aggregated::{flunder, flunders, send_json, wardle_beside_crds, AggregatedServer};
+use eao::testing::aggregated::{flunder, flunders, send_json, wardle_beside_crds, AggregatedServer, Storage};
 use eao::testing::controlplane::ControlPlane;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -186,7 +186,7 @@ fn policies() -> Value {
 
 async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
     let binary = Path::new(env!("CARGO_BIN_EXE_extension-apiserver"));
-    let server = wardle_beside_crds(cp, binary, CRD_GROUP).await;
+    let server = wardle_beside_crds(cp, binary, CRD_GROUP, Storage::Embedded).await;
     // Namespaces, the param, and read access to params for the bundled server (kube-apiserver
     // reads them itself; the bundled server reads them with its ServiceAccount).
     let setup = json!({"apiVersion": "v1", "kind": "List", "items": [

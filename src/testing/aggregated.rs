@@ -420,9 +420,14 @@ pub fn crds_from_config(config_yaml: &str, crd_group: &str) -> Value {
 
 /// The setup the admission tests share: kube-apiserver serves the standalone configuration's
 /// resources as CRDs in `crd_group` (waited for until Established), and the bundled server
-/// (`binary`) serves them in `wardle.example.com` through the aggregation layer. Panics on
-/// failure.
-pub async fn wardle_beside_crds(cp: &ControlPlane, binary: &Path, crd_group: &str) -> AggregatedServer {
+/// (`binary`, on `storage`) serves them in `wardle.example.com` through the aggregation layer.
+/// Panics on failure.
+pub async fn wardle_beside_crds(
+    cp: &ControlPlane,
+    binary: &Path,
+    crd_group: &str,
+    storage: Storage,
+) -> AggregatedServer {
     let timeout = Duration::from_secs(90);
     let kubectl = |args: Vec<String>, stdin: Option<String>| async move {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -431,9 +436,15 @@ pub async fn wardle_beside_crds(cp: &ControlPlane, binary: &Path, crd_group: &st
     };
     let crds = crds_from_config(crate::apiserver::STANDALONE_CONFIG, crd_group).to_string();
     kubectl(vec!["apply".into(), "-f".into(), "-".into()], Some(crds)).await;
-    let server = AggregatedServer::start(cp, ServeOptions::wardle(binary))
-        .await
-        .unwrap_or_else(|e| panic!("aggregated server: {e}"));
+    let server = AggregatedServer::start(
+        cp,
+        ServeOptions {
+            storage,
+            ..ServeOptions::wardle(binary)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("aggregated server: {e}"));
     let wait = ["wait", "--for=condition=Established", "--timeout=60s"].map(String::from);
     let names = ["flunders", "fischers"].map(|r| format!("crd/{r}.{crd_group}"));
     kubectl(wait.into_iter().chain(names).collect(), None).await;
