@@ -4,9 +4,12 @@
 //! writes must be mutated alike (the stored objects' labels and spec) or refused alike (status
 //! code, reason, message and details once the group name is replaced).
 //!
-//! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
+//! It runs once per storage of the bundled server (embedded, etcd), one after the other, in
+//! namespaces of its own: both serve the same group through the same APIServices.
+//!
+//! Without `KUBEBUILDER_ASSETS` the tests print why they are skipped and pass.
 
-use eao::testing::aggregated::{flunder, flunders, send_json, wardle_beside_crds, AggregatedServer};
+use eao::testing::aggregated::{flunder, flunders, send_json, wardle_beside_crds, AggregatedServer, Storage};
 use eao::testing::controlplane::ControlPlane;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -15,10 +18,21 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(90);
 const GROUP: &str = "wardle.example.com";
 const CRD_GROUP: &str = "wardle-crd.example.com";
-/// The namespace the bindings select (by label).
-const NS: &str = "map-checked";
-/// A namespace no binding selects.
-const NS_OTHER: &str = "map-unchecked";
+
+/// The namespaces of a run on `storage`: one the bindings select (by label), and one no binding
+/// selects.
+fn namespaces(storage: Storage) -> (String, String) {
+    match storage {
+        Storage::Embedded => ("map-checked".into(), "map-unchecked".into()),
+        _ => (
+            format!("map-checked-{}", storage.name()),
+            format!("map-unchecked-{}", storage.name()),
+        ),
+    }
+}
+
+/// One run at a time (see the module comment).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> String {
     let (ok, out, err) = cp.run_kubectl(args, stdin, TIMEOUT).await;
@@ -107,12 +121,12 @@ fn policies() -> Value {
     ]})
 }
 
-async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
+async fn setup(cp: &'static ControlPlane, storage: Storage, ns: &str, ns_other: &str) -> AggregatedServer {
     let binary = Path::new(env!("CARGO_BIN_EXE_extension-apiserver"));
-    let server = wardle_beside_crds(cp, binary, CRD_GROUP).await;
+    let server = wardle_beside_crds(cp, binary, CRD_GROUP, storage).await;
     let namespaces = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": {"map": "checked"}}},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS_OTHER}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"map": "checked"}}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns_other}},
     ]});
     kubectl(cp, &["apply", "-f", "-"], Some(&namespaces.to_string())).await;
     kubectl(cp, &["apply", "-f", "-"], Some(&policies().to_string())).await;
@@ -121,12 +135,30 @@ async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
 
 #[tokio::test]
 async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_crds() {
-    let Some(cp) =
-        ControlPlane::shared("mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_crds").await
-    else {
+    mutating_policies(
+        "mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_crds",
+        Storage::Embedded,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mutating_policies_mutate_the_bundled_server_on_etcd_as_kube_apiserver_mutates_crds() {
+    mutating_policies(
+        "mutating_policies_mutate_the_bundled_server_on_etcd_as_kube_apiserver_mutates_crds",
+        Storage::Etcd,
+    )
+    .await;
+}
+
+async fn mutating_policies(test: &str, storage: Storage) {
+    let Some(cp) = ControlPlane::shared(test).await else {
         return;
     };
-    let server = setup(cp).await;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (ns, ns_other) = namespaces(storage);
+    let (ns, ns_other) = (ns.as_str(), ns_other.as_str());
+    let server = setup(cp, storage, ns, ns_other).await;
     let client = cp.client().await.expect("client");
     let diag = |server: &AggregatedServer| format!("aggregated server log tail:\n{}", server.log_tail(40));
 
@@ -146,7 +178,7 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
         for (reference, ready) in &probes {
             let started = Instant::now();
             loop {
-                let path = format!("{}?dryRun=All", flunders(group, NS));
+                let path = format!("{}?dryRun=All", flunders(group, ns));
                 let obj = flunder(group, "probe", json!({"reference": reference, "size": 1}));
                 let (code, body) = send(&client, "POST", &path, Some(&obj)).await;
                 if ready(code, &body) {
@@ -163,88 +195,88 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
     }
 
     // (what, namespace, spec at create, spec of an update (PUT) if any, expected code)
-    type Case = (&'static str, &'static str, Value, Option<Value>, u16);
+    type Case<'a> = (&'static str, &'a str, Value, Option<Value>, u16);
     let cases: Vec<Case> = vec![
         (
             "JSONPatch adds a label",
-            NS,
+            ns,
             json!({"reference": "plain", "size": 1}),
             None,
             201,
         ),
         (
             "matchCondition false skips",
-            NS,
+            ns,
             json!({"reference": "skip", "size": 1}),
             None,
             201,
         ),
         (
             "ApplyConfiguration sets a field",
-            NS,
+            ns,
             json!({"reference": "sized", "size": 1}),
             None,
             201,
         ),
         (
             "failing expression under Fail",
-            NS,
+            ns,
             json!({"reference": "fail"}),
             None,
             403,
         ),
         (
             "failing expression under Ignore",
-            NS,
+            ns,
             json!({"reference": "ignore", "size": 1}),
             None,
             201,
         ),
         (
             "namespace not selected",
-            NS_OTHER,
+            ns_other,
             json!({"reference": "sized", "size": 1}),
             None,
             201,
         ),
         (
             "update mutated",
-            NS,
+            ns,
             json!({"reference": "plain", "size": 1}),
             Some(json!({"reference": "sized", "size": 2})),
             200,
         ),
         (
             "update refused",
-            NS,
+            ns,
             json!({"reference": "plain"}),
             Some(json!({"reference": "fail"})),
             403,
         ),
         (
             "undeclared field refused",
-            NS,
+            ns,
             json!({"reference": "undeclared"}),
             None,
             403,
         ),
         (
             "reinvoked after a later change",
-            NS,
+            ns,
             json!({"reference": "reinvoke", "size": 1}),
             None,
             201,
         ),
         (
             "JSON Patch that does not apply",
-            NS,
+            ns,
             json!({"reference": "bad-patch"}),
             None,
             403,
         ),
         (
             "construction named off its field path",
-            NS,
+            ns,
             json!({"reference": "mistyped"}),
             None,
             403,
@@ -337,11 +369,11 @@ async fn mutating_policies_mutate_the_bundled_server_as_kube_apiserver_mutates_c
         let client = client.clone();
         async move { send(&client, "GET", &path, None).await.1 }
     };
-    assert_eq!(get(NS, "f0").await["metadata"]["labels"]["map-label"], "yes");
-    assert!(get(NS, "f1").await["metadata"]["labels"].is_null());
-    assert_eq!(get(NS, "f2").await["spec"]["size"], 42);
-    assert_eq!(get(NS, "f4").await["spec"]["size"], 7);
-    assert_eq!(get(NS_OTHER, "f5").await["spec"]["size"], 1);
-    assert_eq!(get(NS, "f6").await["spec"]["size"], 42);
+    assert_eq!(get(ns, "f0").await["metadata"]["labels"]["map-label"], "yes");
+    assert!(get(ns, "f1").await["metadata"]["labels"].is_null());
+    assert_eq!(get(ns, "f2").await["spec"]["size"], 42);
+    assert_eq!(get(ns, "f4").await["spec"]["size"], 7);
+    assert_eq!(get(ns_other, "f5").await["spec"]["size"], 1);
+    assert_eq!(get(ns, "f6").await["spec"]["size"], 42);
     drop(server);
 }

@@ -4,11 +4,14 @@
 //! requests must be refused or admitted alike, with the same status code, reason, message,
 //! details and `Warning` headers once the group name is replaced.
 //!
-//! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
+//! It runs once per storage of the bundled server (embedded, etcd), one after the other, in
+//! namespaces of its own: both serve the same group through the same APIServices.
+//!
+//! Without `KUBEBUILDER_ASSETS` the tests print why they are skipped and pass.
 //!
 //! Over 500 lines: one scenario, whose policies, cases and harness read best together.
 
-use eao::testing::aggregated::{flunder, flunders, send_json, wardle_beside_crds, AggregatedServer};
+use eao::testing::aggregated::{flunder, flunders, send_json, wardle_beside_crds, AggregatedServer, Storage};
 use eao::testing::controlplane::ControlPlane;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -17,14 +20,35 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(90);
 const GROUP: &str = "wardle.example.com";
 const CRD_GROUP: &str = "wardle-crd.example.com";
-/// The namespace the policies' bindings select (by label).
-const NS: &str = "vap-checked";
-/// A namespace no binding selects.
-const NS_OTHER: &str = "vap-unchecked";
-/// A namespace only the param binding selects, without the params.
-const NS_NO_PARAMS: &str = "vap-no-params";
-/// The namespace of the policy with params selected by labels.
-const NS_LIMITS: &str = "vap-limits";
+/// The namespaces of a run on one storage.
+struct Namespaces {
+    /// The namespace the policies' bindings select (by label).
+    checked: String,
+    /// A namespace no binding selects.
+    other: String,
+    /// A namespace only the param binding selects, without the params.
+    no_params: String,
+    /// The namespace of the policy with params selected by labels.
+    limits: String,
+}
+
+impl Namespaces {
+    fn of(storage: Storage) -> Namespaces {
+        let sfx = match storage {
+            Storage::Embedded => String::new(),
+            _ => format!("-{}", storage.name()),
+        };
+        Namespaces {
+            checked: format!("vap-checked{sfx}"),
+            other: format!("vap-unchecked{sfx}"),
+            no_params: format!("vap-no-params{sfx}"),
+            limits: format!("vap-limits{sfx}"),
+        }
+    }
+}
+
+/// One run at a time (see the module comment).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `kubectl apply -f -` (or another verb) with `stdin`; panics on failure.
 async fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> String {
@@ -184,23 +208,29 @@ fn policies() -> Value {
     ]})
 }
 
-async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
+async fn setup(cp: &'static ControlPlane, storage: Storage, namespaces: &Namespaces) -> AggregatedServer {
     let binary = Path::new(env!("CARGO_BIN_EXE_extension-apiserver"));
-    let server = wardle_beside_crds(cp, binary, CRD_GROUP).await;
+    let server = wardle_beside_crds(cp, binary, CRD_GROUP, storage).await;
+    let (ns, ns_other, ns_no_params, ns_limits) = (
+        &namespaces.checked,
+        &namespaces.other,
+        &namespaces.no_params,
+        &namespaces.limits,
+    );
     // Namespaces, the param, and read access to params for the bundled server (kube-apiserver
     // reads them itself; the bundled server reads them with its ServiceAccount).
     let setup = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": {"vap": "checked"}}},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS_OTHER}},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS_NO_PARAMS, "labels": {"vap": "no-params"}}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "banned", "namespace": NS},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"vap": "checked"}}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns_other}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns_no_params, "labels": {"vap": "no-params"}}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "banned", "namespace": ns},
          "data": {"banned": "bad"}},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS_LIMITS, "labels": {"vap": "limits"}}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limit-a", "namespace": NS_LIMITS,
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns_limits, "labels": {"vap": "limits"}}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limit-a", "namespace": ns_limits,
          "labels": {"vap-limit": "yes"}}, "data": {"max": "150"}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limit-b", "namespace": NS_LIMITS,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limit-b", "namespace": ns_limits,
          "labels": {"vap-limit": "yes"}}, "data": {"max": "120"}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limit-c", "namespace": NS_LIMITS},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "limit-c", "namespace": ns_limits},
          "data": {"max": "1"}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
          "metadata": {"name": "wardle-api-vap-params"},
@@ -217,10 +247,40 @@ async fn setup(cp: &'static ControlPlane) -> AggregatedServer {
 
 #[tokio::test]
 async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
-    let Some(cp) = ControlPlane::shared("policies_judge_the_bundled_server_as_kube_apiserver_judges_crds").await else {
+    judge(
+        "policies_judge_the_bundled_server_as_kube_apiserver_judges_crds",
+        Storage::Embedded,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn policies_judge_the_bundled_server_on_etcd_as_kube_apiserver_judges_crds() {
+    judge(
+        "policies_judge_the_bundled_server_on_etcd_as_kube_apiserver_judges_crds",
+        Storage::Etcd,
+    )
+    .await;
+}
+
+async fn judge(test: &str, storage: Storage) {
+    let Some(cp) = ControlPlane::shared(test).await else {
         return;
     };
-    let server = setup(cp).await;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let namespaces = Namespaces::of(storage);
+    let (ns, ns_other, ns_no_params, ns_limits) = (
+        namespaces.checked.as_str(),
+        namespaces.other.as_str(),
+        namespaces.no_params.as_str(),
+        namespaces.limits.as_str(),
+    );
+    // Cluster-scoped Fischers of this run: the other run's stay on the CRD side.
+    let fischer_suffix = match storage {
+        Storage::Embedded => String::new(),
+        _ => format!("-{}", storage.name()),
+    };
+    let server = setup(cp, storage, &namespaces).await;
     let client = cp.client().await.expect("client");
     let diag = |server: &AggregatedServer| format!("aggregated server log tail:\n{}", server.log_tail(40));
 
@@ -247,7 +307,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         for (what, spec, ready) in &probes {
             let started = Instant::now();
             loop {
-                let path = format!("{}?dryRun=All", flunders(group, NS));
+                let path = format!("{}?dryRun=All", flunders(group, ns));
                 let a = send(&client, "POST", &path, Some(&flunder(group, "probe", spec.clone()))).await;
                 if ready(&a) {
                     break;
@@ -263,13 +323,13 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
     }
 
     // (what, method, namespace, name for the URL (PUT), object spec, expected code)
-    type Case = (&'static str, &'static str, &'static str, &'static str, Value, u16);
+    type Case<'a> = (&'static str, &'static str, &'a str, &'static str, Value, u16);
     let cases: Vec<Case> = vec![
-        ("admitted", "POST", NS, "", json!({"reference": "fine", "size": 1}), 201),
+        ("admitted", "POST", ns, "", json!({"reference": "fine", "size": 1}), 201),
         (
             "default message",
             "POST",
-            NS,
+            ns,
             "",
             json!({"reference": "forbidden"}),
             422,
@@ -277,7 +337,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "dry run refused too",
             "POST",
-            NS,
+            ns,
             "?dryRun=All",
             json!({"reference": "forbidden"}),
             422,
@@ -285,34 +345,34 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "reason Forbidden and messageExpression",
             "POST",
-            NS,
+            ns,
             "",
             json!({"size": 200}),
             403,
         ),
-        ("message", "POST", NS, "", json!({"reference": "explained"}), 422),
+        ("message", "POST", ns, "", json!({"reference": "explained"}), 422),
         (
             "evaluation error under Fail",
             "POST",
-            NS,
+            ns,
             "",
             json!({"reference": "broken"}),
             422,
         ),
-        ("warning, admitted", "POST", NS, "", json!({"reference": "warned"}), 201),
+        ("warning, admitted", "POST", ns, "", json!({"reference": "warned"}), 201),
         (
             "matchCondition false: not evaluated",
             "POST",
-            NS,
+            ns,
             "",
             json!({"size": 2}),
             201,
         ),
-        ("param value refused", "POST", NS, "", json!({"reference": "bad"}), 422),
+        ("param value refused", "POST", ns, "", json!({"reference": "bad"}), 422),
         (
             "param value admitted",
             "POST",
-            NS,
+            ns,
             "",
             json!({"reference": "benign"}),
             201,
@@ -320,7 +380,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "bindings narrowed by namespace",
             "POST",
-            NS_OTHER,
+            ns_other,
             "",
             json!({"reference": "forbidden"}),
             201,
@@ -328,7 +388,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "param not found, Deny (before matchConditions)",
             "POST",
-            NS_NO_PARAMS,
+            ns_no_params,
             "",
             json!({"reference": "forbidden"}),
             422,
@@ -336,7 +396,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "update refused",
             "PUT",
-            NS,
+            ns,
             "fine",
             json!({"reference": "forbidden"}),
             422,
@@ -344,7 +404,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "update admitted",
             "PUT",
-            NS,
+            ns,
             "fine",
             json!({"reference": "fine-too"}),
             200,
@@ -352,7 +412,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "messageExpression fails: message",
             "POST",
-            NS,
+            ns,
             "",
             json!({"reference": "fallback"}),
             422,
@@ -360,7 +420,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "evaluation error under Ignore",
             "POST",
-            NS,
+            ns,
             "",
             json!({"reference": "ignored"}),
             201,
@@ -368,7 +428,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "evaluation error under Fail, Warn",
             "POST",
-            NS,
+            ns,
             "",
             json!({"reference": "warn-error"}),
             201,
@@ -376,7 +436,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "warned and refused",
             "POST",
-            NS,
+            ns,
             "",
             json!({"reference": "warned", "size": 200}),
             403,
@@ -384,7 +444,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "first failed validation wins",
             "POST",
-            NS,
+            ns,
             "",
             json!({"reference": "forbidden", "size": 200}),
             422,
@@ -392,7 +452,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "params by selector, one refuses",
             "POST",
-            NS_LIMITS,
+            ns_limits,
             "",
             json!({"size": 130}),
             422,
@@ -400,7 +460,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "params by selector, all admit",
             "POST",
-            NS_LIMITS,
+            ns_limits,
             "",
             json!({"size": 100}),
             201,
@@ -408,7 +468,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "status subresource refused",
             "PUT status",
-            NS_OTHER,
+            ns_other,
             "fine",
             json!({"phase": "bad"}),
             403,
@@ -416,13 +476,13 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         (
             "status subresource admitted",
             "PUT status",
-            NS_OTHER,
+            ns_other,
             "fine",
             json!({"phase": "good"}),
             200,
         ),
-        ("delete refused (oldObject)", "DELETE", NS_OTHER, "keep", json!({}), 422),
-        ("delete admitted", "DELETE", NS_OTHER, "drop", json!({}), 200),
+        ("delete refused (oldObject)", "DELETE", ns_other, "keep", json!({}), 422),
+        ("delete admitted", "DELETE", ns_other, "drop", json!({}), 200),
     ];
     let mut n = 0;
     for (what, method, ns, extra, spec, expected) in cases {
@@ -517,7 +577,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
     ] {
         let mut answers = Vec::new();
         for group in [GROUP, CRD_GROUP] {
-            let obj = fischer(group, &format!("fi-{expected}"), list.clone());
+            let obj = fischer(group, &format!("fi-{expected}{fischer_suffix}"), list.clone());
             answers.push(send(&client, "POST", &format!("/apis/{group}/v1alpha1/fischers"), Some(&obj)).await);
         }
         let (ours, crd) = (&answers[0], &answers[1]);
@@ -535,7 +595,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
     let a = send(
         &client,
         "POST",
-        &flunders(GROUP, NS),
+        &flunders(GROUP, ns),
         Some(&flunder(GROUP, "again", json!({"reference": "forbidden"}))),
     )
     .await;
@@ -547,7 +607,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
     let w = send(
         &client,
         "POST",
-        &format!("{}?dryRun=All", flunders(GROUP, NS)),
+        &format!("{}?dryRun=All", flunders(GROUP, ns)),
         Some(&flunder(GROUP, "w", json!({"reference": "warned"}))),
     )
     .await;
@@ -568,7 +628,7 @@ async fn policies_judge_the_bundled_server_as_kube_apiserver_judges_crds() {
         let a = send(
             &client,
             "POST",
-            &format!("{}?dryRun=All", flunders(GROUP, NS)),
+            &format!("{}?dryRun=All", flunders(GROUP, ns)),
             Some(&flunder(GROUP, "later", json!({"reference": "forbidden"}))),
         )
         .await;

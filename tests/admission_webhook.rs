@@ -6,10 +6,13 @@
 //! one reached as a Service. Each step also asserts what it is about, so two servers that
 //! agree on nothing fail too.
 //!
-//! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
+//! It runs once per storage of the bundled server (embedded, etcd), one after the other: both
+//! serve the same group through the same APIServices.
+//!
+//! Without `KUBEBUILDER_ASSETS` the tests print why they are skipped and pass.
 
 use base64::Engine;
-use eao::testing::aggregated::{crds_from_config, AggregatedServer, ServeOptions};
+use eao::testing::aggregated::{crds_from_config, AggregatedServer, ServeOptions, Storage};
 use eao::testing::controlplane::ControlPlane;
 use eao::testing::webhook::{Answer, WebhookServer};
 use kube::api::{Api, DynamicObject, PostParams};
@@ -194,17 +197,42 @@ async fn scenario(client: &kube::Client, group: &str, ns: &str, hooks: &WebhookS
     out
 }
 
+/// One run at a time (see the module comment).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn webhooks_mutate_deny_and_fail_as_for_a_crd() {
-    let Some(cp) = ControlPlane::shared("webhooks_mutate_deny_and_fail_as_for_a_crd").await else {
+    webhooks("webhooks_mutate_deny_and_fail_as_for_a_crd", Storage::Embedded).await;
+}
+
+#[tokio::test]
+async fn webhooks_mutate_deny_and_fail_as_for_a_crd_on_etcd() {
+    webhooks("webhooks_mutate_deny_and_fail_as_for_a_crd_on_etcd", Storage::Etcd).await;
+}
+
+async fn webhooks(test: &str, storage: Storage) {
+    let Some(cp) = ControlPlane::shared(test).await else {
         return;
     };
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Namespaces of this run: the other run's objects stay (on the CRD side too).
+    let (agg_ns, crd_ns) = match storage {
+        Storage::Embedded => ("wh-agg".to_string(), "wh-crd".to_string()),
+        _ => (
+            format!("wh-agg-{}", storage.name()),
+            format!("wh-crd-{}", storage.name()),
+        ),
+    };
+    let (agg_ns, crd_ns) = (agg_ns.as_str(), crd_ns.as_str());
     let crds = crds_from_config(eao::apiserver::STANDALONE_CONFIG, CRD_GROUP).to_string();
     let (ok, _, err) = kubectl(cp, &["apply", "-f", "-"], Some(&crds)).await;
     assert!(ok, "CRDs: {err}");
     let server = AggregatedServer::start(
         cp,
-        ServeOptions::wardle(Path::new(env!("CARGO_BIN_EXE_extension-apiserver"))),
+        ServeOptions {
+            storage,
+            ..ServeOptions::wardle(Path::new(env!("CARGO_BIN_EXE_extension-apiserver")))
+        },
     )
     .await
     .expect("aggregated server starts");
@@ -239,7 +267,7 @@ async fn webhooks_mutate_deny_and_fail_as_for_a_crd() {
     ]});
     let (ok, _, err) = kubectl(cp, &["apply", "-f", "-"], Some(&svc.to_string())).await;
     assert!(ok, "webhook Service: {err}");
-    for ns in ["wh-agg", "wh-crd"] {
+    for ns in [agg_ns, crd_ns] {
         let manifest = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"webhook-test": "yes"}}});
         let (ok, _, err) = kubectl(cp, &["apply", "-f", "-"], Some(&manifest.to_string())).await;
         assert!(ok, "namespace {ns}: {err}");
@@ -249,8 +277,8 @@ async fn webhooks_mutate_deny_and_fail_as_for_a_crd() {
 
     let client = cp.client().await.expect("client");
     let (ours, crd) = tokio::join!(
-        scenario(&client, GROUP, "wh-agg", &hooks),
-        scenario(&client, CRD_GROUP, "wh-crd", &hooks)
+        scenario(&client, GROUP, agg_ns, &hooks),
+        scenario(&client, CRD_GROUP, crd_ns, &hooks)
     );
     let log = || server.log_tail(40);
     for ((step, a), (_, c)) in ours.iter().zip(&crd) {
@@ -288,7 +316,7 @@ async fn webhooks_mutate_deny_and_fail_as_for_a_crd() {
     };
     let (a, c) = (of(GROUP), of(CRD_GROUP));
     let comparable = |r: &Value| {
-        let text = r.to_string().replace(CRD_GROUP, GROUP).replace("wh-crd", "wh-agg");
+        let text = r.to_string().replace(CRD_GROUP, GROUP).replace(crd_ns, agg_ns);
         let mut r: Value = serde_json::from_str(&text).expect("json");
         r["uid"] = json!("<uid>");
         if let Some(m) = r["object"]["metadata"].as_object_mut() {
@@ -309,7 +337,7 @@ async fn webhooks_mutate_deny_and_fail_as_for_a_crd() {
 
     // Warnings reach kubectl, and a server-side dry run calls the webhooks with dryRun set.
     let mut warned = Vec::new();
-    for (group, ns) in [(GROUP, "wh-agg"), (CRD_GROUP, "wh-crd")] {
+    for (group, ns) in [(GROUP, agg_ns), (CRD_GROUP, crd_ns)] {
         let obj = flunder(group, "dry", "forbidden-not", json!({}));
         let manifest = serde_json::to_string(&obj).expect("json");
         let (ok, _, err) = kubectl(
@@ -345,5 +373,5 @@ async fn webhooks_mutate_deny_and_fail_as_for_a_crd() {
     assert_eq!(warned[0], warned[1], "warnings differ");
     assert_eq!(a["object"]["spec"], c["object"]["spec"]);
     assert_eq!(a["kind"]["kind"], "Flunder");
-    assert_eq!(a["namespace"], "wh-agg");
+    assert_eq!(a["namespace"], agg_ns);
 }

@@ -13,7 +13,7 @@
 //! tests run in parallel, each in namespaces of its own. Without `KUBEBUILDER_ASSETS` every test
 //! prints why it is skipped and passes.
 
-use eao::testing::aggregated::{crds_from_config, AggregatedServer, ServeOptions};
+use eao::testing::aggregated::{crds_from_config, flunder, send_json, AggregatedServer, ServeOptions, Storage};
 use eao::testing::controlplane::ControlPlane;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -1843,4 +1843,188 @@ async fn message_texts_match() {
         .await;
     check("label selector parse error", o, c);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The bundled server on etcd (the control plane's, see `Storage::Etcd`), two replicas behind
+/// one Service: discovery, CRUD and watch through the aggregator, and every write readable at
+/// once from either replica, asked directly rather than through the aggregator (which picks one
+/// at random): reads without a resourceVersion are consistent (`Store::consistent_rv`), and every
+/// replica's watch delivers the same events in the same order.
+///
+/// Its own group (the wardle configuration renamed, without short names and categories, which
+/// would make `fl` and `kubectl get all` ambiguous for the other tests), Service and ports.
+#[tokio::test]
+async fn two_replicas_on_etcd_serve_one_consistent_store() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+    use kube::api::{PostParams, WatchEvent, WatchParams};
+    use kube::Api;
+
+    const ETCD_GROUP: &str = "wardle-etcd.example.com";
+    let Some(cp) = ControlPlane::shared("two_replicas_on_etcd_serve_one_consistent_store").await else {
+        return;
+    };
+    let config = eao::apiserver::STANDALONE_CONFIG
+        .replace(&format!("group: {GROUP}"), &format!("group: {ETCD_GROUP}"))
+        .replace("    shortNames: [fl]\n", "")
+        .replace("    categories: [all]\n", "");
+    assert!(config.contains(ETCD_GROUP) && !config.contains("shortNames") && !config.contains("categories"));
+    let mut server = AggregatedServer::start(
+        cp,
+        ServeOptions {
+            binary: Path::new(env!("CARGO_BIN_EXE_extension-apiserver")),
+            namespace: "wardle-etcd-system",
+            service: "wardle-etcd",
+            config_yaml: &config,
+            port: 8446,
+            extra_args: vec![],
+            storage: Storage::Etcd,
+            replicas: 2,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("aggregated server: {e}"));
+    let ns = "etcd-replicas";
+    let (ok, _, err) = cp.run_kubectl(&["create", "namespace", ns], None, TIMEOUT).await;
+    assert!(ok, "namespace {ns}: {err}");
+    let client = cp.client().await.expect("admin client");
+    let replicas = server.replica_clients(cp).await.expect("replica clients");
+    let diag = |server: &AggregatedServer| format!("server logs:\n{}", server.log_tail(30));
+
+    // Discovery through the aggregator.
+    let (code, _, body) = send_json(&client, "GET", &format!("/apis/{ETCD_GROUP}/v1alpha1"), None).await;
+    let discovery: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let flunders_verbs = discovery["resources"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["name"] == "flunders"))
+        .map(|r| r["verbs"].clone());
+    assert_eq!(code, 200, "discovery: {discovery}\n{}", diag(&server));
+    let verbs = flunders_verbs.unwrap_or_else(|| panic!("no flunders in {discovery}"));
+    for verb in ["create", "get", "list", "watch", "patch", "update", "delete"] {
+        assert!(
+            verbs.as_array().is_some_and(|v| v.contains(&json!(verb))),
+            "{verb} in {verbs}"
+        );
+    }
+
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(ETCD_GROUP, "v1alpha1", "Flunder"), "flunders");
+    let api = |c: &kube::Client| Api::<DynamicObject>::namespaced_with(c.clone(), ns, &resource);
+    let through_aggregator = api(&client);
+    let every: Vec<(String, Api<DynamicObject>)> = std::iter::once(("aggregator".to_string(), api(&client)))
+        .chain(
+            replicas
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("replica {i}"), api(c))),
+        )
+        .collect();
+
+    // A watch through the aggregator and one on each replica, from the same resourceVersion.
+    let start = through_aggregator.list(&ListParams::default()).await.expect("list");
+    let from = start.metadata.resource_version.expect("list resourceVersion");
+    let mut watches = Vec::new();
+    for (who, a) in &every {
+        let stream = a.watch(&WatchParams::default(), &from).await;
+        let stream = stream.unwrap_or_else(|e| panic!("watch on {who}: {e}"));
+        watches.push((who.clone(), stream.boxed()));
+    }
+
+    // Each write through the aggregator, then a read of the object from every side.
+    async fn read_back(every: &[(String, Api<DynamicObject>)], name: &str, want: Option<&str>, what: &str) {
+        for (who, a) in every {
+            let got = a
+                .get_opt(name)
+                .await
+                .unwrap_or_else(|e| panic!("get {name} on {who}: {e}"));
+            let rv = got.as_ref().and_then(|o| o.metadata.resource_version.as_deref());
+            assert_eq!(rv, want, "{who} after {what} of {name}");
+        }
+    }
+    // Enough writes that each replica takes some (the aggregator picks an endpoint at random
+    // per request: all 24 on one replica has odds of 2^-23).
+    let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+    let mut expected = Vec::new();
+    for name in &names {
+        let obj: DynamicObject =
+            serde_json::from_value(flunder(ETCD_GROUP, name, json!({"reference": "a"}))).expect("a Flunder");
+        let created = through_aggregator.create(&PostParams::default(), &obj).await;
+        let created = created.unwrap_or_else(|e| panic!("create {name}: {e}\n{}", diag(&server)));
+        let rv = created.metadata.resource_version.expect("created resourceVersion");
+        read_back(&every, name, Some(&rv), "create").await;
+        expected.push(("ADDED", name.clone(), Some(rv)));
+
+        let patch = Patch::Merge(json!({"spec": {"reference": "b"}}));
+        let patched = through_aggregator.patch(name, &PatchParams::default(), &patch).await;
+        let patched = patched.unwrap_or_else(|e| panic!("patch {name}: {e}\n{}", diag(&server)));
+        let rv = patched.metadata.resource_version.expect("patched resourceVersion");
+        read_back(&every, name, Some(&rv), "patch").await;
+        expected.push(("MODIFIED", name.clone(), Some(rv)));
+
+        for (who, a) in &every {
+            let list = a.list(&ListParams::default()).await.expect("list");
+            let listed: Vec<_> = list.items.iter().filter_map(|o| o.metadata.name.clone()).collect();
+            let until = names.iter().position(|n| n == name).unwrap_or(0);
+            assert_eq!(listed, names[..=until], "{who} lists after the writes of {name}");
+        }
+    }
+    for name in &names {
+        let deleted = through_aggregator.delete(name, &DeleteParams::default()).await;
+        deleted.unwrap_or_else(|e| panic!("delete {name}: {e}\n{}", diag(&server)));
+        read_back(&every, name, None, "delete").await;
+        expected.push(("DELETED", name.clone(), None));
+    }
+
+    // Every watch saw exactly the writes, in order (a DELETED event's resourceVersion is the
+    // deletion's, which the delete's answer does not give).
+    for (who, stream) in &mut watches {
+        let mut seen = Vec::new();
+        while seen.len() < expected.len() {
+            let next = tokio::time::timeout(TIMEOUT, stream.try_next()).await;
+            let event = next
+                .unwrap_or_else(|_| panic!("{who}: no event within {TIMEOUT:?} after {seen:?}"))
+                .unwrap_or_else(|e| panic!("{who}: {e}"))
+                .unwrap_or_else(|| panic!("{who}: the watch ended after {seen:?}"));
+            let (kind, obj) = match event {
+                WatchEvent::Added(o) => ("ADDED", o),
+                WatchEvent::Modified(o) => ("MODIFIED", o),
+                WatchEvent::Deleted(o) => ("DELETED", o),
+                WatchEvent::Bookmark(_) => continue,
+                WatchEvent::Error(e) => panic!("{who}: watch error {e:?}"),
+            };
+            let rv = (kind != "DELETED")
+                .then(|| obj.metadata.resource_version.clone())
+                .flatten();
+            seen.push((kind, obj.metadata.name.unwrap_or_default(), rv));
+        }
+        assert_eq!(seen, expected, "{who}'s watch");
+    }
+    // Both replicas took writes through the aggregator, each write exactly one (the direct
+    // requests above are reads).
+    let mut writes = Vec::new();
+    for (i, c) in replicas.iter().enumerate() {
+        let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
+        let text = c
+            .request_text(req)
+            .await
+            .unwrap_or_else(|e| panic!("replica {i} /metrics: {e}"));
+        let counted: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"flunders\""))
+            .filter(|l| {
+                ["create", "patch", "delete"]
+                    .iter()
+                    .any(|v| l.contains(&format!("verb=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        writes.push(counted);
+    }
+    assert!(writes.iter().all(|w| *w > 0.0), "writes per replica: {writes:?}");
+    assert_eq!(
+        writes.iter().sum::<f64>(),
+        3.0 * names.len() as f64,
+        "writes per replica: {writes:?}"
+    );
+    server.check_running().expect("both replicas still running");
 }

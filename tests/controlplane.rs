@@ -142,6 +142,8 @@ async fn aggregated_server_serves_flunders_through_the_aggregator() {
             config_yaml: eao::apiserver::STANDALONE_CONFIG,
             port: 8443,
             extra_args: vec![],
+            storage: Default::default(),
+            replicas: 1,
         },
     )
     .await

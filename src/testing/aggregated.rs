@@ -43,6 +43,42 @@ pub struct ServeOptions<'a> {
     pub port: u16,
     /// Extra flags for the server.
     pub extra_args: Vec<String>,
+    /// Where the server keeps its objects.
+    pub storage: Storage,
+    /// How many server processes serve the Service, on ports `port`, `port + 1`, ... (one
+    /// EndpointSlice each). More than one needs [`Storage::Etcd`]: replicas on embedded stores
+    /// would each have their own objects.
+    pub replicas: u16,
+}
+
+/// Where a bundled server under test keeps its objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// The embedded store in the server's data directory.
+    #[default]
+    Embedded,
+    /// The control plane's own etcd ([`ControlPlane::etcd_url`]) under the prefix
+    /// `/eas-test/<namespace>/<service>`, which all replicas of one server share.
+    ///
+    /// The control plane's etcd rather than one more etcd process: it is already running and
+    /// reachable from the network namespace, and a distinct prefix keeps the data apart from
+    /// kube-apiserver's `/registry` and from other servers'. Revisions are shared with
+    /// kube-apiserver's writes, and a run that spans kube-apiserver's compaction (every five
+    /// minutes) meets it, as on a cluster's etcd.
+    Etcd,
+}
+
+impl Storage {
+    /// Both backends, embedded first: the suites that run once per backend iterate this.
+    pub const ALL: [Storage; 2] = [Storage::Embedded, Storage::Etcd];
+
+    /// A short name for test output and resource names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::Embedded => "embedded",
+            Storage::Etcd => "etcd",
+        }
+    }
 }
 
 impl<'a> ServeOptions<'a> {
@@ -55,13 +91,20 @@ impl<'a> ServeOptions<'a> {
             config_yaml: crate::apiserver::STANDALONE_CONFIG,
             port: 8443,
             extra_args: vec![],
+            storage: Storage::Embedded,
+            replicas: 1,
         }
     }
 }
 
 /// A running aggregated server.
 pub struct AggregatedServer {
-    process: Process,
+    /// One per replica, in port order.
+    processes: Vec<Process>,
+    /// `https://<inner ip>:<port>` of each replica.
+    replica_urls: Vec<String>,
+    /// The name the serving certificate is for (`<service>.<namespace>.svc`).
+    server_name: String,
     api_services: Vec<String>,
     kubeconfig: PathBuf,
     kubectl: PathBuf,
@@ -87,6 +130,9 @@ impl AggregatedServer {
     pub async fn start(cp: &ControlPlane, opts: ServeOptions<'_>) -> Result<AggregatedServer, Error> {
         let config = ServerConfig::from_yaml(opts.config_yaml)?;
         let (ns, svc) = (opts.namespace, opts.service);
+        if opts.replicas == 0 || (opts.replicas > 1 && opts.storage != Storage::Etcd) {
+            return Err(format!("{} replicas on {:?} storage", opts.replicas, opts.storage).into());
+        }
         let sa = format!("{svc}-server");
         let client = cp.client().await?;
 
@@ -155,20 +201,44 @@ impl AggregatedServer {
         let kubeconfig = dir.join("kubeconfig");
         cp.write_kubeconfig(&kubeconfig, &Credentials::Token(token))?;
 
-        let mut cmd = Command::new(opts.binary);
-        cmd.arg(format!("--bind-address={}", cp.inner_ip()))
-            .arg(format!("--secure-port={}", opts.port))
-            .arg("--log-format=plain")
-            .arg(format!("--config={}", dir.join("config.yaml").display()))
-            .arg(format!("--tls-cert-file={}", dir.join("tls.crt").display()))
-            .arg(format!("--tls-private-key-file={}", dir.join("tls.key").display()))
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--data-dir={}", dir.join("data").display()))
-            .args(&opts.extra_args);
-        let process = cp.spawn_in_netns(cmd)?;
+        let mut processes = Vec::new();
+        let mut replica_urls = Vec::new();
+        for i in 0..opts.replicas {
+            let port = opts.port + i;
+            let mut cmd = Command::new(opts.binary);
+            cmd.arg(format!("--bind-address={}", cp.inner_ip()))
+                .arg(format!("--secure-port={port}"))
+                .arg("--log-format=plain")
+                .arg(format!("--config={}", dir.join("config.yaml").display()))
+                .arg(format!("--tls-cert-file={}", dir.join("tls.crt").display()))
+                .arg(format!("--tls-private-key-file={}", dir.join("tls.key").display()))
+                .arg(format!("--kubeconfig={}", kubeconfig.display()));
+            match opts.storage {
+                Storage::Embedded => cmd.arg(format!("--data-dir={}", dir.join("data").display())),
+                Storage::Etcd => cmd
+                    .arg(format!("--etcd-servers={}", cp.etcd_url()))
+                    .arg(format!("--etcd-prefix=/eas-test/{ns}/{svc}")),
+            };
+            cmd.args(&opts.extra_args);
+            processes.push(cp.spawn_in_netns(cmd)?);
+            replica_urls.push(format!("https://{}:{port}", cp.inner_ip()));
+        }
 
         let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&ca.cert_pem);
         let mut objects = cp.service_for_netns(ns, svc, opts.port);
+        let items = objects["items"]
+            .as_array_mut()
+            .ok_or("service_for_netns returns a List")?;
+        let slice = items
+            .last()
+            .cloned()
+            .ok_or("service_for_netns returns an EndpointSlice")?;
+        for i in 1..opts.replicas {
+            let mut more = slice.clone();
+            more["metadata"]["name"] = json!(format!("{svc}-netns-{i}"));
+            more["ports"][0]["port"] = json!(opts.port + i);
+            items.push(more);
+        }
         let mut api_services = Vec::new();
         // Versions are listed highest priority first; the APIServices say the same.
         for (i, v) in config.versions.iter().enumerate() {
@@ -186,7 +256,9 @@ impl AggregatedServer {
             api_services.push(name);
         }
         let server = AggregatedServer {
-            process,
+            processes,
+            replica_urls,
+            server_name: format!("{svc}.{ns}.svc"),
             api_services,
             kubeconfig: cp.kubeconfig().to_path_buf(),
             kubectl: super::controlplane::kubectl_path(),
@@ -197,6 +269,16 @@ impl AggregatedServer {
         apply.args(["apply", "--server-side", "--field-manager=eao-test", "-f", "-"]);
         kubectl_with_stdin(apply, &objects.to_string())?;
         server.wait_available(&client).await?;
+        if opts.storage == Storage::Etcd {
+            // The server says which storage it opened; a flag it ignored would leave the suite
+            // passing on the embedded store.
+            for p in &server.processes {
+                let log = std::fs::read_to_string(p.log())?;
+                if !log.contains("storage: etcd") {
+                    return Err(format!("{} does not report etcd storage:\n{log}", p.log().display()).into());
+                }
+            }
+        }
         Ok(server)
     }
 
@@ -227,19 +309,45 @@ impl AggregatedServer {
         Ok(())
     }
 
-    /// The server's log file.
+    /// The log file of the (first) server.
     pub fn log(&self) -> &Path {
-        self.process.log()
+        self.processes[0].log()
     }
 
-    /// The last `lines` of the server's log.
+    /// The last `lines` of each replica's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        tail(self.process.log(), lines)
+        if let [only] = self.processes.as_slice() {
+            return tail(only.log(), lines);
+        }
+        let logs = self.processes.iter().enumerate();
+        logs.map(|(i, p)| format!("replica {i}:\n{}", tail(p.log(), lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
-    /// Fails when the server has exited.
+    /// Fails when a replica has exited.
     pub fn check_running(&mut self) -> Result<(), Error> {
-        self.process.check_running()
+        self.processes.iter_mut().try_for_each(Process::check_running)
+    }
+
+    /// An admin client (the control plane's admin certificate, which the server accepts through
+    /// the client CA kube-apiserver publishes) for each replica directly, not through the
+    /// aggregator: to see what every replica answers.
+    pub async fn replica_clients(&self, cp: &ControlPlane) -> Result<Vec<kube::Client>, Error> {
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca.cert_pem);
+        let mut clients = Vec::new();
+        for url in &self.replica_urls {
+            let mut kc = kube::config::Kubeconfig::read_from(cp.kubeconfig())?;
+            for named in &mut kc.clusters {
+                let cluster = named.cluster.get_or_insert_with(Default::default);
+                cluster.server = Some(url.clone());
+                cluster.certificate_authority_data = Some(ca.clone());
+                cluster.tls_server_name = Some(self.server_name.clone());
+            }
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+            clients.push(kube::Client::try_from(config)?);
+        }
+        Ok(clients)
     }
 
     /// The APIService names, one per served version.
@@ -257,7 +365,7 @@ impl Drop for AggregatedServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let _ = cmd.status();
-        self.process.kill();
+        self.processes.iter_mut().for_each(Process::kill);
     }
 }
 
@@ -312,9 +420,14 @@ pub fn crds_from_config(config_yaml: &str, crd_group: &str) -> Value {
 
 /// The setup the admission tests share: kube-apiserver serves the standalone configuration's
 /// resources as CRDs in `crd_group` (waited for until Established), and the bundled server
-/// (`binary`) serves them in `wardle.example.com` through the aggregation layer. Panics on
-/// failure.
-pub async fn wardle_beside_crds(cp: &ControlPlane, binary: &Path, crd_group: &str) -> AggregatedServer {
+/// (`binary`, on `storage`) serves them in `wardle.example.com` through the aggregation layer.
+/// Panics on failure.
+pub async fn wardle_beside_crds(
+    cp: &ControlPlane,
+    binary: &Path,
+    crd_group: &str,
+    storage: Storage,
+) -> AggregatedServer {
     let timeout = Duration::from_secs(90);
     let kubectl = |args: Vec<String>, stdin: Option<String>| async move {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -323,9 +436,15 @@ pub async fn wardle_beside_crds(cp: &ControlPlane, binary: &Path, crd_group: &st
     };
     let crds = crds_from_config(crate::apiserver::STANDALONE_CONFIG, crd_group).to_string();
     kubectl(vec!["apply".into(), "-f".into(), "-".into()], Some(crds)).await;
-    let server = AggregatedServer::start(cp, ServeOptions::wardle(binary))
-        .await
-        .unwrap_or_else(|e| panic!("aggregated server: {e}"));
+    let server = AggregatedServer::start(
+        cp,
+        ServeOptions {
+            storage,
+            ..ServeOptions::wardle(binary)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("aggregated server: {e}"));
     let wait = ["wait", "--for=condition=Established", "--timeout=60s"].map(String::from);
     let names = ["flunders", "fischers"].map(|r| format!("crd/{r}.{crd_group}"));
     kubectl(wait.into_iter().chain(names).collect(), None).await;

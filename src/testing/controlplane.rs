@@ -92,6 +92,8 @@ pub struct ControlPlane {
     pki: Pki,
     addr: SocketAddr,
     kubeconfig: PathBuf,
+    /// etcd's client URL, set when etcd starts.
+    etcd_url: String,
     /// etcd, kube-apiserver, kube-controller-manager: stopped in reverse order.
     processes: Mutex<Vec<Process>>,
     torn_down: Mutex<bool>,
@@ -139,10 +141,21 @@ pub fn etcd_command_at(
     ports: (u16, u16),
     tls: Option<&EtcdServerTls>,
 ) -> (Command, String) {
+    etcd_command_on(binary, data_dir, Ipv4Addr::LOCALHOST, ports, tls)
+}
+
+/// [`etcd_command_at`] serving clients on `client_ip` (the peer URL stays on loopback).
+fn etcd_command_on(
+    binary: &Path,
+    data_dir: &Path,
+    client_ip: Ipv4Addr,
+    ports: (u16, u16),
+    tls: Option<&EtcdServerTls>,
+) -> (Command, String) {
     let lo = Ipv4Addr::LOCALHOST;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let (client_url, peer_url) = (
-        format!("{scheme}://{lo}:{}", ports.0),
+        format!("{scheme}://{client_ip}:{}", ports.0),
         format!("http://{lo}:{}", ports.1),
     );
     let mut etcd = Command::new(binary);
@@ -259,6 +272,7 @@ impl ControlPlane {
             netns,
             pki,
             addr,
+            etcd_url: String::new(),
             processes: Mutex::new(Vec::new()),
             torn_down: Mutex::new(false),
         };
@@ -279,8 +293,13 @@ impl ControlPlane {
     }
 
     fn start_etcd_and_apiserver(&mut self, assets: &Assets) -> Result<(), Error> {
-        let (etcd, client_url) = etcd_command(&assets.etcd, &self.dir.join("etcd"))?;
+        // etcd serves clients on the outer veth address, not loopback, so that servers in the
+        // namespace can store in it too (see [`Self::etcd_url`]); peers stay on loopback.
+        let outer = self.netns.outer();
+        let ports = (free_port(outer)?, free_port(Ipv4Addr::LOCALHOST)?);
+        let (etcd, client_url) = etcd_command_on(&assets.etcd, &self.dir.join("etcd"), outer, ports, None);
         self.spawn("etcd", etcd)?;
+        self.etcd_url = client_url.clone();
 
         let p = |name: &str| self.pki.file(name).display().to_string();
         let ip = self.addr.ip().to_string();
@@ -455,6 +474,15 @@ impl ControlPlane {
     /// `https://<outer address>:<port>`, reachable from the host and from the namespace.
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// The client URL of the control plane's etcd (plain http on the outer veth address),
+    /// reachable from the host and from servers started with [`Self::spawn_in_netns`]. Servers
+    /// under test may keep their data here under a prefix of their own (never `/registry`,
+    /// kube-apiserver's): kube-apiserver compacts this etcd every few minutes, as it would in a
+    /// cluster whose etcd an aggregated server shared.
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
     }
 
     /// kube-apiserver's address (the outer veth address).

@@ -8,16 +8,21 @@
 //! A difference is either fixed or listed in `allowlist.yaml` with a one-line reason, keyed by
 //! `<case>#<step>` (answers count from 0 in the order they are recorded; a watch's own answer
 //! comes after the steps it encloses). An entry for
-//! a step that no longer differs fails the test too, so the allowlist stays true.
+//! a step that no longer differs fails the test too, so the allowlist stays true. A key ending in
+//! `@<storage>` (`@embedded`, `@etcd`) holds for that storage of the bundled server only.
 //!
-//! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
+//! The suite runs twice, once per storage of the bundled server (the embedded store, and etcd:
+//! the control plane's own, under a prefix of its own): every case holds on both. The two runs
+//! take turns, since both serve the same group through the same APIServices.
+//!
+//! Without `KUBEBUILDER_ASSETS` the tests print why they are skipped and pass.
 
 mod crd;
 mod normalize;
 mod runner;
 
 use eao::serverconfig::ServerConfig;
-use eao::testing::aggregated::{AggregatedServer, ServeOptions};
+use eao::testing::aggregated::{AggregatedServer, ServeOptions, Storage};
 use eao::testing::controlplane::ControlPlane;
 use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -67,11 +72,25 @@ fn show(a: &Answer) -> String {
     format!("{} {}\n{body}", a.status, a.content_type)
 }
 
+/// One run of the suite at a time (see the module comment).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn bundled_server_answers_as_kube_apiserver_does() {
-    let Some(cp) = ControlPlane::shared("bundled_server_answers_as_kube_apiserver_does").await else {
+    suite("bundled_server_answers_as_kube_apiserver_does", Storage::Embedded).await;
+}
+
+#[tokio::test]
+async fn bundled_server_on_etcd_answers_as_kube_apiserver_does() {
+    suite("bundled_server_on_etcd_answers_as_kube_apiserver_does", Storage::Etcd).await;
+}
+
+/// Runs the corpus against kube-apiserver and the bundled server on `storage`.
+async fn suite(test: &str, storage: Storage) {
+    let Some(cp) = ControlPlane::shared(test).await else {
         return;
     };
+    let _turn = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
     let config_yaml = read("config.yaml");
     let config = ServerConfig::from_yaml(&config_yaml).expect("config.yaml parses");
@@ -82,10 +101,12 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
         ServeOptions {
             binary: Path::new(env!("CARGO_BIN_EXE_extension-apiserver")),
             namespace: "conformance-system",
-            service: "diff-api",
+            service: &format!("diff-api-{}", storage.name()),
             config_yaml: &config_yaml,
-            port: 8450,
+            port: 8450 + Storage::ALL.iter().position(|s| *s == storage).unwrap_or(0) as u16,
             extra_args: vec![],
+            storage,
+            replicas: 1,
         },
     )
     .await
@@ -100,7 +121,19 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
     for key in allowlist.keys() {
         let case = key.split('#').next().unwrap_or_default();
         assert!(names.contains(case), "allowlist entry {key} names no case");
+        if let Some((_, only)) = key.split_once('@') {
+            let known = Storage::ALL.iter().any(|s| s.name() == only);
+            assert!(known, "allowlist entry {key} names no storage");
+        }
     }
+    // The entries for this run, keyed `<case>#<step>`.
+    let allowlist: Allowlist = allowlist
+        .into_iter()
+        .filter_map(|(key, reason)| match key.split_once('@') {
+            None => Some((key, reason)),
+            Some((key, only)) => (only == storage.name()).then(|| (key.to_string(), reason)),
+        })
+        .collect();
     // `CONFORMANCE_ONLY=cel-` runs only the cases whose names start so, for working on a few;
     // the whole corpus (and every allowlist entry) is checked without it.
     let cases: Vec<Case> = match std::env::var("CONFORMANCE_ONLY") {
@@ -122,7 +155,12 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
         .map(|(i, case)| {
             let (crd, ours, namespaces) = (crd.clone(), ours.clone(), namespaces.clone());
             async move {
-                let ns = format!("conf-{i}");
+                // Per storage: cluster-scoped objects are named after the namespace, and the
+                // other run's objects stay (on the CRD side too).
+                let ns = match storage {
+                    Storage::Embedded => format!("conf-{i}"),
+                    _ => format!("conf-{}-{i}", storage.name()),
+                };
                 let created = namespaces
                     .patch(
                         &ns,
@@ -181,7 +219,8 @@ async fn bundled_server_answers_as_kube_apiserver_does() {
         }
     }
     eprintln!(
-        "conformance: {} cases, {steps} compared steps, {differing} steps differ ({allowed} allowlisted), {} s",
+        "conformance ({} storage): {} cases, {steps} compared steps, {differing} steps differ ({allowed} allowlisted), {} s",
+        storage.name(),
         results.len(),
         started.elapsed().as_secs()
     );
