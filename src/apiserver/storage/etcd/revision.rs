@@ -71,9 +71,12 @@ impl EtcdStore {
             // the batch's request down with it.
             tokio::spawn(rounds(self.clone()));
         }
-        match rx.await {
-            Ok(answer) => answer.map_err(StorageError::from),
-            Err(_) => Err(StorageError::Closed),
+        // A reader that came while a request was on its way waits for that one and its own;
+        // it still gets its answer (or 504) within one request timeout, as without batching.
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(answer)) => answer.map_err(StorageError::from),
+            Ok(Err(_)) => Err(StorageError::Closed),
+            Err(_) => Err(super::errors::timed_out(self.timeout)),
         }
     }
 }
