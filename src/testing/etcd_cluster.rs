@@ -22,11 +22,36 @@ struct Member {
     process: Option<Process>,
 }
 
+/// How the members run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Whether etcd fsyncs its WAL (its default). Test data need not survive a power cut, and
+    /// fsync dominates etcd's latency on CI disks; a benchmark of durable writes wants it.
+    pub fsync: bool,
+    /// 50 ms heartbeats and a 500 ms election timeout, so a failover test takes seconds;
+    /// otherwise etcd's defaults (100 ms / 1 s).
+    pub quick_elections: bool,
+}
+
+impl Tuning {
+    /// For tests: no fsync, quick elections.
+    pub const TEST: Tuning = Tuning {
+        fsync: false,
+        quick_elections: true,
+    };
+    /// As etcd runs by default: fsync, default election timing.
+    pub const DEFAULT: Tuning = Tuning {
+        fsync: true,
+        quick_elections: false,
+    };
+}
+
 /// A running cluster; members are numbered from 0.
 pub struct EtcdCluster {
     binary: PathBuf,
     dir: PathBuf,
     token: String,
+    tuning: Tuning,
     members: Vec<Member>,
 }
 
@@ -43,8 +68,14 @@ impl EtcdCluster {
         Some(EtcdCluster::start(&binary, n).await)
     }
 
-    /// Starts `n` members of a new cluster and waits until each answers.
+    /// Starts `n` members of a new cluster tuned for tests ([`Tuning::TEST`]) and waits until
+    /// each answers.
     pub async fn start(binary: &Path, n: usize) -> Result<EtcdCluster, Error> {
+        EtcdCluster::start_tuned(binary, n, Tuning::TEST).await
+    }
+
+    /// Starts `n` members of a new cluster run as `tuning` says and waits until each answers.
+    pub async fn start_tuned(binary: &Path, n: usize, tuning: Tuning) -> Result<EtcdCluster, Error> {
         let seq = super::netns::next_seq();
         let dir = std::env::temp_dir().join(format!("eao-etcd-cluster-{}-{seq}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -64,6 +95,7 @@ impl EtcdCluster {
             binary: binary.to_path_buf(),
             dir,
             token: format!("eao-{}-{seq}", std::process::id()),
+            tuning,
             members,
         };
         // All first: a member waits for a quorum of its peers before it answers.
@@ -104,9 +136,13 @@ impl EtcdCluster {
             // Ignored by a member restarted on its data directory, which knows its cluster.
             .arg(format!("--initial-cluster={initial}"))
             .args(["--initial-cluster-state", "new", "--initial-cluster-token", &self.token])
-            // Quick elections, so a failover test takes seconds; test data need no fsync.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--unsafe-no-fsync", "--log-level", "warn"]);
+            .args(["--log-level", "warn"]);
+        if self.tuning.quick_elections {
+            cmd.args(["--heartbeat-interval", "50", "--election-timeout", "500"]);
+        }
+        if !self.tuning.fsync {
+            cmd.arg("--unsafe-no-fsync");
+        }
         let process = Process::spawn(&m.name, cmd, &m.log)?;
         self.members[i].process = Some(process);
         Ok(())
@@ -142,6 +178,14 @@ impl EtcdCluster {
     /// Every member's client URL.
     pub fn urls(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// The pids of the running members.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.process.as_ref().map(|p| p.id()))
+            .collect()
     }
 
     /// SIGKILLs member `i` (its data stays).

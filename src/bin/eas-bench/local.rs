@@ -1,7 +1,9 @@
 //! The local target: the kube-apiserver double (its SubjectAccessReviews allow every bench
-//! user) and the real `extension-apiserver` binary next to this one, with a fresh data dir.
+//! user) and the real `extension-apiserver` binary next to this one, with a fresh data dir or
+//! on an etcd started by [`crate::storage`].
 
 use crate::client::{Endpoint, Identity};
+use crate::storage::Etcd;
 use crate::Error;
 use eao::testing::testkit::{self as tk, KubeDouble};
 use std::path::PathBuf;
@@ -11,16 +13,19 @@ pub struct Local {
     pub child: tokio::process::Child,
     pub pid: u32,
     pub dir: PathBuf,
+    /// The server's etcd, when it runs on one; stopped after the server.
+    pub etcd: Option<Etcd>,
     _double: KubeDouble,
 }
 
 impl Local {
     /// Starts the double (knowing `namespaces`, so namespace lifecycle admits creates from its
-    /// cache, as in a cluster) and the server.
+    /// cache, as in a cluster) and the server, on `etcd` when given.
     pub async fn start(
         user: Option<String>,
         groups: Vec<String>,
         namespaces: &[String],
+        etcd: Option<Etcd>,
     ) -> Result<(Local, Endpoint), Error> {
         let dir = std::env::temp_dir().join(format!("eas-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -39,13 +44,16 @@ impl Local {
             .parent()
             .ok_or("no exe dir")?
             .join("extension-apiserver");
-        let child = tokio::process::Command::new(&exe)
+        let mut cmd = tokio::process::Command::new(&exe);
+        match &etcd {
+            Some(etcd) => cmd.arg(format!("--etcd-servers={}", etcd.urls().join(","))),
+            None => cmd.arg("--data-dir").arg(dir.join("data")),
+        };
+        let child = cmd
             .args(["--bind-address", "127.0.0.1", "--log-format", "plain"])
             .args(["--secure-port", &port.to_string()])
             .arg("--config")
             .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
             .arg("--tls-cert-file")
             .arg(&serving.cert)
             .arg("--tls-private-key-file")
@@ -83,23 +91,24 @@ impl Local {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        eprintln!(
-            "server: {} (pid {pid}), data dir {}",
-            exe.display(),
-            dir.join("data").display()
-        );
+        let store = match &etcd {
+            Some(etcd) => format!("etcd {}", etcd.urls().join(",")),
+            None => format!("data dir {}", dir.join("data").display()),
+        };
+        eprintln!("server: {} (pid {pid}), {store}", exe.display());
         Ok((
             Local {
                 child,
                 pid,
                 dir,
+                etcd,
                 _double: double,
             },
             ep,
         ))
     }
 
-    /// SIGTERM, wait, remove the data dir.
+    /// SIGTERM, wait; then etcd stops and the directories go (on drop).
     pub async fn stop(mut self) -> Result<(), Error> {
         let kill = std::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
@@ -108,7 +117,15 @@ impl Local {
             let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await??;
             eprintln!("server exit after SIGTERM: {status}");
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
+    }
+}
+
+/// Also when the bench fails or is interrupted: the server is killed (`kill_on_drop`), then
+/// etcd's members (a field dropped after this), and the data dir is removed.
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

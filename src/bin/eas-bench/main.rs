@@ -3,17 +3,21 @@
 //! RSS idle / with `--objects` loaded / after the run.
 //!
 //! Without `--url` it starts the kube-apiserver double and the real `extension-apiserver`
-//! binary next to this one (a fresh data dir; the double allows every SubjectAccessReview).
+//! binary next to this one (the double allows every SubjectAccessReview), on a fresh embedded
+//! store or, with `--storage etcd|etcd3`, on one or three etcd members started here (whose RSS
+//! is reported apart: the server then holds only its watch cache).
 //! With `--url` it talks to any aggregated API server as kube-apiserver's front proxy would:
 //! a client certificate plus `X-Remote-User`/`X-Remote-Group`.
 //!
-//! Run: `cargo build --release --bins && target/release/eas-bench --at-half-load`.
+//! Run: `cargo build --release --features test-support --bin eas-bench --bin extension-apiserver`,
+//! then `target/release/eas-bench --at-half-load [--storage etcd3]`.
 
 mod client;
 mod load;
 mod local;
 mod resource;
 mod stats;
+mod storage;
 mod watch;
 
 use clap::Parser;
@@ -24,6 +28,7 @@ use stats::{ms, percentile, rss_kib, CpuSnap, Row};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use storage::Storage;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,6 +72,14 @@ struct Opts {
     /// PID of a remote-mode server on this machine, for RSS.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Store of the local server: `embedded` (a fresh data dir), `etcd` (one member) or
+    /// `etcd3` (three members on loopback), etcd from `$KUBEBUILDER_ASSETS` or `PATH`.
+    #[arg(long, value_enum, default_value = "embedded", conflicts_with = "url")]
+    storage: Storage,
+    /// Run etcd with `--unsafe-no-fsync` (as the tests do); by default it fsyncs, as the
+    /// embedded store does before it acknowledges a write.
+    #[arg(long)]
+    etcd_unsafe_no_fsync: bool,
 
     /// Seconds per phase.
     #[arg(long, default_value_t = 10)]
@@ -146,6 +159,14 @@ async fn remote(o: &Opts, url: &str) -> Result<Endpoint, Error> {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let o = Opts::parse();
+    // Interrupted, the bench still stops the server and etcd and removes their directories.
+    tokio::select! {
+        r = bench(o) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    }
+}
+
+async fn bench(o: Opts) -> Result<(), Error> {
     let load0 = std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .trim()
@@ -157,12 +178,29 @@ async fn main() -> Result<(), Error> {
                 .iter()
                 .map(|s| format!("{}-{s}", o.namespace))
                 .collect();
-            let (l, ep) = local::Local::start(Some(o.user.clone()), o.group.clone(), &namespaces).await?;
+            let etcd = storage::Etcd::start(o.storage, o.etcd_unsafe_no_fsync).await?;
+            let (l, ep) = local::Local::start(Some(o.user.clone()), o.group.clone(), &namespaces, etcd).await?;
             (Some(l), ep)
         }
     };
     let pid = local.as_ref().map(|l| l.pid).or(o.server_pid);
     let rss = || pid.and_then(rss_kib);
+    let etcd = local.as_ref().and_then(|l| l.etcd.as_ref());
+    let etcd_rss = || etcd.map(|e| storage::describe_rss(&e.rss_kib()));
+    // Whose CPU is the system's under test, not "others'".
+    let tested: Vec<u32> = pid
+        .into_iter()
+        .chain(etcd.map(|e| e.pids()).unwrap_or_default())
+        .collect();
+    let store = match (&o.url, o.storage) {
+        (Some(_), _) => "remote server".to_string(),
+        (None, Storage::Embedded) => "embedded store".to_string(),
+        (None, s) => format!(
+            "etcd, {} member(s) on loopback, fsync {}",
+            s.members(),
+            if o.etcd_unsafe_no_fsync { "off" } else { "on" }
+        ),
+    };
     let run_id = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -189,9 +227,12 @@ async fn main() -> Result<(), Error> {
     let mut rows = Vec::new();
     tokio::time::sleep(Duration::from_secs(1)).await;
     rows.push(Row::note("server RSS idle".into(), mib(rss())));
+    if let Some(r) = etcd_rss() {
+        rows.push(Row::note("etcd RSS idle".into(), r));
+    }
 
     if o.objects > 0 {
-        let cpu = CpuSnap::take(pid);
+        let cpu = CpuSnap::take(&tested);
         let took = b
             .create_many(&b.res.ns("load"), &format!("o{run_id}"), o.objects, 64)
             .await?;
@@ -207,7 +248,7 @@ async fn main() -> Result<(), Error> {
             ),
         ));
         if let Some(row) = rows.last_mut() {
-            row.others = cpu.others_since(pid);
+            row.others = cpu.others_since(&tested);
             eprintln!("{}: {}", row.what, row.notes);
         }
         // Steady state: a server holding the objects, after the burst's garbage is released.
@@ -219,6 +260,12 @@ async fn main() -> Result<(), Error> {
             ),
             mib(rss()),
         ));
+        if let Some(r) = etcd_rss() {
+            rows.push(Row::note(
+                format!("etcd RSS holding {} objects of {} B", o.objects, o.object_size),
+                r,
+            ));
+        }
     }
     if o.verbs.iter().any(|v| matches!(v, Verb::Get | Verb::List)) {
         b.prepare_reads().await?;
@@ -226,7 +273,7 @@ async fn main() -> Result<(), Error> {
     let shape = format!("{}x{}", b.conns, b.streams);
     for (i, verb) in o.verbs.iter().enumerate() {
         let what = format!("{verb:?}").to_uppercase();
-        let cpu = CpuSnap::take(pid);
+        let cpu = CpuSnap::take(&tested);
         let (mode, r) = match o.rate {
             Some(rate) => (
                 format!("paced {rate:.0}/s, {shape}"),
@@ -236,7 +283,7 @@ async fn main() -> Result<(), Error> {
         };
         rows.push(outcome_row(&what, mode, &r));
         if let Some(row) = rows.last_mut() {
-            row.others = cpu.others_since(pid);
+            row.others = cpu.others_since(&tested);
         }
         eprintln!(
             "{} {}: {:.0}/s p99 {}",
@@ -247,11 +294,11 @@ async fn main() -> Result<(), Error> {
         );
         if o.at_half_load {
             let half = r.rate() / 2.0;
-            let cpu = CpuSnap::take(pid);
+            let cpu = CpuSnap::take(&tested);
             let h = b.phase(*verb, Some(half), &format!("{i}h")).await?;
             rows.push(outcome_row(&what, format!("50% of peak (paced {half:.0}/s)"), &h));
             if let Some(row) = rows.last_mut() {
-                row.others = cpu.others_since(pid);
+                row.others = cpu.others_since(&tested);
             }
             eprintln!(
                 "{what} at half load: {:.0}/s p99 {}",
@@ -262,7 +309,7 @@ async fn main() -> Result<(), Error> {
     }
 
     if o.watchers > 0 {
-        let cpu = CpuSnap::take(pid);
+        let cpu = CpuSnap::take(&tested);
         let w = watch::run(
             &b,
             &watch::WatchOpts {
@@ -285,7 +332,7 @@ async fn main() -> Result<(), Error> {
             &w.from_ack,
             notes.clone(),
         );
-        row.others = cpu.others_since(pid);
+        row.others = cpu.others_since(&tested);
         rows.push(row);
         rows.push(Row::latencies(
             "WATCH delivery (from write send)".into(),
@@ -297,8 +344,12 @@ async fn main() -> Result<(), Error> {
         eprintln!("watch: {notes}");
     }
     rows.push(Row::note("server RSS after run".into(), mib(rss())));
+    if let Some(r) = etcd_rss() {
+        rows.push(Row::note("etcd RSS after run".into(), r));
+    }
 
     println!("\ncommand: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    println!("storage: {store}");
     println!(
         "load before start: {load0}; \"others' CPU\" is the share of all CPUs used by other processes during that step"
     );

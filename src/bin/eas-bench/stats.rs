@@ -22,7 +22,7 @@ pub fn loadavg() -> String {
 pub struct CpuSnap {
     /// Busy ticks of all CPUs (steal included: time the VM did not get).
     busy: u64,
-    /// Ticks of this process and of the server.
+    /// Ticks of this process and of the system under test (the server, its etcd members).
     ours: u64,
     at: std::time::Instant,
 }
@@ -38,7 +38,7 @@ fn proc_ticks(pid: &str) -> u64 {
 }
 
 impl CpuSnap {
-    pub fn take(server: Option<u32>) -> CpuSnap {
+    pub fn take(tested: &[u32]) -> CpuSnap {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let cpu: Vec<u64> = stat
             .lines()
@@ -51,14 +51,14 @@ impl CpuSnap {
         let at = |i: usize| cpu.get(i).copied().unwrap_or(0);
         CpuSnap {
             busy: at(0) + at(1) + at(2) + at(5) + at(6) + at(7),
-            ours: proc_ticks("self") + server.map_or(0, |p| proc_ticks(&p.to_string())),
+            ours: proc_ticks("self") + tested.iter().map(|p| proc_ticks(&p.to_string())).sum::<u64>(),
             at: std::time::Instant::now(),
         }
     }
 
     /// Percent of the machine's CPUs used by other processes since `self`.
-    pub fn others_since(&self, server: Option<u32>) -> String {
-        let now = CpuSnap::take(server);
+    pub fn others_since(&self, tested: &[u32]) -> String {
+        let now = CpuSnap::take(tested);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         // USER_HZ is 100 on every Linux architecture the bench runs on.
         let capacity = now.at.duration_since(self.at).as_secs_f64() * 100.0 * cpus;

@@ -9,7 +9,8 @@
 //! embedded store's list code ([`super::engine::list_snapshot`]). A write returns once the
 //! cache has seen its revision, so a client reads its own writes. What goes to etcd:
 //! - a consistent read (`resourceVersion=""`) first confirms etcd's current revision (a
-//!   count-only range of the prefix, a linearizable read), then waits until the cache has
+//!   count-only range of the prefix, a linearizable read, shared by the readers that arrived
+//!   while the previous one was on its way: see [`revision`]), then waits until the cache has
 //!   reached it, as kube-apiserver's consistent list from cache does;
 //! - continuations and `Exact` lists older than the cache's history are read from etcd at
 //!   their revision until etcd compacts it, then answer 410 with a fresh token (see [`past`]).
@@ -24,6 +25,7 @@ mod cache;
 mod errors;
 mod past;
 mod probe;
+mod revision;
 mod tls;
 mod txn;
 
@@ -95,6 +97,8 @@ impl EtcdOptions {
 struct Shared {
     cache: Arc<Cache>,
     follower: tokio::task::AbortHandle,
+    /// Consistent readers waiting for etcd's revision.
+    revisions: revision::Batcher,
 }
 
 impl Drop for Shared {
@@ -129,7 +133,11 @@ impl EtcdStore {
         )
         .await?;
         Ok(EtcdStore {
-            shared: Arc::new(Shared { cache, follower }),
+            shared: Arc::new(Shared {
+                cache,
+                follower,
+                revisions: revision::Batcher::default(),
+            }),
             kv: client.kv_client(),
             prefix: opts.prefix,
             timeout: opts.request_timeout,
@@ -224,7 +232,7 @@ impl Store for EtcdStore {
     }
     fn consistent_rv(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
-            let rev = self.etcd_revision().await?;
+            let rev = self.batched_revision().await?;
             self.cache().wait_for(rev, self.timeout, true).await?;
             Ok(rev)
         })
