@@ -5,7 +5,9 @@
 //! cache, bounds how many reads a server answers. A reader therefore joins the *next* request
 //! that starts after it arrived, never one already on its way (whose answer may predate a
 //! write acknowledged before the reader came), so concurrent readers share one linearizable
-//! read per round trip, as etcd itself batches the ReadIndex requests of its clients.
+//! read per round trip, as etcd itself batches the ReadIndex requests of its clients. Up to
+//! [`IN_FLIGHT`] such requests are on their way at once, so a reader arriving just after one
+//! was sent does not wait for its whole round trip before its own request starts.
 
 use super::super::{Result, StorageError};
 use super::EtcdStore;
@@ -52,10 +54,14 @@ pub(super) struct Batcher {
 
 #[derive(Default)]
 struct Pending {
-    /// A task is sending requests for the waiting readers.
-    running: bool,
+    /// Tasks sending requests for the waiting readers.
+    running: usize,
     waiting: Vec<oneshot::Sender<Answer>>,
 }
+
+/// Most revision requests on their way at once: with one, reads were bound by one etcd round
+/// trip per batch (on three members, leader and quorum).
+const IN_FLIGHT: usize = 4;
 
 impl EtcdStore {
     /// etcd's current revision, confirmed by a request sent after this call began.
@@ -64,7 +70,11 @@ impl EtcdStore {
         let start = {
             let mut p = self.shared.revisions.pending.lock().map_err(|_| StorageError::Closed)?;
             p.waiting.push(tx);
-            !std::mem::replace(&mut p.running, true)
+            let start = p.running < IN_FLIGHT;
+            if start {
+                p.running += 1;
+            }
+            start
         };
         if start {
             // A task of its own: a reader that gives up (its client went away) must not take
@@ -81,7 +91,8 @@ impl EtcdStore {
     }
 }
 
-/// Sends one request for everyone waiting, and again while readers arrived meanwhile.
+/// Sends one request for everyone waiting, and again while readers arrived meanwhile. Each
+/// batch is taken before its request is sent, so it holds only readers that came before.
 async fn rounds(store: EtcdStore) {
     loop {
         let batch = {
@@ -89,7 +100,7 @@ async fn rounds(store: EtcdStore) {
                 return;
             };
             if p.waiting.is_empty() {
-                p.running = false;
+                p.running -= 1;
                 return;
             }
             std::mem::take(&mut p.waiting)
