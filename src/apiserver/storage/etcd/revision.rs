@@ -5,9 +5,7 @@
 //! cache, bounds how many reads a server answers. A reader therefore joins the *next* request
 //! that starts after it arrived, never one already on its way (whose answer may predate a
 //! write acknowledged before the reader came), so concurrent readers share one linearizable
-//! read per round trip, as etcd itself batches the ReadIndex requests of its clients. Up to
-//! [`IN_FLIGHT`] such requests are on their way at once, so a reader arriving just after one
-//! was sent does not wait for its whole round trip before its own request starts.
+//! read per round trip, as etcd itself batches the ReadIndex requests of its clients.
 
 use super::super::{Result, StorageError};
 use super::EtcdStore;
@@ -54,14 +52,10 @@ pub(super) struct Batcher {
 
 #[derive(Default)]
 struct Pending {
-    /// Tasks sending requests for the waiting readers.
-    running: usize,
+    /// A task is sending requests for the waiting readers.
+    running: bool,
     waiting: Vec<oneshot::Sender<Answer>>,
 }
-
-/// Most revision requests on their way at once: with one, reads were bound by one etcd round
-/// trip per batch (on three members, leader and quorum).
-const IN_FLIGHT: usize = 4;
 
 impl EtcdStore {
     /// etcd's current revision, confirmed by a request sent after this call began.
@@ -70,11 +64,7 @@ impl EtcdStore {
         let start = {
             let mut p = self.shared.revisions.pending.lock().map_err(|_| StorageError::Closed)?;
             p.waiting.push(tx);
-            let start = p.running < IN_FLIGHT;
-            if start {
-                p.running += 1;
-            }
-            start
+            !std::mem::replace(&mut p.running, true)
         };
         if start {
             // A task of its own: a reader that gives up (its client went away) must not take
@@ -91,8 +81,7 @@ impl EtcdStore {
     }
 }
 
-/// Sends one request for everyone waiting, and again while readers arrived meanwhile. Each
-/// batch is taken before its request is sent, so it holds only readers that came before.
+/// Sends one request for everyone waiting, and again while readers arrived meanwhile.
 async fn rounds(store: EtcdStore) {
     loop {
         let batch = {
@@ -100,7 +89,7 @@ async fn rounds(store: EtcdStore) {
                 return;
             };
             if p.waiting.is_empty() {
-                p.running -= 1;
+                p.running = false;
                 return;
             }
             std::mem::take(&mut p.waiting)
