@@ -15,7 +15,7 @@
 
 use eao::pki::{self, LeafSpec};
 use eao::testing::certs;
-use eao::testing::controlplane::{kubectl_path, ControlPlane};
+use eao::testing::controlplane::{etcd_command_on, kubectl_path, ControlPlane, EtcdServerTls};
 use eao::testing::etcd::etcd_binary;
 use eao::testing::netns::Process;
 use eao::testing::pod::{LocalBinary, PodRunnerOptions, RunningPod};
@@ -138,32 +138,21 @@ fn start_etcd(cp: &ControlPlane, binary: &Path) -> TlsEtcd {
             .expect("free port")
             .port()
     };
-    let client_url = format!("https://{ip}:{}", free(ip));
-    let peer_url = format!("http://127.0.0.1:{}", free(IpAddr::from([127, 0, 0, 1])));
-    let mut cmd = Command::new(binary);
-    cmd.arg("--data-dir")
-        .arg(dir.join("data"))
-        .args([
-            "--listen-client-urls",
-            &client_url,
-            "--advertise-client-urls",
-            &client_url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .arg(format!("--initial-cluster=default={peer_url}"))
-        .args(["--unsafe-no-fsync", "--log-level", "warn"])
-        .arg("--cert-file")
-        .arg(cert)
-        .arg("--key-file")
-        .arg(key)
-        .arg("--trusted-ca-file")
-        .arg(&ca_file)
-        .arg("--client-cert-auth");
+    let IpAddr::V4(ip4) = ip else {
+        panic!("the control plane's address {ip} is not IPv4")
+    };
+    let tls = EtcdServerTls {
+        cert,
+        key,
+        client_ca: ca_file.clone(),
+    };
+    let (cmd, client_url) = etcd_command_on(
+        binary,
+        &dir.join("data"),
+        ip4,
+        (free(ip), free(IpAddr::from([127, 0, 0, 1]))),
+        Some(&tls),
+    );
     let process = Process::spawn("etcd", cmd, &dir.join("etcd.log")).expect("start etcd");
     TlsEtcd {
         process,

@@ -144,8 +144,9 @@ pub fn etcd_command_at(
     etcd_command_on(binary, data_dir, Ipv4Addr::LOCALHOST, ports, tls)
 }
 
-/// [`etcd_command_at`] serving clients on `client_ip` (the peer URL stays on loopback).
-fn etcd_command_on(
+/// [`etcd_command_at`] serving clients on `client_ip` (the peer URL stays on loopback), e.g.
+/// an address that servers in a test's network namespaces reach.
+pub fn etcd_command_on(
     binary: &Path,
     data_dir: &Path,
     client_ip: Ipv4Addr,
