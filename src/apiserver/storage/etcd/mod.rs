@@ -9,9 +9,10 @@
 //! embedded store's list code ([`super::engine::list_snapshot`]). A write returns once the
 //! cache has seen its revision, so a client reads its own writes. What goes to etcd:
 //! - a consistent read (`resourceVersion=""`) first confirms etcd's current revision (a
-//!   count-only range of the prefix, a linearizable read, shared by the readers that arrived
-//!   while the previous one was on its way: see [`revision`]), then waits until the cache has
-//!   reached it, as kube-apiserver's consistent list from cache does;
+//!   count-only read of the key named by the prefix, a linearizable read, shared by the
+//!   readers that arrived while the previous one was on its way: see [`revision`]), then
+//!   waits until the cache has reached it, as kube-apiserver's consistent list from cache
+//!   does;
 //! - continuations and `Exact` lists older than the cache's history are read from etcd at
 //!   their revision until etcd compacts it, then answer 410 with a fresh token (see [`past`]).
 //!
@@ -158,12 +159,14 @@ impl EtcdStore {
         self.cache().relists()
     }
 
-    /// etcd's current revision, read with a count-only range of the prefix (linearizable: the
-    /// member confirms it with the leader). Retried within the request timeout, since it
-    /// changes nothing.
+    /// etcd's current revision, read with a linearizable count-only read of the one key named
+    /// by the prefix (the member confirms its revision with the leader). Any key gives the
+    /// store's revision in the response header; a single key keeps the cost of the read
+    /// independent of how many objects there are, where counting the whole prefix walks
+    /// every key under it, once per batch of readers. Retried within the request timeout,
+    /// since it changes nothing.
     async fn etcd_revision(&self) -> Result<u64> {
-        let end = cache::prefix_end(self.prefix.as_bytes());
-        let opts = etcd_client::GetOptions::new().with_range(end).with_count_only();
+        let opts = etcd_client::GetOptions::new().with_count_only();
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let mut kv = self.kv.clone();
