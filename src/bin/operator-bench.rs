@@ -37,6 +37,11 @@ struct Args {
     /// Give up converging after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// The operator binary to run; by default `extension-apiserver-operator` next to this one.
+    /// The shipped operator is built with `--profile operator`
+    /// (`target/operator/extension-apiserver-operator`).
+    #[arg(long)]
+    operator: Option<std::path::PathBuf>,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -174,7 +179,10 @@ async fn main() -> Result<(), Error> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    let binary = std::env::current_exe()?.with_file_name("extension-apiserver-operator");
+    let binary = match &args.operator {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("extension-apiserver-operator"),
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let log = cp.dir().join("operator.log");
     // Tied to this process (PR_SET_PDEATHSIG), so an interrupted bench leaves no operator behind.
