@@ -14,8 +14,11 @@ impl StorageHandler {
             .storage
             .get(&cx.key(&cx.name))
             .ok_or_else(|| cx.not_found(&cx.name))?;
-        if let Some(v) = output::one(cx, cx.form, &obj.value())? {
-            return Ok(value_response(StatusCode::OK, &v));
+        // Only a table or metadata needs the object parsed; the object itself goes out as stored.
+        if cx.form != output::Form::Object {
+            if let Some(v) = output::one(cx, cx.form, &obj.value())? {
+                return Ok(value_response(StatusCode::OK, &v));
+            }
         }
         Ok(json_response(StatusCode::OK, cx.bytes_of(&obj)))
     }

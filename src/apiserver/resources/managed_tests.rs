@@ -16,7 +16,7 @@ fn cx(manager: &str, status_sub: bool) -> Cx {
         group: "g".into(),
         api_version: "g/v1".into(),
         version_prefix: r#"{"apiVersion":"g/v1""#.into(),
-        res,
+        res: std::sync::Arc::new(res),
         namespace: "n".into(),
         name: "a".into(),
         status_sub,

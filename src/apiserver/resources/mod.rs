@@ -221,7 +221,7 @@ impl StorageHandler {
 pub(crate) struct Cx {
     pub group: String,
     pub api_version: String,
-    pub res: ServedResource,
+    pub res: Arc<ServedResource>,
     pub namespace: String,
     pub name: String,
     pub status_sub: bool,
