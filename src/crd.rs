@@ -96,12 +96,12 @@ pub struct ExtensionApiServerSpec {
     /// Run the bundled `extension-apiserver`, which serves the resources declared here.
     /// Exactly one of `server` and `image` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server: Option<BundledServer>,
+    pub server: Option<Box<BundledServer>>,
 
     /// Run your own aggregated API server image (for example metrics-server).
     /// Exactly one of `server` and `image` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<ImageServer>,
+    pub image: Option<Box<ImageServer>>,
 
     /// Name of the Service (and the name in the serving certificate, `<serviceName>.<namespace>.svc`).
     /// Defaults to the object's name.
@@ -123,7 +123,7 @@ pub struct ExtensionApiServerSpec {
 
     /// Certificate settings. Defaults: ECDSA P-256 keys, a 5-year CA and a 90-day serving certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certificates: Option<CertificatesSpec>,
+    pub certificates: Option<Box<CertificatesSpec>>,
 
     /// Extra RBAC rules granted to the server's ServiceAccount through its ClusterRole,
     /// for what the server itself reads or writes in the cluster.
@@ -135,7 +135,7 @@ pub struct ExtensionApiServerSpec {
     /// topology spread, priority class, pull secrets, extra labels, annotations and env, host
     /// network, and (your own image only) extra volumes and mounts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodSettings>,
+    pub pod: Option<Box<PodSettings>>,
 
     /// User roles: ClusterRoles `aggregation.dev:<namespace>:<name>:view`, `:edit` and `:admin`,
     /// labelled `rbac.authorization.k8s.io/aggregate-to-view` (`-edit`, `-admin`), so whoever
@@ -474,7 +474,7 @@ pub(crate) fn wardle_spec() -> ExtensionApiServerSpec {
             group_priority_minimum: 1000,
             version_priority: 15,
         }],
-        server: Some(BundledServer::default()),
+        server: Some(Box::default()),
         image: None,
         service_name: None,
         replicas: None,

@@ -87,14 +87,15 @@ fn main() {
 
 /// glibc gives every thread that contends for the heap an arena of its own (up to eight per
 /// core) and never moves free memory between arenas. The operator's allocations are small and
-/// its work waits on the API server, so two arenas cost nothing measurable, and at 1,000
-/// ExtensionApiServers they keep about 3 MiB less resident (`operator-bench`). Set before the
-/// runtime's threads exist, since a thread keeps the arena it first got.
+/// its work waits on the API server, so one arena costs nothing measurable, while every extra
+/// arena keeps free memory of its own resident (`operator-bench`: at 1,000
+/// ExtensionApiServers a second arena held about 5 MiB). Set before the runtime's threads
+/// exist, since a thread keeps the arena it first got.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

@@ -21,6 +21,11 @@ pub enum Verb {
     Get,
     /// LIST of the 1000-object namespace.
     List,
+    /// GET with `resourceVersion=0` ("any version"): served from the watch cache as it
+    /// stands, without confirming the store's revision (on etcd: no round trip to etcd).
+    GetCached,
+    /// LIST with `resourceVersion=0` (see [`Verb::GetCached`]).
+    ListCached,
     /// POST of a new object (acknowledged once durable).
     Create,
     /// PUT with the current resourceVersion; conflicts re-read and are counted apart.
@@ -255,6 +260,18 @@ impl Worker {
             Verb::List => (
                 Method::GET,
                 b.res.collection(&b.res.ns("list")),
+                Bytes::new(),
+                StatusCode::OK,
+            ),
+            Verb::GetCached => (
+                Method::GET,
+                format!("{}?resourceVersion=0", b.res.item(&b.res.ns("list"), "l-0")),
+                Bytes::new(),
+                StatusCode::OK,
+            ),
+            Verb::ListCached => (
+                Method::GET,
+                format!("{}?resourceVersion=0", b.res.collection(&b.res.ns("list"))),
                 Bytes::new(),
                 StatusCode::OK,
             ),

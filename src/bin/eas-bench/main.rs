@@ -267,12 +267,19 @@ async fn bench(o: Opts) -> Result<(), Error> {
             ));
         }
     }
-    if o.verbs.iter().any(|v| matches!(v, Verb::Get | Verb::List)) {
+    if o.verbs
+        .iter()
+        .any(|v| matches!(v, Verb::Get | Verb::List | Verb::GetCached | Verb::ListCached))
+    {
         b.prepare_reads().await?;
     }
     let shape = format!("{}x{}", b.conns, b.streams);
     for (i, verb) in o.verbs.iter().enumerate() {
-        let what = format!("{verb:?}").to_uppercase();
+        let what = match verb {
+            Verb::GetCached => "GET rv=0".to_string(),
+            Verb::ListCached => "LIST rv=0".to_string(),
+            v => format!("{v:?}").to_uppercase(),
+        };
         let cpu = CpuSnap::take(&tested);
         let (mode, r) = match o.rate {
             Some(rate) => (

@@ -444,7 +444,7 @@ fn deployment(eas: &ExtensionApiServer, names: &Names, certs: &Certs, opts: &Bui
         security_context: bundled.then(bundled_pod_security),
         ..Default::default()
     };
-    let settings = eas.spec.pod.as_ref();
+    let settings = eas.spec.pod.as_deref();
     pod::apply_pod_settings(&mut pod_spec, &mut container, settings, bundled);
     if pod_spec.affinity.is_none() && replicas::replicas(eas) > 1 {
         pod_spec.affinity = Some(replicas::spread_over_nodes(names));

@@ -32,7 +32,7 @@ fn pod_of(ch: &Children) -> Value {
 #[test]
 fn pod_settings_reach_the_bundled_deployment() {
     let mut s = spec();
-    s.pod = Some(pod_settings());
+    s.pod = Some(Box::new(pod_settings()));
     let ch = children(&eas(s), &certs());
     let t = pod_of(&ch);
     let p = &t["spec"];

@@ -1,7 +1,7 @@
 //! Unit tests of [`super`] (build.rs), kept apart so the module itself stays readable.
 
 use super::*;
-use crate::crd::{ApiVersion, BundledServer, ExtensionApiServerSpec};
+use crate::crd::{ApiVersion, ExtensionApiServerSpec};
 use crate::operator::rbac::bundled_server_rules;
 use crate::pki;
 use crate::serverconfig::DATA_DIR;
@@ -30,7 +30,7 @@ fn spec() -> ExtensionApiServerSpec {
                 version_priority: 20,
             },
         ],
-        server: Some(BundledServer::default()),
+        server: Some(Box::default()),
         image: None,
         service_name: Some("wardle-api".into()),
         replicas: Some(2),

@@ -28,6 +28,38 @@ const OUR_ANNOTATIONS: &str = "aggregation.dev/";
 pub trait Kept: Resource<DynamicType = ()> + Default + Serialize + DeserializeOwned {
     /// Top-level fields outside `metadata` that a reconcile reads, kept as JSON.
     const FIELDS: &'static [&'static str] = &[];
+
+    /// The record's body: what a reconcile reads of `all` (the object as JSON), by default
+    /// [`Kept::FIELDS`] as compact JSON; `None` when there is nothing to keep.
+    fn encode(_obj: &Self, mut all: Map<String, Value>) -> Option<Vec<u8>> {
+        let kept: Map<String, Value> = Self::FIELDS
+            .iter()
+            .filter_map(|f| all.remove(*f).map(|v| (f.to_string(), v)))
+            .collect();
+        (!kept.is_empty()).then(|| serde_json::to_vec(&kept).ok()).flatten()
+    }
+
+    /// The object [`Kept::encode`]'s body describes (metadata is filled in afterwards).
+    fn decode(body: &[u8]) -> Self {
+        // The body was serialised from a `Self`, so it parses back; an empty object is the fallback.
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+}
+
+/// Length-prefixed byte strings (the [`Packed`] format) for [`Kept::encode`] implementations.
+pub fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    // Longer fields cannot come from the API server (its objects are at most 3 MiB).
+    let len = u32::try_from(b.len()).unwrap_or(ABSENT - 1).min(ABSENT - 1);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&b[..len as usize]);
+}
+
+/// The next byte string [`put_bytes`] wrote at the front of `rest`, if whole.
+pub fn take_bytes<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (len, tail) = rest.split_first_chunk::<4>()?;
+    let (value, tail) = tail.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+    *rest = tail;
+    Some(value)
 }
 
 /// What is kept of one object, as read from its [`Packed`] record.
@@ -58,12 +90,7 @@ impl Compact<'_> {
         let mut buf = Vec::new();
         let mut put = |v: Option<&[u8]>| match v {
             None => buf.extend_from_slice(&ABSENT.to_le_bytes()),
-            Some(b) => {
-                // Longer fields cannot come from the API server (its objects are at most 3 MiB).
-                let len = u32::try_from(b.len()).unwrap_or(ABSENT - 1).min(ABSENT - 1);
-                buf.extend_from_slice(&len.to_le_bytes());
-                buf.extend_from_slice(&b[..len as usize]);
-            }
+            Some(b) => put_bytes(&mut buf, b),
         };
         put(self.resource_version.map(str::as_bytes));
         put(self.managed.then_some(&[][..]));
@@ -206,13 +233,7 @@ fn compact<K: Kept>(obj: &K) -> (Box<str>, Packed) {
     let json = serde_json::to_value(obj).unwrap_or(Value::Null);
     let fingerprint = fingerprint::owned(&json, FIELD_MANAGER);
     let body = match json {
-        Value::Object(mut all) if !K::FIELDS.is_empty() => {
-            let kept: Map<String, Value> = K::FIELDS
-                .iter()
-                .filter_map(|f| all.remove(*f).map(|v| (f.to_string(), v)))
-                .collect();
-            (!kept.is_empty()).then(|| serde_json::to_vec(&kept).ok()).flatten()
-        }
+        Value::Object(all) if !K::FIELDS.is_empty() => K::encode(obj, all),
         _ => None,
     };
     let compact = Compact {
@@ -238,8 +259,7 @@ fn compact<K: Kept>(obj: &K) -> (Box<str>, Packed) {
 
 fn rebuild<K: Kept>(key: &str, packed: &Packed) -> K {
     let c = packed.unpack();
-    // The body was serialised from a `K`, so it parses back; an empty object is the fallback.
-    let mut obj: K = c.body.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+    let mut obj: K = c.body.map(K::decode).unwrap_or_default();
     let meta = obj.meta_mut();
     match key.split_once('/') {
         Some((ns, name)) => {

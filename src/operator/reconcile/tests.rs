@@ -726,10 +726,10 @@ async fn ca_rotation_publishes_then_signs_then_waits_for_replicas() {
 async fn own_ca_from_a_secret() {
     let h = Harness::new();
     let mut s = spec();
-    s.certificates = Some(crate::crd::CertificatesSpec {
+    s.certificates = Some(Box::new(crate::crd::CertificatesSpec {
         ca_secret_ref: Some(crate::crd::SecretReference { name: "my-ca".into() }),
         ..Default::default()
-    });
+    }));
     h.put_eas(s);
     h.reconcile().await.unwrap();
     let (status, reason, message) = h.condition("CertificatesReady");
@@ -767,10 +767,10 @@ async fn changing_the_own_ca_while_a_new_leaf_is_due_does_not_deadlock() {
     use base64::Engine;
     let h = Harness::new();
     let mut s = spec();
-    s.certificates = Some(crate::crd::CertificatesSpec {
+    s.certificates = Some(Box::new(crate::crd::CertificatesSpec {
         ca_secret_ref: Some(crate::crd::SecretReference { name: "my-ca".into() }),
         ..Default::default()
-    });
+    }));
     h.put_eas(s);
     let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let put_ca = |ca: &crate::pki::CertKeyPair| {

@@ -307,7 +307,7 @@ mod tests {
     fn every_problem_is_reported_with_its_field() {
         let mut s = spec();
         s.group = "Not_A_Group".into();
-        s.image = Some(ImageServer {
+        s.image = Some(Box::new(ImageServer {
             image: "x".into(),
             image_pull_policy: None,
             command: vec![],
@@ -317,14 +317,14 @@ mod tests {
             pass_tls_flags: true,
             readiness_path: "/readyz".into(),
             restart_on_certificate_change: true,
-        });
+        }));
         s.versions.push(s.versions[0].clone());
         s.versions[0].version_priority = 0;
-        s.certificates = Some(CertificatesSpec {
+        s.certificates = Some(Box::new(CertificatesSpec {
             serving_validity: Some("10m".into()),
             ca_validity: Some("soon".into()),
             ..Default::default()
-        });
+        }));
         let problems = validate(&s).unwrap_err();
         let all = problems.join("\n");
         for needle in [
