@@ -88,9 +88,10 @@ fn main() {
 /// glibc gives every thread that contends for the heap an arena of its own (up to eight per
 /// core) and never moves free memory between arenas. The operator's allocations are small and
 /// its work waits on the API server, so one arena costs nothing measurable, while every extra
-/// arena keeps free memory of its own resident (`operator-bench`: at 1,000
-/// ExtensionApiServers a second arena held about 5 MiB). Set before the runtime's threads
-/// exist, since a thread keeps the arena it first got.
+/// arena keeps free memory of its own resident (`operator-bench`, 1,000 ExtensionApiServers:
+/// two arenas instead of eight, about 0.5 MiB less; one instead of two, together with smaller
+/// spec structs, 2 MiB less). Set before the runtime's threads exist, since a thread keeps the
+/// arena it first got.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
