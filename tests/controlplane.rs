@@ -7,38 +7,17 @@
 
 use eao::testing::aggregated::{AggregatedServer, ServeOptions};
 use eao::testing::controlplane::{Assets, ControlPlane};
+use eao::testing::tools::{run, text};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{DeleteParams, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Api;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
-    let desc = format!("{cmd:?}");
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin piped")
-            .write_all(input.as_bytes())
-            .expect("kubectl reads stdin");
-    }
-    child.wait_with_output().expect("kubectl finishes")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// Polls `check` until it returns `Some`, or fails the test with `what` and `diag()`.
 async fn eventually<T, F, Fut>(what: &str, diag: impl Fn() -> String, mut check: F) -> T

@@ -18,7 +18,8 @@ use eao::testing::certs;
 use eao::testing::controlplane::{etcd_command_on, kubectl_path, ControlPlane, EtcdServerTls};
 use eao::testing::etcd::etcd_binary;
 use eao::testing::netns::Process;
-use eao::testing::pod::{LocalBinary, PodRunnerOptions, RunningPod};
+use eao::testing::pod::RunningPod;
+use eao::testing::tools::{helm_path, pod_options, root, run, text, OPERATOR_BINARY};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ApiResource, DynamicObject, ListParams, PostParams, WatchEvent, WatchParams};
@@ -27,13 +28,12 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const RELEASE: &str = "eao";
 const OP_NS: &str = "eao-system";
 const OPERATOR: &str = "eao-extension-apiserver-operator";
-const OPERATOR_BINARY: &str = "/usr/local/bin/extension-apiserver-operator";
 const NS: &str = "etcd-replicas";
 const EAS: &str = "widgets";
 const GROUP: &str = "widgets.example.com";
@@ -43,52 +43,6 @@ const OBJECTS: usize = 8;
 /// Reads of each object right after its create: with three endpoints picked at random, a
 /// replica that served a stale read would be hit with overwhelming likelihood.
 const READS_AFTER_CREATE: usize = 12;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn helm_path() -> PathBuf {
-    match std::env::var_os("HELM") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => root().join(".tools/bin/helm"),
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let desc = format!("{cmd:?}");
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin piped")
-            .write_all(input.as_bytes())
-            .expect("the command reads stdin");
-    }
-    child.wait_with_output().expect("the command finishes")
-}
-
-fn options(local: &str, kubeconfig_env: &[&str], image_binary: &str) -> PodRunnerOptions {
-    PodRunnerOptions {
-        binaries: BTreeMap::from([(
-            image_binary.to_string(),
-            LocalBinary {
-                path: PathBuf::from(local),
-                kubeconfig_env: kubeconfig_env.iter().map(|s| s.to_string()).collect(),
-            },
-        )]),
-        image_entrypoint: vec![OPERATOR_BINARY.to_string()],
-    }
-}
 
 /// An etcd member serving https with client-certificate authentication on `ip` (a host
 /// address the pods' namespaces reach), and the client Secret's files.
@@ -378,7 +332,8 @@ async fn etcd_storage_three_replicas_serve_through_the_aggregator() {
         .expect("the chart made the operator Deployment");
     let op_binary = env!("CARGO_BIN_EXE_extension-apiserver-operator");
     c.operator = Some(
-        RunningPod::start(cp, &op_deployment, options(op_binary, &[], OPERATOR_BINARY)).expect("operator pod runner"),
+        RunningPod::start(cp, &op_deployment, pod_options(op_binary, &[], OPERATOR_BINARY))
+            .expect("operator pod runner"),
     );
 
     // 2. Three replicas on etcd, each pod in a network namespace of its own.
@@ -419,7 +374,7 @@ async fn etcd_storage_three_replicas_serve_through_the_aggregator() {
         RunningPod::start_own_network(
             cp,
             &server_deployment,
-            options(server_binary, &["EAS_KUBECONFIG"], eao::serverconfig::SERVER_BINARY),
+            pod_options(server_binary, &["EAS_KUBECONFIG"], eao::serverconfig::SERVER_BINARY),
         )
         .expect("server pod runner"),
     );

@@ -12,12 +12,11 @@
 //! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
 
 use eao::testing::controlplane::{kubectl_path, ControlPlane};
-use eao::testing::pod::{LocalBinary, PodRunnerOptions, RunningPod};
+use eao::testing::pod::RunningPod;
+use eao::testing::tools::{helm_path, pod_options, root, run, text, OPERATOR_BINARY};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,29 +25,7 @@ const OP_NS: &str = "eao-system";
 const OPERATOR: &str = "eao-extension-apiserver-operator";
 const EAS_NS: &str = "wardle-system";
 const TIMEOUT: Duration = Duration::from_secs(120);
-const OPERATOR_BINARY: &str = "/usr/local/bin/extension-apiserver-operator";
 const OWNER_LABELS: &str = "aggregation.dev/owner-namespace=wardle-system,aggregation.dev/owner-name=wardle";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn helm_path() -> PathBuf {
-    match std::env::var_os("HELM") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => root().join(".tools/bin/helm"),
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn run(mut cmd: Command) -> Output {
-    let desc = format!("{cmd:?}");
-    cmd.stdin(Stdio::null());
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"))
-}
 
 /// The test's view of the cluster and the pods it runs, for commands and diagnostics.
 struct Cluster {
@@ -61,7 +38,7 @@ impl Cluster {
     fn kubectl(&self, args: &[&str]) -> Output {
         let mut c = self.cp.kubectl();
         c.args(args);
-        run(c)
+        run(c, None)
     }
 
     fn helm(&self, args: &[&str]) -> Output {
@@ -74,7 +51,7 @@ impl Cluster {
             .env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_CONFIG_HOME", home.join("config"))
             .env("HELM_DATA_HOME", home.join("data"));
-        run(c)
+        run(c, None)
     }
 
     /// Everything a failure message should show.
@@ -180,19 +157,6 @@ impl Cluster {
     }
 }
 
-fn options(local: &str, kubeconfig_env: &[&str], image_binary: &str) -> PodRunnerOptions {
-    PodRunnerOptions {
-        binaries: BTreeMap::from([(
-            image_binary.to_string(),
-            LocalBinary {
-                path: PathBuf::from(local),
-                kubeconfig_env: kubeconfig_env.iter().map(|s| s.to_string()).collect(),
-            },
-        )]),
-        image_entrypoint: vec![OPERATOR_BINARY.to_string()],
-    }
-}
-
 async fn deployment(cp: &ControlPlane, ns: &str, name: &str) -> Option<Deployment> {
     let client = cp.client().await.expect("admin client");
     Api::<Deployment>::namespaced(client, ns)
@@ -238,7 +202,7 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
         .expect("the chart made the operator Deployment");
     let op_binary = env!("CARGO_BIN_EXE_extension-apiserver-operator");
     c.operator =
-        Some(RunningPod::start(cp, &d, options(op_binary, &[], OPERATOR_BINARY)).expect("operator pod runner"));
+        Some(RunningPod::start(cp, &d, pod_options(op_binary, &[], OPERATOR_BINARY)).expect("operator pod runner"));
     // Rollout status succeeds only when the Deployment controller sees the pod Ready, i.e. the
     // operator's /readyz answered the chart's readinessProbe.
     c.kubectl_ok(&[
@@ -281,7 +245,7 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
         RunningPod::start(
             cp,
             &server_deployment,
-            options(server_binary, &["EAS_KUBECONFIG"], eao::serverconfig::SERVER_BINARY),
+            pod_options(server_binary, &["EAS_KUBECONFIG"], eao::serverconfig::SERVER_BINARY),
         )
         .expect("server pod runner"),
     );

@@ -18,4 +18,5 @@ pub mod pod_status;
 pub mod pod_volumes;
 pub mod tcp_proxy;
 pub mod testkit;
+pub mod tools;
 pub mod webhook;

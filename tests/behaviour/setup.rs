@@ -35,16 +35,7 @@ pub struct Env {
 static ENV: OnceCell<Option<Env>> = OnceCell::const_new();
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn helm_path() -> PathBuf {
-    match std::env::var_os("HELM") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => root().join(".tools/bin/helm"),
-    }
-}
+pub use eao::testing::tools::{helm_path, root};
 
 /// Runs `cmd` with `stdin`, and panics with its output unless it succeeds.
 pub fn run_ok(mut cmd: Command, stdin: &[u8]) -> String {

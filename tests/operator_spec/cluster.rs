@@ -2,58 +2,17 @@
 //! polling with diagnostics, and the pods the stand-in kubelet runs.
 
 use eao::testing::controlplane::ControlPlane;
-use eao::testing::pod::{LocalBinary, PodRunnerOptions, RunningPod};
+use eao::testing::pod::RunningPod;
+pub use eao::testing::tools::{pod_options, root, run, text, OPERATOR_BINARY};
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub const TIMEOUT: Duration = Duration::from_secs(150);
 pub const RELEASE: &str = "eao";
 pub const OP_NS: &str = "eao-system";
 pub const OPERATOR: &str = "eao-extension-apiserver-operator";
-pub const OPERATOR_BINARY: &str = "/usr/local/bin/extension-apiserver-operator";
-
-pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
-    let desc = format!("{cmd:?}");
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin piped")
-            .write_all(input.as_bytes())
-            .expect("the command reads stdin");
-    }
-    child.wait_with_output().expect("the command finishes")
-}
-
-/// The pod-runner options: the image's binary (command[0] or entrypoint) → the local binary.
-pub fn options(local: &str, kubeconfig_env: &[&str], image_binary: &str) -> PodRunnerOptions {
-    PodRunnerOptions {
-        binaries: BTreeMap::from([(
-            image_binary.to_string(),
-            LocalBinary {
-                path: PathBuf::from(local),
-                kubeconfig_env: kubeconfig_env.iter().map(|s| s.to_string()).collect(),
-            },
-        )]),
-        image_entrypoint: vec![OPERATOR_BINARY.to_string()],
-    }
-}
 
 /// The control plane, and the pods this test runs (for diagnostics).
 pub struct Cluster {

@@ -1,7 +1,7 @@
 //! The operator on the real control plane, installed with the chart (so with the chart's RBAC)
 //! and run by the stand-in kubelet, as in tests/install.rs.
 
-use crate::cluster::{options, root, text, Cluster, OPERATOR, OPERATOR_BINARY, OP_NS, RELEASE};
+use crate::cluster::{pod_options, root, text, Cluster, OPERATOR, OPERATOR_BINARY, OP_NS, RELEASE};
 use eao::testing::controlplane::ControlPlane;
 use eao::testing::pod::RunningPod;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -144,7 +144,8 @@ pub async fn scenario(cp: &'static ControlPlane) {
     )
     .expect("a Deployment");
     let op_binary = env!("CARGO_BIN_EXE_extension-apiserver-operator");
-    c.operator = Some(RunningPod::start(cp, &d, options(op_binary, &[], OPERATOR_BINARY)).expect("operator runner"));
+    c.operator =
+        Some(RunningPod::start(cp, &d, pod_options(op_binary, &[], OPERATOR_BINARY)).expect("operator runner"));
     let rollout = format!("deployment/{OPERATOR}");
     c.ok(&["rollout", "status", &rollout, "-n", OP_NS, "--timeout=150s"]);
 
@@ -237,7 +238,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
         .to_string();
     let server: Deployment = serde_json::from_value(server.clone()).expect("a Deployment");
     let server_binary = env!("CARGO_BIN_EXE_extension-apiserver");
-    let opts = options(server_binary, &["EAS_KUBECONFIG"], eao::serverconfig::SERVER_BINARY);
+    let opts = pod_options(server_binary, &["EAS_KUBECONFIG"], eao::serverconfig::SERVER_BINARY);
     c.server = Some(RunningPod::start(cp, &server, opts).expect("server runner"));
     c.eventually("wardle is Ready", || {
         let ready = c.condition(NS, "wardle", "Ready")?;
