@@ -137,6 +137,7 @@ async fn list_pages_are_one_snapshot(s: &dyn Store, p: &str) {
     let page3 = s.list(p, Some(2), page2.continue_token.as_deref(), |_| true).unwrap();
     assert_eq!(names(&page3.items), ["e"]);
     assert!(page3.continue_token.is_none());
+    assert_eq!(page3.remaining, None);
     // A new list sees the changes; a filter applies before the limit.
     let now = s.list(p, None, None, |_| true).unwrap();
     assert_eq!(names(&now.items), ["a", "b", "c", "e", "f"]);
@@ -444,6 +445,7 @@ async fn etcd_continuations_older_than_the_cache_read_etcd_until_it_compacts() {
     let s_dyn: &dyn Store = &s;
     let page1 = s_dyn.list(p, Some(2), None, |_| true).unwrap();
     let token = page1.continue_token.clone().expect("a continue token");
+    assert_eq!(page1.remaining, Some(3), "c, d and e follow the first page");
     // More changes than the cache's history keeps.
     for i in 0..HISTORY + 4 {
         s.update(&format!("{p}c"), obj("c", &format!("x{i}")), Preconditions::default())
@@ -460,12 +462,15 @@ async fn etcd_continuations_older_than_the_cache_read_etcd_until_it_compacts() {
     assert_eq!(names(&page2.items), ["c", "d"]);
     assert_eq!(page2.items[0].value()["spec"]["note"], "1");
     assert_eq!(page2.rv, page1.rv);
+    // Counted at that revision too, where d still exists: e remains.
+    assert_eq!(page2.remaining, Some(1));
     let page3 = s
         .list_expired(p, Some(2), page2.continue_token.as_deref().unwrap(), &|_| true)
         .await
         .unwrap();
     assert_eq!(names(&page3.items), ["e"]);
     assert!(page3.continue_token.is_none());
+    assert_eq!(page3.remaining, None);
     // An `Exact` list at that revision, filtered.
     let exact = s
         .list_expired(p, None, &continue_at(p, page1.rv), &|o| o.name != "a")

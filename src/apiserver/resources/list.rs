@@ -59,7 +59,7 @@ impl StorageHandler {
         if let Some(c) = &page.continue_token {
             meta["continue"] = json!(c);
         }
-        if let Some(n) = page.remaining {
+        if let Some(n) = page.remaining.filter(|_| sel.is_empty()) {
             meta["remainingItemCount"] = json!(n);
         }
         let values: Vec<Value> = if cx.form == output::Form::Object {

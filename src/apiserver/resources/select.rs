@@ -32,6 +32,13 @@ impl Selector {
         Ok(sel)
     }
 
+    /// Selects everything: no label and no field requirement. Only then can a page say how
+    /// many items remain (`remainingItemCount`); with a selector kube leaves it unset, since
+    /// counting would mean matching every remaining object.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     fn labels_match(&self, labels: &BTreeMap<String, String>) -> bool {
         self.labels.iter().all(|r| match r {
             Req::Eq(k, v) => labels.get(k) == Some(v),

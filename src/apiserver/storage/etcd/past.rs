@@ -38,6 +38,7 @@ impl EtcdStore {
         let mut from = format!("{}{}", self.prefix, token.start).into_bytes();
         let mut items: Vec<Arc<Object>> = Vec::new();
         let mut next = None;
+        let mut remaining = None;
         'pages: loop {
             let opts = GetOptions::new()
                 .with_range(end.clone())
@@ -52,7 +53,7 @@ impl EtcdStore {
                 Ok(Err(e)) => return Err(super::errors::request_error(e)),
                 Ok(Ok(resp)) => resp,
             };
-            for item in resp.kvs() {
+            for (i, item) in resp.kvs().iter().enumerate() {
                 let key = item.key_str().map_err(backend)?;
                 let Some(key) = key.strip_prefix(self.prefix.as_str()) else {
                     continue;
@@ -63,6 +64,11 @@ impl EtcdStore {
                 }
                 if limit.is_some_and(|l| items.len() == l) {
                     next = Some(key.to_string());
+                    // etcd counts every key of the range, not only those it returned: the
+                    // keys from this one on are what remains, as kube's etcd3 store says
+                    // (the list handler drops it when a selector filtered the items).
+                    let before = u64::try_from(i).unwrap_or(u64::MAX);
+                    remaining = u64::try_from(resp.count()).ok().and_then(|c| c.checked_sub(before));
                     break 'pages;
                 }
                 items.push(object);
@@ -79,7 +85,7 @@ impl EtcdStore {
             items,
             rv: at,
             continue_token: next.map(|k| encode_continue(token.rv, &k)),
-            remaining: None,
+            remaining,
         })
     }
 }
