@@ -12,6 +12,9 @@
 //! One control plane, one aggregated server and the CRDs are shared by the tests of this binary;
 //! tests run in parallel, each in namespaces of its own. Without `KUBEBUILDER_ASSETS` every test
 //! prints why it is skipped and passes.
+//!
+//! `tests/aggregator_etcd.rs` runs the same scenarios with the server on etcd, three replicas
+//! behind the Service (see [`on_etcd`]).
 
 use eao::testing::aggregated::{crds_from_config, flunder, send_json, AggregatedServer, ServeOptions, Storage};
 use eao::testing::controlplane::ControlPlane;
@@ -38,6 +41,13 @@ struct Env {
 
 static ENV: OnceCell<Result<Env, String>> = OnceCell::const_new();
 
+/// Whether this file runs as `tests/aggregator_etcd.rs`'s module (the bundled server on the
+/// control plane's etcd, three replicas, so the aggregator sends each request to any of them)
+/// rather than as its own test binary (the embedded store, one replica).
+fn on_etcd() -> bool {
+    module_path!().starts_with("aggregator_etcd")
+}
+
 async fn start_env(cp: &'static ControlPlane) -> Result<Env, String> {
     let kubectl_cache = cp.dir().join("kubectl-cache");
     let crds = crds_from_config(eao::apiserver::STANDALONE_CONFIG, CRD_GROUP).to_string();
@@ -45,12 +55,14 @@ async fn start_env(cp: &'static ControlPlane) -> Result<Env, String> {
     if !out.ok() {
         return Err(format!("CRDs: {}", out.stderr));
     }
-    let server = AggregatedServer::start(
-        cp,
-        ServeOptions::wardle(Path::new(env!("CARGO_BIN_EXE_extension-apiserver"))),
-    )
-    .await
-    .map_err(|e| format!("aggregated server: {e}"))?;
+    let mut options = ServeOptions::wardle(Path::new(env!("CARGO_BIN_EXE_extension-apiserver")));
+    if on_etcd() {
+        options.storage = Storage::Etcd;
+        options.replicas = 3;
+    }
+    let server = AggregatedServer::start(cp, options)
+        .await
+        .map_err(|e| format!("aggregated server: {e}"))?;
     let flunders = format!("crd/flunders.{CRD_GROUP}");
     let fischers = format!("crd/fischers.{CRD_GROUP}");
     let wait = [
@@ -1861,6 +1873,10 @@ async fn two_replicas_on_etcd_serve_one_consistent_store() {
     use kube::Api;
 
     const ETCD_GROUP: &str = "wardle-etcd.example.com";
+    if on_etcd() {
+        // Already every scenario's server in that binary; once is enough.
+        return;
+    }
     let Some(cp) = ControlPlane::shared("two_replicas_on_etcd_serve_one_consistent_store").await else {
         return;
     };
