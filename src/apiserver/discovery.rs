@@ -144,9 +144,12 @@ pub fn singular(r: &ServedResource) -> String {
 
 /// Resources served in `version`.
 pub fn resources_in<'a>(cfg: &'a ServerConfig, version: &'a str) -> impl Iterator<Item = &'a ServedResource> + 'a {
-    cfg.resources
-        .iter()
-        .filter(move |r| r.versions.iter().any(|v| v.name == version))
+    cfg.resources.iter().filter(move |r| serves_version(r, version))
+}
+
+/// Whether `r` is served in `version`.
+pub fn serves_version(r: &ServedResource, version: &str) -> bool {
+    r.versions.iter().any(|v| v.name == version)
 }
 
 /// The version objects of `resource` are stored in: the highest-priority version declaring it.

@@ -101,16 +101,17 @@ pub struct Served {
     pub discovery: Discovery,
     /// OpenAPI documents.
     pub openapi: OpenApi,
-    /// `config.resources`, in the same order, shared with the requests that address them.
+    /// `config.resources`, shared with the requests that address them.
     pub resources: Vec<Arc<ServedResource>>,
 }
 
 impl Served {
-    /// The resource `plural` of `version`, if declared (as [`discovery::resources_in`] finds it).
+    /// The resource `plural` of `version`, if declared.
     pub fn resource_in(&self, version: &str, plural: &str) -> Option<Arc<ServedResource>> {
-        let found = discovery::resources_in(&self.config, version).find(|r| r.plural == plural)?;
-        let i = self.config.resources.iter().position(|r| std::ptr::eq(r, found))?;
-        self.resources.get(i).cloned()
+        self.resources
+            .iter()
+            .find(|r| r.plural == plural && discovery::serves_version(r, version))
+            .cloned()
     }
 
     /// Builds the documents for `config`.

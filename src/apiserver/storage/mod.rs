@@ -130,7 +130,9 @@ pub struct ListPage {
     pub rv: u64,
     /// Opaque token for the next page, when there is one.
     pub continue_token: Option<String>,
-    /// Objects after this page, when known.
+    /// Objects after this page, when known. Only a list without a selector shows it (as
+    /// `remainingItemCount`); with one, stores may count either every object or the matching
+    /// ones, and the API leaves it unset as kube does.
     pub remaining: Option<u64>,
 }
 
