@@ -311,25 +311,25 @@ pub(super) fn list_snapshot(
             .chain(undone.iter().map(|(k, o)| (k, o.as_ref())))
             .collect()
     });
-    let snapshot: Box<dyn Iterator<Item = (&String, &Arc<Object>)>> = match &merged {
+    let mut snapshot: Box<dyn Iterator<Item = (&String, &Arc<Object>)>> = match &merged {
         Some(m) => Box::new(m.iter().filter_map(|(k, o)| Some((*k, (*o)?)))),
         None => Box::new(range()),
     };
     let mut items = Vec::new();
     let mut next = None;
     let mut remaining = 0u64;
-    for (k, obj) in snapshot {
+    while let Some((k, obj)) = snapshot.next() {
         if !keep(obj) {
             continue;
         }
-        if let Some(l) = limit {
-            if items.len() == l {
-                if next.is_none() {
-                    next = Some(k.clone());
-                }
-                remaining += 1;
-                continue;
-            }
+        if limit.is_some_and(|l| items.len() == l) {
+            // The page is full and this object starts the next one. What remains counts every
+            // object from here on, matching or not, as etcd counts a range: the list handler
+            // shows the count only when nothing is filtered, so matching the rest against the
+            // selector would be work thrown away.
+            next = Some(k.clone());
+            remaining = u64::try_from(snapshot.by_ref().count()).map_or(u64::MAX, |n| n + 1);
+            break;
         }
         items.push(obj.clone());
     }

@@ -130,9 +130,8 @@ pub struct ListPage {
     pub rv: u64,
     /// Opaque token for the next page, when there is one.
     pub continue_token: Option<String>,
-    /// Objects after this page, when known. Only a list without a selector shows it (as
-    /// `remainingItemCount`); with one, stores may count either every object or the matching
-    /// ones, and the API leaves it unset as kube does.
+    /// Objects after this page, matching or not (as etcd counts a range). Only a list without
+    /// a selector shows it (as `remainingItemCount`); with one, kube leaves it unset.
     pub remaining: Option<u64>,
 }
 
