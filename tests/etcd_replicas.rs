@@ -17,18 +17,18 @@ use eao::pki::{self, LeafSpec};
 use eao::testing::certs;
 use eao::testing::controlplane::{etcd_command_on, kubectl_path, ControlPlane, EtcdServerTls};
 use eao::testing::etcd::etcd_binary;
+use eao::testing::harness::{pod_logs, Harness};
 use eao::testing::netns::Process;
 use eao::testing::pod::RunningPod;
-use eao::testing::tools::{helm_path, pod_options, root, run, text, OPERATOR_BINARY};
+use eao::testing::tools::{helm_path, pod_options, root, OPERATOR_BINARY};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ApiResource, DynamicObject, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::Api;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const RELEASE: &str = "eao";
@@ -123,87 +123,27 @@ struct Cluster {
     etcd: Option<TlsEtcd>,
 }
 
-impl Cluster {
-    fn kubectl_in(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut c = self.cp.kubectl();
-        c.args(args);
-        run(c, stdin)
+impl Harness for Cluster {
+    fn control_plane(&self) -> &ControlPlane {
+        self.cp
     }
 
-    fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_in(args, None)
-    }
-
-    fn kubectl_ok_in(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.kubectl_in(args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}{}\n{}",
-            args.join(" "),
-            text(&out.stdout),
-            text(&out.stderr),
-            self.diagnostics()
-        );
-        text(&out.stdout)
-    }
-
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        self.kubectl_ok_in(args, None)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl_ok(&all)).expect("kubectl prints JSON")
+    fn patience(&self) -> Duration {
+        TIMEOUT
     }
 
     fn diagnostics(&self) -> String {
-        let get = |args: &[&str]| {
-            let out = self.kubectl(args);
-            format!(
-                "$ kubectl {}\n{}{}",
-                args.join(" "),
-                text(&out.stdout),
-                text(&out.stderr)
-            )
-        };
-        let mut d = String::new();
-        if let Some(op) = &self.operator {
-            d.push_str(&format!("operator:\n{}\n", op.log_tail(30)));
-        }
-        if let Some(s) = &self.server {
-            d.push_str(&format!("server:\n{}\n", s.log_tail(30)));
-        }
+        let mut d = pod_logs(&[
+            ("operator", self.operator.as_ref(), 30),
+            ("server", self.server.as_ref(), 30),
+        ]);
         if let Some(e) = &self.etcd {
             d.push_str(&format!("etcd {}:\n{}\n", e.url, e.process.log_tail(20)));
         }
-        d.push_str(&get(&[
-            "get",
-            "deploy,rs,pods,endpointslices,pdb",
-            "-n",
-            NS,
-            "-o",
-            "wide",
-        ]));
-        d.push_str(&get(&["get", "eas", EAS, "-n", NS, "-o", "yaml"]));
-        d.push_str(&get(&["get", "apiservice", &format!("v1.{GROUP}"), "-o", "yaml"]));
+        d.push_str(&self.shown(&["get", "deploy,rs,pods,endpointslices,pdb", "-n", NS, "-o", "wide"]));
+        d.push_str(&self.shown(&["get", "eas", EAS, "-n", NS, "-o", "yaml"]));
+        d.push_str(&self.shown(&["get", "apiservice", &format!("v1.{GROUP}"), "-o", "yaml"]));
         d
-    }
-
-    /// Polls `check` until it returns `Some`, or fails with `what` and diagnostics.
-    async fn eventually<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let started = Instant::now();
-        loop {
-            if let Some(v) = check() {
-                return v;
-            }
-            assert!(
-                started.elapsed() < TIMEOUT,
-                "{what}: not within {TIMEOUT:?}\n{}",
-                self.diagnostics()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
     }
 }
 
@@ -313,18 +253,17 @@ async fn etcd_storage_three_replicas_serve_through_the_aggregator() {
     secret.extend(from_files.iter().map(String::as_str));
     c.kubectl_ok(&secret);
     let chart = root().join("charts/extension-apiserver-operator");
-    let mut helm = Command::new(helm_path());
-    let home = cp.dir().join("helm");
-    helm.args(["install", RELEASE])
-        .arg(&chart)
-        .args(["-n", OP_NS, "--create-namespace", "--set", "logFormat=plain"])
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    let out = run(helm, None);
-    assert!(out.status.success(), "helm install: {}", text(&out.stderr));
+    let chart = chart.to_str().expect("UTF-8 path");
+    c.helm_ok(&[
+        "install",
+        RELEASE,
+        chart,
+        "-n",
+        OP_NS,
+        "--create-namespace",
+        "--set",
+        "logFormat=plain",
+    ]);
     let client = cp.client().await.expect("admin client");
     let op_deployment = Api::<Deployment>::namespaced(client.clone(), OP_NS)
         .get(OPERATOR)

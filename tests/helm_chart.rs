@@ -43,10 +43,7 @@ fn read(path: &Path) -> String {
 
 /// The helm binary: `$HELM`, else `.tools/bin/helm`. None (with a note) when absent outside CI.
 fn helm() -> Option<PathBuf> {
-    let path = match std::env::var_os("HELM") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => root().join(".tools/bin/helm"),
-    };
+    let path = eao::testing::tools::helm_path();
     if path.is_file() {
         return Some(path);
     }

@@ -12,12 +12,11 @@
 //! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
 
 use eao::testing::controlplane::{kubectl_path, ControlPlane};
+use eao::testing::harness::{pod_logs, Harness};
 use eao::testing::pod::RunningPod;
-use eao::testing::tools::{helm_path, pod_options, root, run, text, OPERATOR_BINARY};
+use eao::testing::tools::{helm_path, pod_options, root, text, OPERATOR_BINARY};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use serde_json::Value;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const RELEASE: &str = "eao";
@@ -34,126 +33,26 @@ struct Cluster {
     server: Option<RunningPod>,
 }
 
-impl Cluster {
-    fn kubectl(&self, args: &[&str]) -> Output {
-        let mut c = self.cp.kubectl();
-        c.args(args);
-        run(c, None)
+impl Harness for Cluster {
+    fn control_plane(&self) -> &ControlPlane {
+        self.cp
     }
 
-    fn helm(&self, args: &[&str]) -> Output {
-        let home = self.cp.dir().join("helm");
-        let mut c = Command::new(helm_path());
-        c.args(args)
-            .arg("--kubeconfig")
-            .arg(self.cp.kubeconfig())
-            // Keep helm's cache and config out of the user's home.
-            .env("HELM_CACHE_HOME", home.join("cache"))
-            .env("HELM_CONFIG_HOME", home.join("config"))
-            .env("HELM_DATA_HOME", home.join("data"));
-        run(c, None)
+    fn patience(&self) -> Duration {
+        TIMEOUT
     }
 
-    /// Everything a failure message should show.
     fn diagnostics(&self) -> String {
-        let get = |args: &[&str]| {
-            let out = self.kubectl(args);
-            format!(
-                "$ kubectl {}\n{}{}",
-                args.join(" "),
-                text(&out.stdout),
-                text(&out.stderr)
-            )
-        };
-        let mut d = String::new();
-        if let Some(op) = &self.operator {
-            d.push_str(&format!("operator:\n{}\n", op.log_tail(40)));
+        let mut d = pod_logs(&[
+            ("operator", self.operator.as_ref(), 40),
+            ("server", self.server.as_ref(), 30),
+        ]);
+        for ns in [OP_NS, EAS_NS] {
+            d.push_str(&self.shown(&["get", "deploy,rs,pods,endpointslices", "-n", ns, "-o", "wide"]));
         }
-        if let Some(s) = &self.server {
-            d.push_str(&format!("server:\n{}\n", s.log_tail(30)));
-        }
-        d.push_str(&get(&[
-            "get",
-            "deploy,rs,pods,endpointslices",
-            "-n",
-            OP_NS,
-            "-o",
-            "wide",
-        ]));
-        d.push_str(&get(&[
-            "get",
-            "deploy,rs,pods,endpointslices",
-            "-n",
-            EAS_NS,
-            "-o",
-            "wide",
-        ]));
-        d.push_str(&get(&["get", "eas", "-A", "-o", "yaml"]));
-        d.push_str(&get(&["get", "apiservices", "-l", OWNER_LABELS]));
+        d.push_str(&self.shown(&["get", "eas", "-A", "-o", "yaml"]));
+        d.push_str(&self.shown(&["get", "apiservices", "-l", OWNER_LABELS]));
         d
-    }
-
-    /// Runs kubectl and fails with the diagnostics unless it succeeds.
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}{}\n{}",
-            args.join(" "),
-            text(&out.stdout),
-            text(&out.stderr),
-            self.diagnostics()
-        );
-        text(&out.stdout) + &text(&out.stderr)
-    }
-
-    fn helm_ok(&self, args: &[&str]) -> String {
-        let out = self.helm(args);
-        assert!(
-            out.status.success(),
-            "helm {} failed: {}{}\n{}",
-            args.join(" "),
-            text(&out.stdout),
-            text(&out.stderr),
-            self.diagnostics()
-        );
-        text(&out.stdout)
-    }
-
-    /// Polls `check` (blocking) until it returns `Some`, or fails with `what` and diagnostics.
-    async fn eventually<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let started = Instant::now();
-        loop {
-            if let Some(v) = check() {
-                return v;
-            }
-            assert!(
-                started.elapsed() < TIMEOUT,
-                "{what}: not within {TIMEOUT:?}\n{}",
-                self.diagnostics()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// Names of the objects `kubectl get <args> -o name` lists.
-    fn names(&self, args: &[&str]) -> Vec<String> {
-        let mut all = args.to_vec();
-        all.extend(["-o", "name"]);
-        self.kubectl_ok(&all)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("No resources"))
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let out = self.kubectl(&all);
-        assert!(out.status.success(), "kubectl {all:?}: {}", text(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("kubectl prints JSON")
     }
 }
 
@@ -257,33 +156,12 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
         EAS_NS,
         "--timeout=120s",
     ]);
-    let out = c.kubectl_ok(&["get", "flunders", "-A"]);
-    assert!(out.contains("No resources found"), "{out}\n{}", c.diagnostics());
+    assert_eq!(c.names(&["get", "flunders", "-A"]), Vec::<String>::new());
     // The server answers writes too, with the RBAC the operator granted it (admission reads
     // Flunders and Fischers through its own ServiceAccount).
-    let created = {
-        let mut cmd = cp.kubectl();
-        cmd.args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl apply");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(
-                b"apiVersion: wardle.example.com/v1alpha1\nkind: Flunder\nmetadata:\n  name: first\n  namespace: wardle-system\nspec:\n  reference: none\n",
-            )
-            .expect("write");
-        child.wait_with_output().expect("kubectl apply finishes")
-    };
-    assert!(
-        created.status.success(),
-        "apply flunder: {}\n{}",
-        text(&created.stderr),
-        c.diagnostics()
+    c.kubectl_ok_in(
+        &["apply", "-f", "-"],
+        Some("apiVersion: wardle.example.com/v1alpha1\nkind: Flunder\nmetadata:\n  name: first\n  namespace: wardle-system\nspec:\n  reference: none\n"),
     );
     assert_eq!(
         c.names(&["get", "flunders", "-n", EAS_NS]),

@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod etcd_cluster;
 pub mod fake_api;
 pub mod fake_caches;
+pub mod harness;
 pub mod kube_double;
 pub mod netns;
 pub mod pod;

@@ -1,7 +1,7 @@
 //! Where the operator's `escalate` (chart value rbac.userRoles) must not reach: user roles for a
 //! group that something else serves too, and `spec.rules` the operator does not hold.
 
-use crate::cluster::{text, Cluster};
+use crate::cluster::{text, Cluster, Harness};
 use serde_json::json;
 
 const NS: &str = "spec-test";
@@ -16,25 +16,25 @@ pub async fn a_crd_of_the_group_removes_the_user_roles(c: &Cluster) {
                  "names": {"plural": "gizmos", "singular": "gizmo", "kind": "Gizmo"},
                  "versions": [{"name": "v2", "served": true, "storage": true,
                                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
-    c.ok_in(&["apply", "-f", "-"], Some(&crd.to_string()));
+    c.kubectl_ok_in(&["apply", "-f", "-"], Some(&crd.to_string()));
     c.eventually("kube-apiserver registers v2.widgets.example.com", || {
-        c.json(&["get", "apiservice", "v2.widgets.example.com"]).map(|_| ())
+        c.try_json(&["get", "apiservice", "v2.widgets.example.com"]).map(|_| ())
     })
     .await;
     // Any change wakes the operator (a foreign APIService is not one of its watched children).
-    c.ok(&["annotate", "eas", "widgets", "-n", NS, "example.com/poke=1"]);
+    c.kubectl_ok(&["annotate", "eas", "widgets", "-n", NS, "example.com/poke=1"]);
     let view = format!("aggregation.dev:{NS}:widgets:view");
     c.eventually("the widgets user roles are removed, with a Warning Event", || {
-        let ev = c.json(&["get", "events", "-n", NS, "--field-selector", "reason=UserRolesSkipped"])?;
+        let ev = c.try_json(&["get", "events", "-n", NS, "--field-selector", "reason=UserRolesSkipped"])?;
         let said = ev["items"].as_array()?.iter().any(|e| {
             e["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("widgets.example.com") && m.contains("v2.widgets.example.com"))
         });
-        (said && c.json(&["get", "clusterrole", &view]).is_none()).then_some(())
+        (said && c.try_json(&["get", "clusterrole", &view]).is_none()).then_some(())
     })
     .await;
-    c.ok(&["delete", "crd", "gizmos.widgets.example.com"]);
+    c.kubectl_ok(&["delete", "crd", "gizmos.widgets.example.com"]);
 }
 
 /// `spec.rules` beyond the operator's permissions: `escalate` lets it write the server's
@@ -46,7 +46,7 @@ pub async fn spec_rules_stay_unbound(c: &Cluster) {
         "spec": {"group": "ruled.example.com", "versions": [{"name": "v1"}],
                  "server": {"storage": {"embedded": {"ephemeral": true}}},
                  "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]}});
-    c.ok_in(&["apply", "-f", "-"], Some(&eas.to_string()));
+    c.kubectl_ok_in(&["apply", "-f", "-"], Some(&eas.to_string()));
     let logs = || c.operator.as_ref().map(|o| o.log_tail(200)).unwrap_or_default();
     c.eventually("the operator reports the refused binding", || {
         let l = logs();
@@ -55,7 +55,7 @@ pub async fn spec_rules_stay_unbound(c: &Cluster) {
     .await;
     let name = format!("aggregation.dev:{NS}:ruled");
     assert!(
-        c.json(&["get", "clusterrolebinding", &name]).is_none(),
+        c.try_json(&["get", "clusterrolebinding", &name]).is_none(),
         "the rules were bound"
     );
     let out = c.kubectl(&[
@@ -67,5 +67,5 @@ pub async fn spec_rules_stay_unbound(c: &Cluster) {
         &format!("system:serviceaccount:{NS}:ruled"),
     ]);
     assert_eq!(text(&out.stdout).trim(), "no");
-    c.ok(&["delete", "eas", "ruled", "-n", NS, "--timeout=150s"]);
+    c.kubectl_ok(&["delete", "eas", "ruled", "-n", NS, "--timeout=150s"]);
 }

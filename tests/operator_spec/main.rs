@@ -16,7 +16,7 @@ mod edges;
 mod operator;
 mod schema;
 
-use cluster::{root, Cluster};
+use cluster::{root, Cluster, Harness};
 use eao::testing::controlplane::{kubectl_path, ControlPlane};
 use std::time::Instant;
 use tokio::sync::OnceCell;
@@ -28,7 +28,7 @@ static CRD: OnceCell<()> = OnceCell::const_new();
 async fn ensure_crd(cp: &'static ControlPlane) {
     CRD.get_or_init(|| async {
         let c = Cluster::new(cp);
-        c.ok(&[
+        c.kubectl_ok(&[
             "apply",
             "--server-side",
             "-f",
@@ -36,7 +36,7 @@ async fn ensure_crd(cp: &'static ControlPlane) {
         ]);
         // Polled: `kubectl wait` fails outright while the CRD has no conditions yet.
         c.eventually("the CRD is Established", || {
-            let crd = c.json(&["get", "crd", "extensionapiservers.aggregation.dev"])?;
+            let crd = c.try_json(&["get", "crd", "extensionapiservers.aggregation.dev"])?;
             crd["status"]["conditions"]
                 .as_array()?
                 .iter()

@@ -1,7 +1,7 @@
 //! The operator on the real control plane, installed with the chart (so with the chart's RBAC)
 //! and run by the stand-in kubelet, as in tests/install.rs.
 
-use crate::cluster::{pod_options, root, text, Cluster, OPERATOR, OPERATOR_BINARY, OP_NS, RELEASE};
+use crate::cluster::{pod_options, root, text, Cluster, Harness, OPERATOR, OPERATOR_BINARY, OP_NS, RELEASE};
 use eao::testing::controlplane::ControlPlane;
 use eao::testing::pod::RunningPod;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -85,13 +85,13 @@ fn names(list: &Value) -> Vec<&str> {
 }
 
 fn deployment_json(c: &Cluster, name: &str) -> Option<Value> {
-    c.json(&["get", "deployment", name, "-n", NS])
+    c.try_json(&["get", "deployment", name, "-n", NS])
 }
 
 /// Name → (uid, resourceVersion, spec) of every object `kubectl get <what>` lists.
 fn snapshot(c: &Cluster, args: &[&str]) -> BTreeMap<String, (Value, Value, Value)> {
     let list = c
-        .json(args)
+        .try_json(args)
         .unwrap_or_else(|| panic!("list {args:?}\n{}", c.diagnostics()));
     list["items"]
         .as_array()
@@ -139,7 +139,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
     ];
     c.helm_ok(&install);
     let d: Deployment = serde_json::from_value(
-        c.json(&["get", "deployment", OPERATOR, "-n", OP_NS])
+        c.try_json(&["get", "deployment", OPERATOR, "-n", OP_NS])
             .expect("the chart made the operator Deployment"),
     )
     .expect("a Deployment");
@@ -147,9 +147,9 @@ pub async fn scenario(cp: &'static ControlPlane) {
     c.operator =
         Some(RunningPod::start(cp, &d, pod_options(op_binary, &[], OPERATOR_BINARY)).expect("operator runner"));
     let rollout = format!("deployment/{OPERATOR}");
-    c.ok(&["rollout", "status", &rollout, "-n", OP_NS, "--timeout=150s"]);
+    c.kubectl_ok(&["rollout", "status", &rollout, "-n", OP_NS, "--timeout=150s"]);
 
-    c.ok_in(&["apply", "-f", "-"], Some(&manifests()));
+    c.kubectl_ok_in(&["apply", "-f", "-"], Some(&manifests()));
     let server = c
         .eventually("the operator creates the wardle Deployment", || {
             deployment_json(&c, "wardle")
@@ -182,7 +182,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
         Some(json!({"name": "data", "persistentVolumeClaim": {"claimName": "wardle-data"}}))
     );
     let pvc = c
-        .json(&["get", "pvc", "wardle-data", "-n", NS])
+        .try_json(&["get", "pvc", "wardle-data", "-n", NS])
         .expect("the claim exists");
     assert_eq!(pvc["spec"]["accessModes"], json!(["ReadWriteOnce"]));
     assert_eq!(pvc["spec"]["resources"], json!({"requests": {"storage": "1Gi"}}));
@@ -190,7 +190,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
     // The ReplicaSet's pod went through kube's admission: the PriorityClass was resolved.
     let pod = c
         .eventually("the ReplicaSet creates the server pod", || {
-            let pods = c.json(&["get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=wardle"])?;
+            let pods = c.try_json(&["get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=wardle"])?;
             pods["items"].as_array()?.first().cloned()
         })
         .await;
@@ -202,7 +202,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
     for level in ["view", "edit", "admin"] {
         let role = c
             .eventually(&format!("the {level} role"), || {
-                c.json(&["get", "clusterrole", &format!("{prefix}:{level}")])
+                c.try_json(&["get", "clusterrole", &format!("{prefix}:{level}")])
             })
             .await;
         assert_eq!(
@@ -222,7 +222,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
         assert_eq!(role["rules"].get(1).cloned(), writes, "{level}");
     }
     c.eventually("kube-controller-manager aggregates the view role into view", || {
-        let view = c.json(&["get", "clusterrole", "view"])?;
+        let view = c.try_json(&["get", "clusterrole", "view"])?;
         view["rules"]
             .as_array()?
             .iter()
@@ -245,7 +245,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
         (ready.0 == "True").then_some(())
     })
     .await;
-    let table = c.ok(&["get", "eas", "wardle", "-n", NS]);
+    let table = c.kubectl_ok(&["get", "eas", "wardle", "-n", NS]);
     assert!(table.contains("v1alpha1,v1beta1"), "{table}");
     assert_eq!(
         c.condition(NS, "wardle", "StorageDurable"),
@@ -253,7 +253,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
     );
 
     // 5. Users through the aggregator, with nothing but the built-in roles bound to them.
-    c.ok(&[
+    c.kubectl_ok(&[
         "create",
         "rolebinding",
         "viewer",
@@ -262,7 +262,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
         "-n",
         NS,
     ]);
-    c.ok(&[
+    c.kubectl_ok(&[
         "create",
         "rolebinding",
         "editor",
@@ -291,12 +291,12 @@ pub async fn scenario(cp: &'static ControlPlane) {
     assert!(!denied.status.success(), "a viewer created a Flunder");
     assert!(text(&denied.stderr).contains("forbidden"), "{}", text(&denied.stderr));
     for i in 0..20 {
-        c.ok_in(
+        c.kubectl_ok_in(
             &["create", "-f", "-", "--as", "editor"],
             Some(&flunder(&format!("f{i:02}"))),
         );
     }
-    let listed = c.ok(&["get", "flunders", "-n", NS, "--as", "viewer", "-o", "name"]);
+    let listed = c.kubectl_ok(&["get", "flunders", "-n", NS, "--as", "viewer", "-o", "name"]);
     assert_eq!(listed.lines().count(), 20, "{listed}");
     let nobody = c.kubectl(&["get", "flunders", "-n", NS, "--as", "nobody"]);
     assert!(
@@ -307,7 +307,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
     for i in 0..3 {
         let fischer =
             format!(r#"{{"apiVersion":"wardle.example.com/v1alpha1","kind":"Fischer","metadata":{{"name":"fi{i}"}}}}"#);
-        c.ok_in(&["create", "-f", "-"], Some(&fischer));
+        c.kubectl_ok_in(&["create", "-f", "-"], Some(&fischer));
     }
 
     // 6. An operator upgrade changes the server image: Recreate, same claim, every object back.
@@ -328,7 +328,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
         "--set",
         "adminPort=8081",
     ]);
-    c.ok(&["rollout", "status", &rollout, "-n", OP_NS, "--timeout=150s"]);
+    c.kubectl_ok(&["rollout", "status", &rollout, "-n", OP_NS, "--timeout=150s"]);
     let new_image = c
         .eventually("the upgraded operator changes the server image", || {
             let d = deployment_json(&c, "wardle")?;
@@ -339,9 +339,9 @@ pub async fn scenario(cp: &'static ControlPlane) {
         })
         .await;
     assert!(new_image.ends_with(":0.1.1-upgrade"), "{new_image}");
-    c.ok(&["rollout", "status", "deployment/wardle", "-n", NS, "--timeout=150s"]);
+    c.kubectl_ok(&["rollout", "status", "deployment/wardle", "-n", NS, "--timeout=150s"]);
     c.eventually("the new server pod is the only one", || {
-        let pods = c.json(&["get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=wardle"])?;
+        let pods = c.try_json(&["get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=wardle"])?;
         let items = pods["items"].as_array()?;
         (items.len() == 1 && items[0]["spec"]["containers"][0]["image"] == new_image.as_str()).then_some(())
     })
@@ -384,7 +384,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
         "rbac.userRoles=false",
     ]);
     let cr = c
-        .json(&["get", "clusterrole", OPERATOR])
+        .try_json(&["get", "clusterrole", OPERATOR])
         .expect("the chart's ClusterRole");
     assert!(!cr.to_string().contains("escalate"), "{cr:#}");
     let late = json!({"apiVersion": "aggregation.dev/v1alpha1", "kind": "ExtensionApiServer",
@@ -392,9 +392,9 @@ pub async fn scenario(cp: &'static ControlPlane) {
         "spec": {"group": "late.example.com", "versions": [{"name": "v1"}],
                  "server": {"storage": {"embedded": {"ephemeral": true}},
                             "resources": [{"kind": "Memo", "plural": "memos", "versions": [{"name": "v1"}]}]}}});
-    c.ok_in(&["apply", "-f", "-"], Some(&late.to_string()));
+    c.kubectl_ok_in(&["apply", "-f", "-"], Some(&late.to_string()));
     c.eventually("a Warning Event says why there are no user roles", || {
-        let ev = c.json(&["get", "events", "-n", NS, "--field-selector", "reason=UserRolesSkipped"])?;
+        let ev = c.try_json(&["get", "events", "-n", NS, "--field-selector", "reason=UserRolesSkipped"])?;
         ev["items"]
             .as_array()?
             .iter()
@@ -403,17 +403,17 @@ pub async fn scenario(cp: &'static ControlPlane) {
     })
     .await;
     assert!(c
-        .json(&["get", "clusterrole", &format!("aggregation.dev:{NS}:late:view")])
+        .try_json(&["get", "clusterrole", &format!("aggregation.dev:{NS}:late:view")])
         .is_none());
     // The rest is applied all the same (its APIService waits for a replica, which no pod
     // runner provides for this object).
     c.eventually("the rest of the server is applied all the same", || {
-        c.json(&["get", "deployment", "late", "-n", NS]).map(|_| ())
+        c.try_json(&["get", "deployment", "late", "-n", NS]).map(|_| ())
     })
     .await;
 
     // 9. Opting out removes the roles, and with them the viewer's access.
-    c.ok(&[
+    c.kubectl_ok(&[
         "patch",
         "eas",
         "wardle",
@@ -426,14 +426,14 @@ pub async fn scenario(cp: &'static ControlPlane) {
     c.eventually("the roles are deleted and the viewer loses access", || {
         let gone = ["view", "edit", "admin"]
             .iter()
-            .all(|l| c.json(&["get", "clusterrole", &format!("{prefix}:{l}")]).is_none());
+            .all(|l| c.try_json(&["get", "clusterrole", &format!("{prefix}:{l}")]).is_none());
         (gone && !can_i(&c, "viewer", "list", "flunders.wardle.example.com")).then_some(())
     })
     .await;
 
     // 10. Deleting the objects removes the cluster-scoped user roles (the finalizer).
-    c.ok(&["delete", "eas", "--all", "-n", NS, "--timeout=150s"]);
-    let left = c.ok(&[
+    c.kubectl_ok(&["delete", "eas", "--all", "-n", NS, "--timeout=150s"]);
+    let left = c.kubectl_ok(&[
         "get",
         "clusterroles",
         "-l",
@@ -471,17 +471,17 @@ async fn own_image_and_ephemeral(c: &Cluster) {
         "spec.nodeName"
     );
     assert!(
-        c.json(&["get", "pvc", "widgets-data", "-n", NS]).is_none(),
+        c.try_json(&["get", "pvc", "widgets-data", "-n", NS]).is_none(),
         "own images keep their own storage"
     );
     let view = c
         .eventually("the widgets view role", || {
-            c.json(&["get", "clusterrole", &format!("aggregation.dev:{NS}:widgets:view")])
+            c.try_json(&["get", "clusterrole", &format!("aggregation.dev:{NS}:widgets:view")])
         })
         .await;
     assert_eq!(view["rules"][0]["resources"], json!(["widgets", "widgets/status"]));
     let edit = c
-        .json(&["get", "clusterrole", &format!("aggregation.dev:{NS}:widgets:edit")])
+        .try_json(&["get", "clusterrole", &format!("aggregation.dev:{NS}:widgets:edit")])
         .expect("edit role");
     assert_eq!(
         edit["rules"][1]["resources"],
@@ -494,7 +494,7 @@ async fn own_image_and_ephemeral(c: &Cluster) {
         .await;
     assert_eq!(eph["spec"]["strategy"]["type"], "RollingUpdate");
     assert_eq!(eph["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
-    assert!(c.json(&["get", "pvc", "scratch-data", "-n", NS]).is_none());
+    assert!(c.try_json(&["get", "pvc", "scratch-data", "-n", NS]).is_none());
     let cond = c
         .eventually("StorageDurable warns about the emptyDir", || {
             c.condition(NS, "scratch", "StorageDurable")
@@ -555,12 +555,12 @@ async fn etcd_storage(c: &Cluster) {
                                                                   "app.kubernetes.io/instance": "quotes"}}}}]}})
     );
     assert!(
-        c.json(&["get", "pvc", "quotes-data", "-n", NS]).is_none(),
+        c.try_json(&["get", "pvc", "quotes-data", "-n", NS]).is_none(),
         "no claim with etcd"
     );
     let pdb = c
         .eventually("the PodDisruptionBudget", || {
-            c.json(&["get", "poddisruptionbudget", "quotes", "-n", NS])
+            c.try_json(&["get", "poddisruptionbudget", "quotes", "-n", NS])
         })
         .await;
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
@@ -586,7 +586,7 @@ async fn etcd_storage(c: &Cluster) {
     let ready = c.condition(NS, "quotes", "Ready").expect("Ready");
     assert_eq!(ready, ("False".into(), "EtcdSecretInvalid".into()));
     // Creating it triggers a reconcile through the Secret watch, without waiting for a resync.
-    c.ok_in(
+    c.kubectl_ok_in(
         &["apply", "-f", "-"],
         Some(
             &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "etcd-client", "namespace": NS},
@@ -602,7 +602,7 @@ async fn etcd_storage(c: &Cluster) {
     .await;
 
     // One replica needs no budget (it would block every drain of its node).
-    c.ok(&[
+    c.kubectl_ok(&[
         "patch",
         "eas",
         "quotes",
@@ -613,7 +613,7 @@ async fn etcd_storage(c: &Cluster) {
         r#"{"spec":{"replicas":1}}"#,
     ]);
     c.eventually("the budget is deleted", || {
-        c.json(&["get", "poddisruptionbudget", "quotes", "-n", NS])
+        c.try_json(&["get", "poddisruptionbudget", "quotes", "-n", NS])
             .is_none()
             .then_some(())
     })

@@ -3,7 +3,7 @@
 //! ones get a 422 whose causes name the field and say what to fix, and `kubectl explain`
 //! prints Kubernetes' own descriptions of `spec.pod`.
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Harness};
 use eao::testing::controlplane::ControlPlane;
 use serde_json::{json, Value};
 
@@ -67,8 +67,8 @@ pub async fn crd_schema_accepts_and_rejects_the_new_fields(cp: &'static ControlP
     // The README's `kubectl apply -f crds/` (client-side: the whole CRD, 160 KB of JSON with
     // Affinity and Volume, goes into the last-applied annotation, whose limit is 256 KiB).
     let crds = crate::cluster::root().join("crds");
-    c.ok(&["apply", "--dry-run=server", "-f", crds.to_str().expect("UTF-8 path")]);
-    c.ok_in(
+    c.kubectl_ok(&["apply", "--dry-run=server", "-f", crds.to_str().expect("UTF-8 path")]);
+    c.kubectl_ok_in(
         &["apply", "-f", "-"],
         Some(&format!(
             "{{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{{\"name\":\"{NS}\"}}}}"
@@ -187,7 +187,7 @@ pub async fn crd_schema_accepts_and_rejects_the_new_fields(cp: &'static ControlP
     etcd_storage(cp, &c).await;
 
     // kubectl explain prints the Kubernetes descriptions of the k8s-openapi types.
-    let explained = c.ok(&["explain", "extensionapiserver.spec.pod"]);
+    let explained = c.kubectl_ok(&["explain", "extensionapiserver.spec.pod"]);
     for field in [
         "affinity",
         "tolerations",
@@ -201,14 +201,14 @@ pub async fn crd_schema_accepts_and_rejects_the_new_fields(cp: &'static ControlP
     ] {
         assert!(explained.contains(field), "{field} missing from:\n{explained}");
     }
-    let affinity = c.ok(&["explain", "extensionapiserver.spec.pod.affinity.nodeAffinity"]);
+    let affinity = c.kubectl_ok(&["explain", "extensionapiserver.spec.pod.affinity.nodeAffinity"]);
     assert!(
         affinity.contains("Describes node affinity scheduling rules for the pod."),
         "{affinity}"
     );
-    let storage = c.ok(&["explain", "extensionapiserver.spec.server.storage.embedded"]);
+    let storage = c.kubectl_ok(&["explain", "extensionapiserver.spec.server.storage.embedded"]);
     assert!(storage.contains("ephemeral") && storage.contains("`1Gi`"), "{storage}");
-    let roles = c.ok(&["explain", "extensionapiserver.spec.userRoles"]);
+    let roles = c.kubectl_ok(&["explain", "extensionapiserver.spec.userRoles"]);
     assert!(roles.contains("aggregate-to-view"), "{roles}");
 }
 
@@ -291,11 +291,11 @@ async fn etcd_storage(cp: &ControlPlane, c: &Cluster) {
         "should have at least 1 items",
     );
 
-    let explained = c.ok(&["explain", "extensionapiserver.spec.server.storage.etcd"]);
+    let explained = c.kubectl_ok(&["explain", "extensionapiserver.spec.server.storage.etcd"]);
     for needle in ["endpoints", "prefix", "secretRef", "/registry/<spec.group>", "replicas"] {
         assert!(explained.contains(needle), "{needle} missing from:\n{explained}");
     }
-    let secret = c.ok(&["explain", "extensionapiserver.spec.server.storage.etcd.secretRef"]);
+    let secret = c.kubectl_ok(&["explain", "extensionapiserver.spec.server.storage.etcd.secretRef"]);
     for needle in ["ca.crt", "tls.crt", "tls.key", "EtcdSecretInvalid"] {
         assert!(secret.contains(needle), "{needle} missing from:\n{secret}");
     }
