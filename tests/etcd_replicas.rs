@@ -17,10 +17,10 @@ use eao::pki::{self, LeafSpec};
 use eao::testing::certs;
 use eao::testing::controlplane::{etcd_command_on, kubectl_path, ControlPlane, EtcdServerTls};
 use eao::testing::etcd::etcd_binary;
-use eao::testing::harness::{pod_logs, Harness};
+use eao::testing::harness::{pod_logs, Harness, OPERATOR, OP_NS};
 use eao::testing::netns::Process;
 use eao::testing::pod::RunningPod;
-use eao::testing::tools::{helm_path, pod_options, root, OPERATOR_BINARY};
+use eao::testing::tools::{helm_path, pod_options, OPERATOR_BINARY};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ApiResource, DynamicObject, ListParams, PostParams, WatchEvent, WatchParams};
@@ -31,9 +31,6 @@ use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const RELEASE: &str = "eao";
-const OP_NS: &str = "eao-system";
-const OPERATOR: &str = "eao-extension-apiserver-operator";
 const NS: &str = "etcd-replicas";
 const EAS: &str = "widgets";
 const GROUP: &str = "widgets.example.com";
@@ -252,18 +249,7 @@ async fn etcd_storage_three_replicas_serve_through_the_aggregator() {
         .unwrap_or_default();
     secret.extend(from_files.iter().map(String::as_str));
     c.kubectl_ok(&secret);
-    let chart = root().join("charts/extension-apiserver-operator");
-    let chart = chart.to_str().expect("UTF-8 path");
-    c.helm_ok(&[
-        "install",
-        RELEASE,
-        chart,
-        "-n",
-        OP_NS,
-        "--create-namespace",
-        "--set",
-        "logFormat=plain",
-    ]);
+    c.install_chart(&[]);
     let client = cp.client().await.expect("admin client");
     let op_deployment = Api::<Deployment>::namespaced(client.clone(), OP_NS)
         .get(OPERATOR)

@@ -12,16 +12,13 @@
 //! Without `KUBEBUILDER_ASSETS` the test prints why it is skipped and passes.
 
 use eao::testing::controlplane::{kubectl_path, ControlPlane};
-use eao::testing::harness::{pod_logs, Harness};
+use eao::testing::harness::{pod_logs, Harness, OPERATOR, OP_NS, RELEASE};
 use eao::testing::pod::RunningPod;
 use eao::testing::tools::{helm_path, pod_options, root, text, OPERATOR_BINARY};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use std::time::{Duration, Instant};
 
-const RELEASE: &str = "eao";
-const OP_NS: &str = "eao-system";
-const OPERATOR: &str = "eao-extension-apiserver-operator";
 const EAS_NS: &str = "wardle-system";
 const TIMEOUT: Duration = Duration::from_secs(120);
 const OWNER_LABELS: &str = "aggregation.dev/owner-namespace=wardle-system,aggregation.dev/owner-name=wardle";
@@ -85,17 +82,8 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
     let chart = chart.to_str().expect("UTF-8 path");
 
     // 1. helm install, as the README says. The image does not exist; the pod runner runs the
-    //    local binaries for it. Plain logs read better in failure messages.
-    c.helm_ok(&[
-        "install",
-        RELEASE,
-        chart,
-        "-n",
-        OP_NS,
-        "--create-namespace",
-        "--set",
-        "logFormat=plain",
-    ]);
+    //    local binaries for it.
+    c.install_chart(&[]);
     let d = deployment(cp, OP_NS, OPERATOR)
         .await
         .expect("the chart made the operator Deployment");

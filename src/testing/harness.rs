@@ -5,11 +5,17 @@
 
 use super::controlplane::ControlPlane;
 use super::pod::RunningPod;
-use super::tools::{helm_path, run, text};
+use super::tools::{helm_path, root, run, text};
 use serde_json::Value;
 use std::future::Future;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+/// The release name and namespace under which the tests install the chart.
+pub const RELEASE: &str = "eao";
+pub const OP_NS: &str = "eao-system";
+/// The operator Deployment the chart renders for [`RELEASE`].
+pub const OPERATOR: &str = "eao-extension-apiserver-operator";
 
 pub trait Harness {
     /// The control plane the commands go to.
@@ -65,6 +71,25 @@ pub trait Harness {
         let out = self.helm(args);
         self.succeeded("helm", args, &out);
         text(&out.stdout)
+    }
+
+    /// `helm install`s this repository's chart as [`RELEASE`] in [`OP_NS`] (created if
+    /// missing), with plain logs (they read better in failure messages) and `extra` flags.
+    fn install_chart(&self, extra: &[&str]) -> String {
+        let chart = root().join("charts/extension-apiserver-operator");
+        let chart = chart.to_str().expect("UTF-8 path");
+        let mut args = vec![
+            "install",
+            RELEASE,
+            chart,
+            "-n",
+            OP_NS,
+            "--create-namespace",
+            "--set",
+            "logFormat=plain",
+        ];
+        args.extend(extra);
+        self.helm_ok(&args)
     }
 
     /// `kubectl <args> -o json`, or `None` when kubectl fails (not found, say).

@@ -3,15 +3,12 @@
 
 use eao::testing::controlplane::ControlPlane;
 use eao::testing::harness::pod_logs;
-pub use eao::testing::harness::Harness;
+pub use eao::testing::harness::{Harness, OPERATOR, OP_NS, RELEASE};
 use eao::testing::pod::RunningPod;
 pub use eao::testing::tools::{pod_options, root, text, OPERATOR_BINARY};
 use std::time::Duration;
 
 pub const TIMEOUT: Duration = Duration::from_secs(150);
-pub const RELEASE: &str = "eao";
-pub const OP_NS: &str = "eao-system";
-pub const OPERATOR: &str = "eao-extension-apiserver-operator";
 
 /// The control plane, and the pods this test runs (for diagnostics).
 pub struct Cluster {

@@ -125,19 +125,7 @@ pub async fn scenario(cp: &'static ControlPlane) {
     let chart = chart.to_str().expect("UTF-8 path");
 
     // 1. The chart's operator, with the chart's RBAC (its own CRD is left to ensure_crd).
-    let install = [
-        "install",
-        RELEASE,
-        chart,
-        "-n",
-        OP_NS,
-        "--create-namespace",
-        "--set",
-        "logFormat=plain",
-        "--set",
-        "crds.enabled=false",
-    ];
-    c.helm_ok(&install);
+    c.install_chart(&["--set", "crds.enabled=false"]);
     let d: Deployment = serde_json::from_value(
         c.try_json(&["get", "deployment", OPERATOR, "-n", OP_NS])
             .expect("the chart made the operator Deployment"),
