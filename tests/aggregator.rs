@@ -295,6 +295,16 @@ impl Ctx {
         None
     }
 
+    /// The object from both sides (ours, the CRD's); it must exist on both.
+    async fn get_both(&self, ns: &str, name: &str) -> (Value, Value) {
+        let (ours, crd) = self.both(|side| self.get(side, ns, name)).await;
+        let missing = |side: &str| format!("{name} not found on the {side} side\n{}", self.diag());
+        (
+            ours.unwrap_or_else(|| panic!("{}", missing("aggregated"))),
+            crd.unwrap_or_else(|| panic!("{}", missing("CRD"))),
+        )
+    }
+
     /// The server's log tail, for failure messages.
     fn diag(&self) -> String {
         let mut server = self.env.server.lock().unwrap_or_else(|e| e.into_inner());
@@ -515,9 +525,7 @@ async fn client_side_apply_validates_and_merges() {
         )
         .await;
     assert_eq!(out.stdout.trim(), "flunder.wardle.example.com/app configured");
-    let (ours, crd) = cx
-        .both(|side| async move { cx.get(side, ns, "app").await.expect("exists") })
-        .await;
+    let (ours, crd) = cx.get_both(ns, "app").await;
     assert_eq!(ours["spec"], json!({"size": 4}), "{ours}");
     let last: Value = serde_json::from_str(
         ours["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
@@ -598,9 +606,7 @@ async fn client_side_apply_validates_and_merges() {
         out.ok() && out.stderr.contains(r#"Warning: unknown field "spec.bogus""#),
         "{out}"
     );
-    let (ours, crd) = cx
-        .both(|side| async move { cx.get(side, ns, "unknown").await.expect("exists") })
-        .await;
+    let (ours, crd) = cx.get_both(ns, "unknown").await;
     assert_eq!(ours["spec"], json!({"size": 1}), "the unknown field is pruned: {ours}");
     assert_same("pruned object", &stable(&ours), &stable(&crd), || cx.diag());
 }
@@ -651,9 +657,7 @@ async fn server_side_apply_conflicts_and_force() {
             .contains(r#"Apply failed with 1 conflict: conflict with "alice": .spec.size"#),
         "{out}"
     );
-    let (ours, crd) = cx
-        .both(|side| async move { cx.get(side, ns, "shared").await.expect("exists") })
-        .await;
+    let (ours, crd) = cx.get_both(ns, "shared").await;
     assert_eq!(ours["spec"]["size"], 1, "the conflict changed nothing: {ours}");
     assert_same("after the conflict", &managers(&ours), &managers(&crd), || cx.diag());
 
@@ -661,9 +665,7 @@ async fn server_side_apply_conflicts_and_force() {
         .same("bob forces", apply("bob", true), manifest(json!({"size": 2})))
         .await;
     assert!(out.ok(), "{out}");
-    let (ours, crd) = cx
-        .both(|side| async move { cx.get(side, ns, "shared").await.expect("exists") })
-        .await;
+    let (ours, crd) = cx.get_both(ns, "shared").await;
     assert_eq!(ours["spec"], json!({"reference": "r", "size": 2}), "{ours}");
     let owners = managers(&ours);
     assert!(
@@ -676,9 +678,7 @@ async fn server_side_apply_conflicts_and_force() {
     // alice stops managing reference: it is removed (she was its only owner); size stays bob's.
     cx.same("alice drops reference", apply("alice", false), manifest(json!({})))
         .await;
-    let (ours, crd) = cx
-        .both(|side| async move { cx.get(side, ns, "shared").await.expect("exists") })
-        .await;
+    let (ours, crd) = cx.get_both(ns, "shared").await;
     assert_eq!(ours["spec"], json!({"size": 2}), "{ours}");
     assert_same("after alice's last apply", &stable(&ours), &stable(&crd), || cx.diag());
     assert_same("managers at the end", &managers(&ours), &managers(&crd), || cx.diag());
@@ -834,9 +834,7 @@ async fn patch_and_edit() {
             json!({"reference": "q", "size": 8})
         )
     );
-    let (ours, crd) = cx
-        .both(|side| async move { cx.get(side, ns, "p").await.expect("exists") })
-        .await;
+    let (ours, crd) = cx.get_both(ns, "p").await;
     assert_same("managers after edit", &managers(&ours), &managers(&crd), || cx.diag());
     assert!(
         managers(&ours).contains(r#"kubectl-edit Update"#),
