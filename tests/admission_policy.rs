@@ -285,8 +285,11 @@ async fn judge(test: &str, storage: Storage) {
     let diag = |server: &AggregatedServer| format!("aggregated server log tail:\n{}", server.log_tail(40));
 
     // Both sides pick the policies up asynchronously (kube-apiserver's policy informer and its
-    // one-second refresh, our reflectors): wait until each side applies each of them.
-    let probes: [Probe; 3] = [
+    // one-second refresh, our reflectors): wait until each side applies them. The last probe's
+    // policy and binding come after every other Flunder policy in the applied List, and each
+    // informer delivers in order, so once it applies, the ones before it do too (probing only
+    // the first three once let kube-apiserver miss `vap-test-warn-error` in a CI run).
+    let probes: [Probe; 4] = [
         (
             "Deny",
             json!({"reference": "forbidden"}),
@@ -301,6 +304,11 @@ async fn judge(test: &str, storage: Storage) {
             "params",
             json!({"reference": "bad"}),
             Box::new(|a: &Answer| a.code == 422 && a.message.as_str().is_some_and(|m| m.contains("is banned by"))),
+        ),
+        (
+            "Warn on an evaluation error",
+            json!({"reference": "warn-error"}),
+            Box::new(|a: &Answer| a.warnings.iter().any(|w| w.contains("vap-test-warn-error"))),
         ),
     ];
     for group in [GROUP, CRD_GROUP] {
