@@ -10,6 +10,7 @@
 
 use eao::crd::ExtensionApiServer;
 use eao::operator::rbac;
+use eao::testing::tools::{chart_dir, helm_path, root, OPERATOR_BINARY};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -27,15 +28,6 @@ use std::process::Command;
 
 const RELEASE: &str = "eao";
 const NAMESPACE: &str = "eao-system";
-const OPERATOR_BINARY: &str = "/usr/local/bin/extension-apiserver-operator";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn chart_dir() -> PathBuf {
-    root().join("charts/extension-apiserver-operator")
-}
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
@@ -43,7 +35,7 @@ fn read(path: &Path) -> String {
 
 /// The helm binary: `$HELM`, else `.tools/bin/helm`. None (with a note) when absent outside CI.
 fn helm() -> Option<PathBuf> {
-    let path = eao::testing::tools::helm_path();
+    let path = helm_path();
     if path.is_file() {
         return Some(path);
     }

@@ -14,7 +14,7 @@
 use eao::testing::controlplane::{kubectl_path, ControlPlane};
 use eao::testing::harness::{pod_logs, Harness, OPERATOR, OP_NS, RELEASE};
 use eao::testing::pod::RunningPod;
-use eao::testing::tools::{helm_path, pod_options, root, text, OPERATOR_BINARY};
+use eao::testing::tools::{chart_dir, helm_path, pod_options, root, text, OPERATOR_BINARY};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use std::time::{Duration, Instant};
@@ -78,7 +78,7 @@ async fn helm_install_wardle_upgrade_and_uninstall() {
         operator: None,
         server: None,
     };
-    let chart = root().join("charts/extension-apiserver-operator");
+    let chart = chart_dir();
     let chart = chart.to_str().expect("UTF-8 path");
 
     // 1. helm install, as the README says. The image does not exist; the pod runner runs the

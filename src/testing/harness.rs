@@ -5,7 +5,7 @@
 
 use super::controlplane::ControlPlane;
 use super::pod::RunningPod;
-use super::tools::{helm_path, root, run, text};
+use super::tools::{chart_dir, helm_path, run, text};
 use serde_json::Value;
 use std::future::Future;
 use std::process::{Command, Output};
@@ -76,7 +76,7 @@ pub trait Harness {
     /// `helm install`s this repository's chart as [`RELEASE`] in [`OP_NS`] (created if
     /// missing), with plain logs (they read better in failure messages) and `extra` flags.
     fn install_chart(&self, extra: &[&str]) -> String {
-        let chart = root().join("charts/extension-apiserver-operator");
+        let chart = chart_dir();
         let chart = chart.to_str().expect("UTF-8 path");
         let mut args = vec![
             "install",

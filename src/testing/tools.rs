@@ -16,6 +16,11 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The Helm chart's directory.
+pub fn chart_dir() -> PathBuf {
+    root().join("charts/extension-apiserver-operator")
+}
+
 /// helm from `$HELM`, else the one `scripts/install-test-tools.sh` put in `.tools/bin`.
 pub fn helm_path() -> PathBuf {
     match std::env::var_os("HELM") {

@@ -7,7 +7,7 @@
 //! network namespace, so two replicas of one Deployment would both bind the chart's admin port.
 //! Only `--admin-addr` differs per process, as two pods' own network namespaces would allow.
 
-use crate::setup::{env, eventually, helm_path, root, run_ok, serial, OP_NS, RELEASE, TIMEOUT};
+use crate::setup::{chart_dir, env, eventually, helm_path, run_ok, serial, OP_NS, RELEASE, TIMEOUT};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -71,7 +71,7 @@ fn rendered_deployment(cp: &eao::testing::controlplane::ControlPlane) -> Deploym
     let home = cp.dir().join("helm");
     let mut helm = Command::new(helm_path());
     helm.args(["template", RELEASE])
-        .arg(root().join("charts/extension-apiserver-operator"))
+        .arg(chart_dir())
         .args(["-n", OP_NS, "--show-only", "templates/deployment.yaml"])
         .args(["--set", "replicaCount=2", "--set", "logFormat=plain"])
         .env("HELM_CACHE_HOME", home.join("cache"))

@@ -35,7 +35,7 @@ pub struct Env {
 static ENV: OnceCell<Option<Env>> = OnceCell::const_new();
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-pub use eao::testing::tools::{helm_path, root};
+pub use eao::testing::tools::{chart_dir, helm_path, root};
 
 /// Runs `cmd` with `stdin`, and panics with its output unless it succeeds.
 pub fn run_ok(mut cmd: Command, stdin: &[u8]) -> String {
@@ -66,7 +66,7 @@ pub fn kubectl(cp: &ControlPlane, args: &[&str], stdin: &[u8]) -> String {
 /// operator themselves) and returns a kubeconfig with the ServiceAccount's token.
 pub fn install_chart_identity(cp: &ControlPlane, extra: &[&str]) -> PathBuf {
     let home = cp.dir().join("helm");
-    let chart = root().join("charts/extension-apiserver-operator");
+    let chart = chart_dir();
     let mut helm = Command::new(helm_path());
     helm.args(["template", RELEASE])
         .arg(&chart)

@@ -5,7 +5,7 @@ use eao::testing::controlplane::ControlPlane;
 use eao::testing::harness::pod_logs;
 pub use eao::testing::harness::{Harness, OPERATOR, OP_NS, RELEASE};
 use eao::testing::pod::RunningPod;
-pub use eao::testing::tools::{pod_options, root, text, OPERATOR_BINARY};
+pub use eao::testing::tools::{chart_dir, pod_options, root, text, OPERATOR_BINARY};
 use std::time::Duration;
 
 pub const TIMEOUT: Duration = Duration::from_secs(150);

@@ -1,7 +1,7 @@
 //! The operator on the real control plane, installed with the chart (so with the chart's RBAC)
 //! and run by the stand-in kubelet, as in tests/install.rs.
 
-use crate::cluster::{pod_options, root, text, Cluster, Harness, OPERATOR, OPERATOR_BINARY, OP_NS, RELEASE};
+use crate::cluster::{chart_dir, pod_options, text, Cluster, Harness, OPERATOR, OPERATOR_BINARY, OP_NS, RELEASE};
 use eao::testing::controlplane::ControlPlane;
 use eao::testing::pod::RunningPod;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -121,7 +121,7 @@ fn can_i(c: &Cluster, user: &str, verb: &str, resource: &str) -> bool {
 pub async fn scenario(cp: &'static ControlPlane) {
     let mut c = Cluster::new(cp);
     c.namespaces = vec![NS.to_string(), OP_NS.to_string()];
-    let chart = root().join("charts/extension-apiserver-operator");
+    let chart = chart_dir();
     let chart = chart.to_str().expect("UTF-8 path");
 
     // 1. The chart's operator, with the chart's RBAC (its own CRD is left to ensure_crd).
